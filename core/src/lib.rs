@@ -1,1 +1,3 @@
-pub fn placeholder(){}
+#![cfg_attr(not(test), no_std)]
+mod error;
+pub use error::Error;

@@ -1,1 +1,9 @@
+//! Host tools for tinylens: TransformerLens import, blob conversion, trace decoding and
+//! the circuit analysis of "A Mathematical Framework for Transformer Circuits".
+
+pub mod analysis;
+pub mod error;
+pub mod tl;
 pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Circuit analysis (in progress).

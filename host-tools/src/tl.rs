@@ -1,0 +1,1 @@
+//! TransformerLens import (in progress).
