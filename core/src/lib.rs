@@ -1,3 +1,18 @@
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![doc = include_str!("../README.md")]
+
+pub mod blob;
+pub mod config;
 mod error;
+pub mod forward;
+pub mod hooks;
+pub mod kernels;
+pub mod quant;
+
+pub use blob::{Model, Processing};
+pub use config::{Config, Normalization, Positional};
 pub use error::Error;
+pub use forward::Session;
+pub use hooks::{HookPoint, Hooks, NoHooks, Site};
+pub use quant::StorageKind;

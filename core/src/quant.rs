@@ -1,0 +1,442 @@
+//! Quantized weight storage: how one tensor's bytes are laid out for each storage kind,
+//! how a row is read back, and how the host quantizes f32 weights.
+//!
+//! Every matrix is stored as `rows x cols` with one *output* per row, so that a
+//! matrix-vector product walks contiguous bytes (TransformerLens's `W[d_in, d_out]`
+//! is stored transposed). Within a tensor's data the quantized values come first,
+//! then (padded to 4 bytes) the f16 scales:
+//!
+//! | kind | values | scales |
+//! |------|--------|--------|
+//! | `F32`  | `rows*cols` little-endian f32 | none |
+//! | `F16`  | `rows*cols` little-endian IEEE half | none |
+//! | `Int8` | `rows*cols` i8, symmetric, in -127..=127 | one f16 per row |
+//! | `Int4` | per row `ceil(cols/2)` bytes, two's-complement nibbles (even column in the low nibble), in -7..=7 | one f16 per group of 32 columns per row |
+
+use half::f16;
+
+/// Storage kind of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[repr(u8)]
+pub enum StorageKind {
+    F32 = 0,
+    F16 = 1,
+    /// int8 symmetric, one f16 scale per output row.
+    Int8 = 2,
+    /// int4 symmetric, groups of [`INT4_GROUP`] along the input dimension, one f16 scale per group.
+    Int4 = 3,
+    /// Raw bytes (the vocabulary).
+    Bytes = 4,
+}
+
+/// Columns that share one int4 scale.
+pub const INT4_GROUP: usize = 32;
+
+impl StorageKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => StorageKind::F32,
+            1 => StorageKind::F16,
+            2 => StorageKind::Int8,
+            3 => StorageKind::Int4,
+            4 => StorageKind::Bytes,
+            _ => return None,
+        })
+    }
+
+    /// Name used by the CLI and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StorageKind::F32 => "f32",
+            StorageKind::F16 => "f16",
+            StorageKind::Int8 => "int8",
+            StorageKind::Int4 => "int4",
+            StorageKind::Bytes => "bytes",
+        }
+    }
+
+    /// Bytes of the values part of a `rows x cols` tensor (None on overflow).
+    pub fn values_len(self, rows: usize, cols: usize) -> Option<usize> {
+        match self {
+            StorageKind::F32 => rows.checked_mul(cols)?.checked_mul(4),
+            StorageKind::F16 => rows.checked_mul(cols)?.checked_mul(2),
+            StorageKind::Int8 => rows.checked_mul(cols),
+            StorageKind::Int4 => rows.checked_mul(cols.div_ceil(2)),
+            StorageKind::Bytes => None,
+        }
+    }
+
+    /// Number of f16 scales of a `rows x cols` tensor.
+    pub fn scales_count(self, rows: usize, cols: usize) -> Option<usize> {
+        match self {
+            StorageKind::F32 | StorageKind::F16 => Some(0),
+            StorageKind::Int8 => Some(rows),
+            StorageKind::Int4 => rows.checked_mul(cols.div_ceil(INT4_GROUP)),
+            StorageKind::Bytes => None,
+        }
+    }
+
+    /// Total bytes of a `rows x cols` tensor: values, padding to 4, scales.
+    pub fn data_len(self, rows: usize, cols: usize) -> Option<usize> {
+        let values = self.values_len(rows, cols)?;
+        let scales = self.scales_count(rows, cols)?.checked_mul(2)?;
+        if scales == 0 {
+            Some(values)
+        } else {
+            values.checked_next_multiple_of(4)?.checked_add(scales)
+        }
+    }
+}
+
+/// A read-only view of one stored matrix, borrowed from the blob (zero-copy).
+#[derive(Debug, Clone, Copy)]
+pub struct Tensor<'a> {
+    pub kind: StorageKind,
+    pub rows: usize,
+    pub cols: usize,
+    /// The quantized values (layout per kind, see the module docs).
+    pub values: &'a [u8],
+    /// The f16 scales, little-endian, two bytes each.
+    pub scales: &'a [u8],
+}
+
+impl<'a> Tensor<'a> {
+    /// Splits a tensor's data into values and scales. The caller has checked
+    /// `data.len() == kind.data_len(rows, cols)`.
+    pub(crate) fn from_data(kind: StorageKind, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
+        let values_len = kind.values_len(rows, cols)?;
+        let scales_len = kind.scales_count(rows, cols)? * 2;
+        let scales_at = if scales_len == 0 {
+            values_len
+        } else {
+            values_len.next_multiple_of(4)
+        };
+        Some(Tensor {
+            kind,
+            rows,
+            cols,
+            values: data.get(..values_len)?,
+            scales: data.get(scales_at..scales_at + scales_len)?,
+        })
+    }
+
+    /// The sub-matrix of rows `start..start + n` (used for per-head slices).
+    pub fn rows(&self, start: usize, n: usize) -> Tensor<'a> {
+        let (values, scales) = match self.kind {
+            StorageKind::F32 => (&self.values[start * self.cols * 4..(start + n) * self.cols * 4], self.scales),
+            StorageKind::F16 => (&self.values[start * self.cols * 2..(start + n) * self.cols * 2], self.scales),
+            StorageKind::Int8 => (
+                &self.values[start * self.cols..(start + n) * self.cols],
+                &self.scales[start * 2..(start + n) * 2],
+            ),
+            StorageKind::Int4 => {
+                let rb = self.cols.div_ceil(2);
+                let g = self.cols.div_ceil(INT4_GROUP);
+                (
+                    &self.values[start * rb..(start + n) * rb],
+                    &self.scales[start * g * 2..(start + n) * g * 2],
+                )
+            }
+            StorageKind::Bytes => (self.values, self.scales),
+        };
+        Tensor {
+            kind: self.kind,
+            rows: n,
+            cols: self.cols,
+            values,
+            scales,
+        }
+    }
+
+    /// Scale number `i` as f32.
+    #[inline(always)]
+    pub(crate) fn scale(&self, i: usize) -> f32 {
+        f16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]]).to_f32()
+    }
+
+    /// Dequantizes row `r` into `out` (`out.len() == cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        self.for_each_in_row(r, |c, v| out[c] = v);
+    }
+
+    /// Calls `f(c, W[r, c])` for every column of row `r`, in order.
+    #[inline(always)]
+    pub fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, f32)) {
+        let cols = self.cols;
+        match self.kind {
+            StorageKind::F32 => {
+                let bytes = &self.values[r * cols * 4..(r + 1) * cols * 4];
+                for (c, b) in bytes.chunks_exact(4).enumerate() {
+                    f(c, f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                }
+            }
+            StorageKind::F16 => {
+                let bytes = &self.values[r * cols * 2..(r + 1) * cols * 2];
+                for (c, b) in bytes.chunks_exact(2).enumerate() {
+                    f(c, f16::from_le_bytes([b[0], b[1]]).to_f32());
+                }
+            }
+            StorageKind::Int8 => {
+                let s = self.scale(r);
+                for (c, &b) in self.values[r * cols..(r + 1) * cols].iter().enumerate() {
+                    f(c, (b as i8) as f32 * s);
+                }
+            }
+            StorageKind::Int4 => {
+                let rb = cols.div_ceil(2);
+                let groups = cols.div_ceil(INT4_GROUP);
+                let bytes = &self.values[r * rb..(r + 1) * rb];
+                for c in 0..cols {
+                    f(c, int4_at(bytes, c) as f32 * self.scale(r * groups + c / INT4_GROUP));
+                }
+            }
+            StorageKind::Bytes => {}
+        }
+    }
+
+    /// `out[c] += W[r, c]`.
+    #[inline]
+    pub fn add_row_to(&self, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        self.for_each_in_row(r, |c, v| out[c] += v);
+    }
+
+    /// Element `(r, c)` dequantized (slow; for tests and tools).
+    pub fn get(&self, r: usize, c: usize) -> f32 {
+        let mut tmp = [0.0f32; 1];
+        match self.kind {
+            StorageKind::F32 => {
+                let i = (r * self.cols + c) * 4;
+                tmp[0] = f32::from_le_bytes([self.values[i], self.values[i + 1], self.values[i + 2], self.values[i + 3]]);
+            }
+            StorageKind::F16 => {
+                let i = (r * self.cols + c) * 2;
+                tmp[0] = f16::from_le_bytes([self.values[i], self.values[i + 1]]).to_f32();
+            }
+            StorageKind::Int8 => tmp[0] = (self.values[r * self.cols + c] as i8) as f32 * self.scale(r),
+            StorageKind::Int4 => {
+                let rb = self.cols.div_ceil(2);
+                let g = self.cols.div_ceil(INT4_GROUP);
+                tmp[0] = int4_at(&self.values[r * rb..(r + 1) * rb], c) as f32 * self.scale(r * g + c / INT4_GROUP);
+            }
+            StorageKind::Bytes => {}
+        }
+        tmp[0]
+    }
+
+    /// Whether every value and scale is finite (quantized values always are).
+    pub(crate) fn all_finite(&self) -> bool {
+        match self.kind {
+            StorageKind::F32 => self
+                .values
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            StorageKind::F16 => self
+                .values
+                .chunks_exact(2)
+                .all(|b| f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            StorageKind::Int8 | StorageKind::Int4 => self
+                .scales
+                .chunks_exact(2)
+                .all(|b| f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            StorageKind::Bytes => true,
+        }
+    }
+}
+
+/// The signed nibble at column `c` of one int4 row.
+#[inline(always)]
+pub(crate) fn int4_at(row: &[u8], c: usize) -> i8 {
+    let byte = row[c / 2];
+    let nib = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+    // Sign-extend the 4-bit two's-complement value.
+    ((nib << 4) as i8) >> 4
+}
+
+/// Quantizes a `rows x cols` row-major f32 matrix into `out` in the layout of `kind`
+/// (`out.len() == kind.data_len(rows, cols)`). Scales are rounded to f16 *before*
+/// the values are divided by them, so the stored pair reconstructs as closely as f16 allows.
+///
+/// Returns `false` when `out` has the wrong length or `kind` is `Bytes`.
+pub fn quantize(kind: StorageKind, rows: usize, cols: usize, src: &[f32], out: &mut [u8]) -> bool {
+    if kind.data_len(rows, cols) != Some(out.len()) || src.len() != rows * cols {
+        return false;
+    }
+    out.fill(0);
+    match kind {
+        StorageKind::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        StorageKind::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        StorageKind::Int8 => {
+            let scales_at = (rows * cols).next_multiple_of(4);
+            let (values, scales) = out.split_at_mut(scales_at);
+            for r in 0..rows {
+                let row = &src[r * cols..(r + 1) * cols];
+                let s = symmetric_scale(row, 127.0);
+                scales[2 * r..2 * r + 2].copy_from_slice(&s.to_le_bytes());
+                let s = s.to_f32();
+                for (c, v) in row.iter().enumerate() {
+                    values[r * cols + c] = quantize_value(*v, s, 127.0) as u8;
+                }
+            }
+        }
+        StorageKind::Int4 => {
+            let rb = cols.div_ceil(2);
+            let groups = cols.div_ceil(INT4_GROUP);
+            let scales_at = (rows * rb).next_multiple_of(4);
+            let (values, scales) = out.split_at_mut(scales_at);
+            for r in 0..rows {
+                for g in 0..groups {
+                    let lo = r * cols + g * INT4_GROUP;
+                    let hi = r * cols + ((g + 1) * INT4_GROUP).min(cols);
+                    let s = symmetric_scale(&src[lo..hi], 7.0);
+                    let si = r * groups + g;
+                    scales[2 * si..2 * si + 2].copy_from_slice(&s.to_le_bytes());
+                    let s = s.to_f32();
+                    for (i, v) in src[lo..hi].iter().enumerate() {
+                        let c = g * INT4_GROUP + i;
+                        let q = (quantize_value(*v, s, 7.0) as u8) & 0x0f;
+                        values[r * rb + c / 2] |= if c % 2 == 0 { q } else { q << 4 };
+                    }
+                }
+            }
+        }
+        StorageKind::Bytes => return false,
+    }
+    true
+}
+
+/// `max|x| / qmax` rounded to f16, rounded up when f16 rounding made it smaller, so
+/// that no value quantizes past `qmax`.
+fn symmetric_scale(values: &[f32], qmax: f32) -> f16 {
+    let amax = values.iter().fold(0.0f32, |m, v| m.max(libm::fabsf(*v)));
+    if amax == 0.0 {
+        return f16::from_f32(0.0);
+    }
+    let mut s = f16::from_f32(amax / qmax);
+    if s.to_f32() == 0.0 {
+        s = f16::from_bits(1); // smallest subnormal: keeps tiny rows non-zero
+    }
+    while s.to_f32() * qmax < amax && s.is_finite() {
+        s = f16::from_bits(s.to_bits() + 1);
+    }
+    s
+}
+
+fn quantize_value(v: f32, scale: f32, qmax: f32) -> i8 {
+    if scale == 0.0 {
+        return 0;
+    }
+    libm::roundf(v / scale).clamp(-qmax, qmax) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(kind: StorageKind, rows: usize, cols: usize, src: &[f32]) -> Vec<f32> {
+        let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
+        assert!(quantize(kind, rows, cols, src, &mut buf));
+        let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
+        let mut out = vec![0.0; rows * cols];
+        for r in 0..rows {
+            t.dequantize_row(r, &mut out[r * cols..(r + 1) * cols]);
+            for c in 0..cols {
+                assert_eq!(t.get(r, c), out[r * cols + c]);
+            }
+        }
+        out
+    }
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n).map(|i| libm::sinf(i as f32 * 0.7) * (1.0 + (i % 5) as f32)).collect()
+    }
+
+    #[test]
+    fn f32_is_exact_and_f16_rounds() {
+        let src = data(3 * 7);
+        assert_eq!(roundtrip(StorageKind::F32, 3, 7, &src), src);
+        let back = roundtrip(StorageKind::F16, 3, 7, &src);
+        for (a, b) in src.iter().zip(&back) {
+            assert!((a - b).abs() <= a.abs() * 1e-3, "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn int8_error_within_half_a_step() {
+        let (rows, cols) = (5, 37);
+        let src = data(rows * cols);
+        let back = roundtrip(StorageKind::Int8, rows, cols, &src);
+        for r in 0..rows {
+            let row = &src[r * cols..(r + 1) * cols];
+            let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let step = amax / 127.0;
+            for c in 0..cols {
+                assert!((row[c] - back[r * cols + c]).abs() <= 0.5 * step * 1.01 + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn int4_groups_and_odd_columns() {
+        // 45 columns: two groups (32 + 13) and an odd number of nibbles per row.
+        let (rows, cols) = (3, 45);
+        let src = data(rows * cols);
+        let back = roundtrip(StorageKind::Int4, rows, cols, &src);
+        for r in 0..rows {
+            for g in 0..2 {
+                let lo = g * 32;
+                let hi = ((g + 1) * 32).min(cols);
+                let seg = &src[r * cols + lo..r * cols + hi];
+                let amax = seg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for c in lo..hi {
+                    assert!((src[r * cols + c] - back[r * cols + c]).abs() <= 0.5 * amax / 7.0 * 1.01 + 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nibble_sign_extension() {
+        let row = [0x8f_u8, 0x71];
+        assert_eq!(int4_at(&row, 0), -1);
+        assert_eq!(int4_at(&row, 1), -8);
+        assert_eq!(int4_at(&row, 2), 1);
+        assert_eq!(int4_at(&row, 3), 7);
+    }
+
+    #[test]
+    fn zero_rows_quantize_to_zero() {
+        let src = vec![0.0; 2 * 40];
+        for kind in [StorageKind::Int8, StorageKind::Int4] {
+            assert!(roundtrip(kind, 2, 40, &src).iter().all(|v| *v == 0.0));
+        }
+    }
+
+    #[test]
+    fn row_slices_match_full_tensor() {
+        let (rows, cols) = (6, 40);
+        let src = data(rows * cols);
+        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8, StorageKind::Int4] {
+            let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
+            assert!(quantize(kind, rows, cols, &src, &mut buf));
+            let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
+            let sub = t.rows(2, 3);
+            for r in 0..3 {
+                for c in 0..cols {
+                    assert_eq!(sub.get(r, c), t.get(r + 2, c));
+                }
+            }
+        }
+    }
+}
