@@ -7,7 +7,7 @@ use crate::Error;
 /// (TransformerLens `normalization_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Normalization {
     /// No normalization (`None` in TransformerLens).
@@ -21,7 +21,7 @@ pub enum Normalization {
 /// How positions enter the model (TransformerLens `positional_embedding_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Positional {
     /// `W_pos` is added to the residual stream.
@@ -33,7 +33,7 @@ pub enum Positional {
 /// Shape and numerics of an attention-only transformer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub n_layers: u32,
     pub n_heads: u32,

@@ -129,6 +129,7 @@ impl<'m, 'w> Session<'m, 'w> {
             return Err(Error::ContextFull { n_ctx: cfg.n_ctx });
         }
         let p = self.pos;
+        hooks.token(p as u16, token);
         let site = |point, layer: usize, head: Option<usize>| Site {
             point,
             layer: layer as u16,

@@ -5,7 +5,7 @@
 use core::fmt;
 
 /// A TransformerLens hook point of an attention-only model, in forward order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum HookPoint {
@@ -171,6 +171,10 @@ pub trait Hooks {
 
     /// Sees (and may change in place) the value at `site`.
     fn hook(&mut self, site: Site, value: &mut [f32]);
+
+    /// Called when position `pos` starts, with its input token.
+    #[inline(always)]
+    fn token(&mut self, _pos: u16, _token: u32) {}
 }
 
 /// No hooks: the plain forward pass.
@@ -197,6 +201,11 @@ impl<H: Hooks + ?Sized> Hooks for &mut H {
     fn hook(&mut self, site: Site, value: &mut [f32]) {
         (**self).hook(site, value)
     }
+
+    #[inline(always)]
+    fn token(&mut self, pos: u16, token: u32) {
+        (**self).token(pos, token)
+    }
 }
 
 /// Two hook sets composed: `A` runs first, and `B` sees what `A` left (so an
@@ -215,6 +224,12 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
         if self.1.wants(site.point) {
             self.1.hook(site, value);
         }
+    }
+
+    #[inline(always)]
+    fn token(&mut self, pos: u16, token: u32) {
+        self.0.token(pos, token);
+        self.1.token(pos, token);
     }
 }
 

@@ -7,8 +7,11 @@ pub mod config;
 mod error;
 pub mod forward;
 pub mod hooks;
+pub mod intervene;
 pub mod kernels;
+pub mod probe;
 pub mod quant;
+pub mod trace;
 
 pub use blob::{Model, Processing};
 pub use config::{Config, Normalization, Positional};

@@ -103,9 +103,9 @@ pub struct Tensor<'a> {
 }
 
 impl<'a> Tensor<'a> {
-    /// Splits a tensor's data into values and scales. The caller has checked
-    /// `data.len() == kind.data_len(rows, cols)`.
-    pub(crate) fn from_data(kind: StorageKind, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
+    /// Splits a tensor's data (`kind.data_len(rows, cols)` bytes) into values and
+    /// scales; `None` when `data` is too short.
+    pub fn from_data(kind: StorageKind, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
         let values_len = kind.values_len(rows, cols)?;
         let scales_len = kind.scales_count(rows, cols)? * 2;
         let scales_at = if scales_len == 0 {
