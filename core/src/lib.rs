@@ -11,6 +11,7 @@ pub mod intervene;
 pub mod kernels;
 pub mod probe;
 pub mod quant;
+pub mod sample;
 pub mod trace;
 
 pub use blob::{Model, Processing};

@@ -23,6 +23,9 @@ pub const FORMAT_VERSION: u16 = 1;
 const RECORD_OVERHEAD: usize = 40;
 
 /// A decoded frame (borrowing its payload from the decoded buffer).
+// The header is large (the probe set inline) but frames are decoded one at a time and
+// there is no allocator to box it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum Frame<'a> {
     /// Starts a run: which model, its shape, and what is recorded.

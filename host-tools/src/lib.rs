@@ -2,6 +2,7 @@
 //! the circuit analysis of "A Mathematical Framework for Transformer Circuits".
 
 pub mod analysis;
+pub mod convert;
 pub mod error;
 pub mod tl;
 pub mod weights;
