@@ -174,6 +174,7 @@ pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
     use crate::quant::quantize;

@@ -341,6 +341,7 @@ fn quantize_value(v: f32, scale: f32, qmax: f32) -> i8 {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 
