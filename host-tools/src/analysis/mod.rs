@@ -338,17 +338,3 @@ mod tests {
         assert!((sub - (0.5f64.sqrt() - r.composition_baseline.mean)).abs() < 1e-12);
     }
 }
-#[cfg(test)]
-mod perf_tmp {
-    #[test]
-    #[ignore]
-    fn perf() {
-        let (v, d, dh, nh) = (4000, 256, 32, 8);
-        let f = |r: usize, c: usize, s: u64| nalgebra::DMatrix::from_fn(r, c, |i, j| (((i * 31 + j * 17) as u64 ^ s) as f32 * 0.37).sin());
-        let head = |s| super::circuits::tests::HeadMats { q: f(d, dh, s), k: f(d, dh, s + 1), v: f(d, dh, s + 2), o: f(dh, d, s + 3) };
-        let w = super::circuits::tests::model(f(v, d, 1), f(d, v, 2), vec![(0..nh).map(|h| head(10 * h as u64)).collect(), (0..nh).map(|h| head(100 + 10 * h as u64)).collect()]);
-        let t = std::time::Instant::now();
-        let r = super::analyze(&w, &super::AnalysisOptions::default()).unwrap();
-        eprintln!("analyze: {:?}, baseline {:?}, json {} bytes", t.elapsed(), r.composition_baseline, serde_json::to_string(&r).unwrap().len());
-    }
-}
