@@ -1,1 +1,122 @@
+//! Shared helpers of the cross-crate tests: fixture paths, TransformerLens reference
+//! tensors, and blobs converted from the fixtures' TransformerLens weights.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tinylens_core::{Processing, StorageKind};
+use tinylens_host::{convert, tl};
+
+/// The fixture models written by `scripts/make_fixtures.py` (TransformerLens 3.9).
+pub const FIXTURES: [&str; 3] = ["attn2_standard_noln", "attn2_shortformer_ln", "attn1_ln"];
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(name)
+}
+
+/// A reference tensor: shape and row-major values (integers converted to f32).
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl RefTensor {
+    /// Row `i` of the leading dimension.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let n: usize = self.shape[1..].iter().product();
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+/// Every tensor of a reference safetensors file.
+pub fn load_reference(name: &str, file: &str) -> BTreeMap<String, RefTensor> {
+    let path = fixture(name).join(file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference is safetensors");
+    let mut out = BTreeMap::new();
+    for (k, v) in st.tensors() {
+        let data: Vec<f32> = match v.dtype() {
+            safetensors::Dtype::F32 => v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            safetensors::Dtype::I32 => v
+                .data()
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
+            safetensors::Dtype::I64 => v
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            d => panic!("unexpected dtype {d:?} for {k}"),
+        };
+        out.insert(
+            k.to_string(),
+            RefTensor {
+                shape: v.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    out
+}
+
+/// The fixture's prompts as token lists.
+pub fn prompts(reference: &BTreeMap<String, RefTensor>) -> Vec<Vec<u32>> {
+    let t = &reference["tokens"];
+    (0..t.shape[0])
+        .map(|i| t.row(i).iter().map(|v| *v as u32).collect())
+        .collect()
+}
+
+/// Converts a fixture's TransformerLens weights (with `processing`) to a blob.
+pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> Vec<u8> {
+    let dir = fixture(name);
+    let mut w = tl::load_files(&dir.join("model.safetensors"), &dir.join("config.json")).expect("fixture loads");
+    let applied = tl::process(&mut w, processing).expect("processing");
+    let p = Processing {
+        fold_ln: applied.fold_ln,
+        center_writing_weights: applied.center_writing_weights,
+        center_unembed: applied.center_unembed,
+        fold_value_biases: applied.fold_value_biases,
+    };
+    convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None).expect("blob").0
+}
+
+/// Unprocessed blob of a fixture.
+pub fn blob(name: &str, kind: StorageKind) -> Vec<u8> {
+    blob_with(name, kind, tl::Processing::NONE)
+}
+
+/// log-softmax of one row of logits, in f64.
+pub fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+    let lse = x.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln() + m;
+    x.iter().map(|v| *v as f64 - lse).collect()
+}
+
+/// KL(p || q) of two rows of logits.
+pub fn kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+pub fn argmax(x: &[f32]) -> usize {
+    tinylens_core::sample::greedy(x) as usize
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() })
+        .fold(0.0, f32::max)
+}

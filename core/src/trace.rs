@@ -34,8 +34,13 @@ pub enum Frame<'a> {
     Token { seq: u32, pos: u16, token: u32 },
     /// One recorded value.
     Record(#[serde(borrow)] Record<'a>),
-    /// Ends a run: how many records were written and how many could not be.
-    End { seq: u32, records: u32, dropped: u32 },
+    /// Ends a run: positions processed, records written and records that could not be.
+    End {
+        seq: u32,
+        positions: u32,
+        records: u32,
+        dropped: u32,
+    },
 }
 
 impl Frame<'_> {
@@ -121,7 +126,12 @@ enum FrameOut<'a> {
     Header(HeaderOut<'a>),
     Token { seq: u32, pos: u16, token: u32 },
     Record(RecordOut<'a>),
-    End { seq: u32, records: u32, dropped: u32 },
+    End {
+        seq: u32,
+        positions: u32,
+        records: u32,
+        dropped: u32,
+    },
 }
 
 #[derive(Serialize)]
@@ -347,6 +357,7 @@ pub struct Recorder<'p, 'b, S: Sink, const N: usize = MAX_PROBES> {
     sink: S,
     buf: &'b mut [u8],
     seq: u32,
+    positions: u32,
     records: u32,
     dropped: u32,
     error: Option<Error>,
@@ -371,6 +382,7 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
             sink,
             buf: frame_buf,
             seq: 0,
+            positions: 0,
             records: 0,
             dropped: 0,
             error: None,
@@ -403,6 +415,7 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
     pub fn finish(mut self) -> (Summary, S) {
         let end = FrameOut::End {
             seq: self.seq,
+            positions: self.positions,
             records: self.records,
             dropped: self.dropped,
         };
@@ -469,6 +482,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
     }
 
     fn token(&mut self, pos: u16, token: u32) {
+        self.positions = self.positions.max(pos as u32 + 1);
         let frame = FrameOut::Token {
             seq: self.seq,
             pos,

@@ -74,11 +74,42 @@ pub fn host_config(c: &Config) -> ModelConfig {
     }
 }
 
-fn is_matrix(id: TensorId) -> bool {
-    matches!(
-        id,
-        TensorId::W_E | TensorId::W_pos | TensorId::W_U | TensorId::W_Q | TensorId::W_K | TensorId::W_V | TensorId::W_O
-    )
+/// Storage kinds per group of tensors. Vectors (biases, LayerNorm) are always f32:
+/// they are a tiny part of the model and every error in them reaches every position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantPlan {
+    /// `W_Q`, `W_K`, `W_V`, `W_O`.
+    pub attention: StorageKind,
+    /// `W_E`, `W_pos`, `W_U`.
+    pub embeddings: StorageKind,
+}
+
+impl QuantPlan {
+    /// The plan for `--quant KIND`: every matrix in `kind`, except that int4 keeps the
+    /// embeddings and unembedding in int8 (as llama.cpp-style quantizers do): they
+    /// are a small share of a model's matrices and int4 there costs most of its accuracy.
+    pub fn for_kind(kind: StorageKind) -> Self {
+        QuantPlan {
+            attention: kind,
+            embeddings: if kind == StorageKind::Int4 { StorageKind::Int8 } else { kind },
+        }
+    }
+
+    /// Every matrix in `kind`.
+    pub fn uniform(kind: StorageKind) -> Self {
+        QuantPlan {
+            attention: kind,
+            embeddings: kind,
+        }
+    }
+
+    fn kind_of(&self, id: TensorId) -> StorageKind {
+        match id {
+            TensorId::W_E | TensorId::W_pos | TensorId::W_U => self.embeddings,
+            TensorId::W_Q | TensorId::W_K | TensorId::W_V | TensorId::W_O => self.attention,
+            _ => StorageKind::F32,
+        }
+    }
 }
 
 /// The tensor for `slot` in stored layout (row-major `rows x cols`).
@@ -146,15 +177,15 @@ fn encode_vocab(vocab: &[String]) -> Vec<u8> {
     out
 }
 
-/// Writes `w` as a blob: matrices in `matrix_kind`, vectors (biases, LayerNorm) in f32.
-/// Returns the blob and, per tensor, the quantization error.
+/// Writes `w` as a blob with the storage kinds of `plan`. Returns the blob and, per
+/// tensor, the quantization error.
 pub fn write_blob(
     w: &Weights,
-    matrix_kind: StorageKind,
+    plan: QuantPlan,
     processing: Processing,
     vocab: Option<&[String]>,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
-    if matrix_kind == StorageKind::Bytes {
+    if plan.attention == StorageKind::Bytes || plan.embeddings == StorageKind::Bytes {
         return Err(Error::Argument("storage kind must be f32, f16, int8 or int4".into()));
     }
     let cfg = core_config(&w.cfg)?;
@@ -180,11 +211,7 @@ pub fn write_blob(
             (StorageKind::Bytes, encode_vocab(vocab.unwrap_or_default()))
         } else {
             let values = stored(w, &slot)?;
-            let kind = if is_matrix(slot.name.id) {
-                matrix_kind
-            } else {
-                StorageKind::F32
-            };
+            let kind = plan.kind_of(slot.name.id);
             let mut bytes = vec![0u8; kind.data_len(rows, cols).ok_or_else(|| Error::Config("tensor too large".into()))?];
             quant::quantize(kind, rows, cols, &values, &mut bytes);
             reports.push(report(&slot, kind, &values, &bytes));

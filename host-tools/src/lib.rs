@@ -4,7 +4,9 @@
 pub mod analysis;
 pub mod convert;
 pub mod error;
+pub mod run;
 pub mod tl;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,0 +1,220 @@
+//! Running the core on the host with probes and interventions, as `tinylens run` does.
+
+use std::path::Path;
+
+use tinylens_core::intervene::{Ablation, AblationMode, FreezePatterns, HeadRef, Patch};
+use tinylens_core::probe::ProbeSet;
+use tinylens_core::sample::{self, Rng};
+use tinylens_core::trace::{self, Recorder, Summary};
+use tinylens_core::{Error as CoreError, HookPoint, Hooks, Model, Session, Site};
+
+use crate::{Error, Result};
+
+/// Probe capacity on the host (firmware uses the core's smaller default).
+pub const HOST_PROBES: usize = 128;
+
+/// How an ablated head is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AblateMode {
+    Zero,
+    Mean,
+}
+
+/// Everything `tinylens run` can do to a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub tokens: Vec<u32>,
+    /// Probe patterns (TransformerLens names with wildcards).
+    pub probes: Vec<String>,
+    /// Write a trace (with the probes) even when no probe is given.
+    pub trace: bool,
+    pub ablate: Vec<(HeadRef, AblateMode)>,
+    /// `[n_layers][n_heads][d_model]` mean head results, for mean ablation.
+    pub means: Option<Vec<f32>>,
+    /// `[n_layers][n_heads][len][len]` attention patterns and their `len`.
+    pub frozen_patterns: Option<(Vec<f32>, usize)>,
+    /// Values patched in: hook, layer, values in TL layout, positions covered.
+    pub patches: Vec<(HookPoint, u16, Vec<f32>, usize)>,
+    /// Tokens to generate after the prompt.
+    pub generate: usize,
+    pub top_k: usize,
+    pub temperature: f32,
+    pub seed: u64,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutput {
+    /// Prompt and generated tokens.
+    pub tokens: Vec<u32>,
+    /// One row of logits per processed position.
+    pub logits: Vec<Vec<f32>>,
+    pub generated: Vec<u32>,
+    pub trace: Vec<u8>,
+    pub summary: Option<Summary>,
+}
+
+/// Dynamic composition of the interventions a run asked for, in a fixed order:
+/// ablation, frozen patterns, patches; a recorder after them sees the changed values.
+struct Interventions<'a> {
+    ablation: Option<Ablation<'a>>,
+    frozen: Option<FreezePatterns<'a>>,
+    patches: Vec<Patch<'a>>,
+}
+
+impl Hooks for Interventions<'_> {
+    fn wants(&self, point: HookPoint) -> bool {
+        self.ablation.as_ref().is_some_and(|h| h.wants(point))
+            || self.frozen.as_ref().is_some_and(|h| h.wants(point))
+            || self.patches.iter().any(|h| h.wants(point))
+    }
+
+    fn hook(&mut self, site: Site, value: &mut [f32]) {
+        if let Some(a) = self.ablation.as_mut().filter(|a| a.wants(site.point)) {
+            a.hook(site, value);
+        }
+        if let Some(f) = self.frozen.as_mut().filter(|f| f.wants(site.point)) {
+            f.hook(site, value);
+        }
+        for p in self.patches.iter_mut().filter(|p| p.wants(site.point)) {
+            p.hook(site, value);
+        }
+    }
+}
+
+/// Parses an exact hook name (`blocks.0.attn.hook_z`) into its point and layer.
+pub fn parse_hook_name(name: &str) -> Result<(HookPoint, u16)> {
+    let mut ps: ProbeSet<4> = ProbeSet::new();
+    if name.contains('*') || ps.add_pattern(name).is_err() || ps.len() != 1 {
+        return Err(Error::Argument(format!("`{name}` is not a hook name")));
+    }
+    let p = ps.probes()[0];
+    if p.point.per_layer() && p.layer.is_none() {
+        return Err(Error::Argument(format!("`{name}` names no layer")));
+    }
+    Ok((p.point, p.layer.unwrap_or(0)))
+}
+
+/// Builds the probe set for a list of patterns.
+pub fn probe_set(model: &Model<'_>, patterns: &[String]) -> Result<ProbeSet<HOST_PROBES>> {
+    let mut ps = ProbeSet::new();
+    for p in patterns {
+        ps.add_pattern(p)
+            .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
+    }
+    ps.validate(model.config())
+        .map_err(|_| Error::Argument("a probe names a layer, head, position or hook this model does not have".into()))?;
+    Ok(ps)
+}
+
+/// Runs the prompt (and generation) with the requested probes and interventions.
+pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
+    let cfg = *model.config();
+    if opts.tokens.is_empty() {
+        return Err(Error::Argument("no tokens given".into()));
+    }
+    if opts.tokens.len() + opts.generate > cfg.n_ctx as usize {
+        return Err(Error::Argument(format!(
+            "{} prompt tokens + {} generated exceed the model's context of {} positions",
+            opts.tokens.len(),
+            opts.generate,
+            cfg.n_ctx
+        )));
+    }
+    if let Some(t) = opts.tokens.iter().find(|t| **t >= cfg.d_vocab) {
+        return Err(CoreError::TokenOutOfRange {
+            token: *t,
+            d_vocab: cfg.d_vocab,
+        }
+        .into());
+    }
+    let heads: Vec<HeadRef> = opts.ablate.iter().map(|(h, _)| *h).collect();
+    let mean = opts.ablate.iter().any(|(_, m)| *m == AblateMode::Mean);
+    if mean && opts.ablate.iter().any(|(_, m)| *m == AblateMode::Zero) {
+        return Err(Error::Argument("mixing zero and mean ablation in one run is not supported".into()));
+    }
+    let ablation = if heads.is_empty() {
+        None
+    } else {
+        let mode = if mean {
+            AblationMode::Mean(
+                opts.means
+                    .as_deref()
+                    .ok_or_else(|| Error::Argument("mean ablation needs --means FILE".into()))?,
+            )
+        } else {
+            AblationMode::Zero
+        };
+        Some(Ablation::new(&cfg, &heads, mode).map_err(|e| Error::Argument(format!("--ablate: {e}")))?)
+    };
+    let frozen = match &opts.frozen_patterns {
+        Some((p, len)) => Some(FreezePatterns::new(&cfg, p, *len).map_err(|e| Error::Argument(format!("frozen patterns: {e}")))?),
+        None => None,
+    };
+    let patches = opts
+        .patches
+        .iter()
+        .map(|(point, layer, values, len)| {
+            Patch::new(&cfg, *point, *layer, None, values, *len).map_err(|e| Error::Argument(format!("patch: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut interventions = Interventions {
+        ablation,
+        frozen,
+        patches,
+    };
+
+    let mut workspace = vec![0.0f32; cfg.workspace_len()];
+    let mut session = Session::new(model, &mut workspace)?;
+    let mut out = RunOutput::default();
+    let mut rng = Rng::new(opts.seed);
+    let probes = probe_set(model, &opts.probes)?;
+    let recording = opts.trace || !probes.is_empty();
+    let mut frame_buf = vec![0u8; trace::frame_buffer_len(&cfg)];
+    let mut trace_bytes = Vec::new();
+    let sink = |b: &[u8]| -> std::result::Result<(), CoreError> {
+        trace_bytes.extend_from_slice(b);
+        Ok(())
+    };
+    let mut recorder = if recording {
+        Some(Recorder::begin(model, &probes, sink, &mut frame_buf)?)
+    } else {
+        None
+    };
+
+    let mut next = None;
+    for i in 0..opts.tokens.len() + opts.generate {
+        let token = if i < opts.tokens.len() {
+            opts.tokens[i]
+        } else {
+            let t = next.take().unwrap_or(0);
+            out.generated.push(t);
+            t
+        };
+        let logits = match recorder.as_mut() {
+            Some(r) => session.step_with(token, &mut (&mut interventions, r))?,
+            None => session.step_with(token, &mut interventions)?,
+        };
+        out.tokens.push(token);
+        out.logits.push(logits.to_vec());
+        next = Some(if opts.top_k > 1 && opts.temperature > 0.0 {
+            sample::top_k::<64>(logits, opts.top_k, opts.temperature, &mut rng)
+        } else {
+            sample::greedy(logits)
+        });
+    }
+    if let Some(r) = recorder {
+        let (summary, _) = r.finish();
+        if let Some(e) = summary.error {
+            return Err(Error::Trace(format!("recording failed: {e}")));
+        }
+        out.summary = Some(summary);
+        out.trace = trace_bytes;
+    }
+    Ok(out)
+}
+
+/// Reads a whole file with the path in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
