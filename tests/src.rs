@@ -36,7 +36,8 @@ impl RefTensor {
 /// Every tensor of a reference safetensors file.
 pub fn load_reference(name: &str, file: &str) -> BTreeMap<String, RefTensor> {
     let path = fixture(name).join(file);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference is safetensors");
     let mut out = BTreeMap::new();
     for (k, v) in st.tensors() {
@@ -80,7 +81,8 @@ pub fn prompts(reference: &BTreeMap<String, RefTensor>) -> Vec<Vec<u32>> {
 /// Converts a fixture's TransformerLens weights (with `processing`) to a blob.
 pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> Vec<u8> {
     let dir = fixture(name);
-    let mut w = tl::load_files(&dir.join("model.safetensors"), &dir.join("config.json")).expect("fixture loads");
+    let mut w = tl::load_files(&dir.join("model.safetensors"), &dir.join("config.json"))
+        .expect("fixture loads");
     let applied = tl::process(&mut w, processing).expect("processing");
     let p = Processing {
         fold_ln: applied.fold_ln,
@@ -88,7 +90,9 @@ pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> V
         center_unembed: applied.center_unembed,
         fold_value_biases: applied.fold_value_biases,
     };
-    convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None).expect("blob").0
+    convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None)
+        .expect("blob")
+        .0
 }
 
 /// Unprocessed blob of a fixture.

@@ -419,7 +419,8 @@ impl<'a> Model<'a> {
                 if kind.data_len(rows as usize, cols as usize) != Some(len) {
                     return Err(bounds);
                 }
-                let t = Tensor::from_data(kind, rows as usize, cols as usize, data).ok_or(bounds)?;
+                let t =
+                    Tensor::from_data(kind, rows as usize, cols as usize, data).ok_or(bounds)?;
                 if !t.all_finite() {
                     return Err(Error::NonFiniteWeight { tensor: slot.name });
                 }
@@ -454,7 +455,12 @@ impl<'a> Model<'a> {
         let e = &self.bytes[HEADER_LEN + index * ENTRY_LEN..][..ENTRY_LEN];
         let kind = StorageKind::from_u8(e[1]).unwrap_or(StorageKind::Bytes);
         let (offset, len) = (u32_at(e, 12) as usize, u32_at(e, 16) as usize);
-        (kind, u32_at(e, 4) as usize, u32_at(e, 8) as usize, &self.bytes[offset..offset + len])
+        (
+            kind,
+            u32_at(e, 4) as usize,
+            u32_at(e, 8) as usize,
+            &self.bytes[offset..offset + len],
+        )
     }
 
     /// The tensor at table index `index` (validated at load).
@@ -492,8 +498,12 @@ impl<'a> Model<'a> {
     }
 
     pub fn ln_final(&self) -> Option<(Tensor<'a>, Tensor<'a>)> {
-        (self.config.normalization == Normalization::LN)
-            .then(|| (self.tensor_at(self.after_layers()), self.tensor_at(self.after_layers() + 1)))
+        (self.config.normalization == Normalization::LN).then(|| {
+            (
+                self.tensor_at(self.after_layers()),
+                self.tensor_at(self.after_layers() + 1),
+            )
+        })
     }
 
     /// `W_U` stored as `[d_vocab_out, d_model]`.

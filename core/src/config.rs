@@ -79,14 +79,19 @@ impl Config {
         if c.d_model == 0 || c.d_model > MAX_DIM {
             return Err(Error::InvalidConfig { field: "d_model" });
         }
-        if c.d_head == 0 || c.d_head > MAX_DIM || c.n_heads as u64 * c.d_head as u64 > MAX_DIM as u64 {
+        if c.d_head == 0
+            || c.d_head > MAX_DIM
+            || c.n_heads as u64 * c.d_head as u64 > MAX_DIM as u64
+        {
             return Err(Error::InvalidConfig { field: "d_head" });
         }
         if c.d_vocab == 0 || c.d_vocab > MAX_VOCAB {
             return Err(Error::InvalidConfig { field: "d_vocab" });
         }
         if c.d_vocab_out == 0 || c.d_vocab_out > MAX_VOCAB {
-            return Err(Error::InvalidConfig { field: "d_vocab_out" });
+            return Err(Error::InvalidConfig {
+                field: "d_vocab_out",
+            });
         }
         if c.n_ctx == 0 || c.n_ctx > MAX_CTX {
             return Err(Error::InvalidConfig { field: "n_ctx" });
@@ -95,7 +100,9 @@ impl Config {
             return Err(Error::InvalidConfig { field: "eps" });
         }
         if !(c.attn_scale.is_finite() && c.attn_scale > 0.0) {
-            return Err(Error::InvalidConfig { field: "attn_scale" });
+            return Err(Error::InvalidConfig {
+                field: "attn_scale",
+            });
         }
         if self.workspace_words_u64() > MAX_WORKSPACE_WORDS {
             return Err(Error::InvalidConfig {
@@ -134,7 +141,8 @@ impl Config {
     }
 
     const fn workspace_words_u64(&self) -> u64 {
-        let kv = self.n_layers as u64 * self.n_heads as u64 * self.n_ctx as u64 * self.d_head as u64;
+        let kv =
+            self.n_layers as u64 * self.n_heads as u64 * self.n_ctx as u64 * self.d_head as u64;
         let d_model = self.d_model as u64;
         let qkv = self.n_heads as u64 * self.d_head as u64;
         let widest = max(max(d_model, qkv), self.d_head as u64);

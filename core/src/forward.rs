@@ -192,7 +192,11 @@ impl<'m, 'w> Session<'m, 'w> {
             site(HookPoint::LnFinalScale, 0, None),
         );
         let w_u = self.model.w_u();
-        let input = prepare(self.normed, self.xq, kernels::needs_quantized_input(w_u.kind));
+        let input = prepare(
+            self.normed,
+            self.xq,
+            kernels::needs_quantized_input(w_u.kind),
+        );
         kernels::matvec(&w_u, &input, self.logits);
         self.model.b_u().add_row_to(0, self.logits);
         if hooks.wants(HookPoint::Logits) {
@@ -207,9 +211,19 @@ impl<'m, 'w> Session<'m, 'w> {
 
     /// One attention layer at the current position: fills the caches' row for this
     /// position, and leaves `sum_h result_h` (without `b_O`) in `attn_out`.
-    fn attention<H: Hooks>(&mut self, cfg: &Config, lt: &LayerTensors<'_>, layer: usize, hooks: &mut H) {
+    fn attention<H: Hooks>(
+        &mut self,
+        cfg: &Config,
+        lt: &LayerTensors<'_>,
+        layer: usize,
+        hooks: &mut H,
+    ) {
         let p = self.pos;
-        let (n_heads, d_head, d_model) = (cfg.n_heads as usize, cfg.d_head as usize, cfg.d_model as usize);
+        let (n_heads, d_head, d_model) = (
+            cfg.n_heads as usize,
+            cfg.d_head as usize,
+            cfg.d_model as usize,
+        );
         let n_ctx = cfg.n_ctx as usize;
         let slot = |h: usize, j: usize| ((layer * n_heads + h) * n_ctx + j) * d_head;
         let site = |point, head: usize| Site {
@@ -278,7 +292,8 @@ impl<'m, 'w> Session<'m, 'w> {
             let q = &self.q[h * d_head..(h + 1) * d_head];
             let scores = &mut self.scores[..=p];
             for (j, s) in scores.iter_mut().enumerate() {
-                *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head]) / cfg.attn_scale;
+                *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head])
+                    / cfg.attn_scale;
             }
             if hooks.wants(HookPoint::AttnScores) {
                 hooks.hook(site(HookPoint::AttnScores, h), scores);
@@ -289,7 +304,11 @@ impl<'m, 'w> Session<'m, 'w> {
             }
             self.z.fill(0.0);
             for (j, &a) in scores.iter().enumerate() {
-                for (z, v) in self.z.iter_mut().zip(&self.v_cache[slot(h, j)..slot(h, j) + d_head]) {
+                for (z, v) in self
+                    .z
+                    .iter_mut()
+                    .zip(&self.v_cache[slot(h, j)..slot(h, j) + d_head])
+                {
                     *z += a * v;
                 }
             }
@@ -336,7 +355,8 @@ fn add_bias(b: &Tensor<'_>, offset: usize, out: &mut [f32]) {
 }
 
 /// TransformerLens's LayerNorm / LayerNormPre (or a copy for `normalization = None`):
-/// centre, divide by `sqrt(mean(x^2) + eps)`, then `* w + b` for LN. The scale is handed
+/// centre, divide by `sqrt(mean(x^2) + eps)` (`hook_scale`), hook (`hook_normalized`),
+/// then `* w + b` for LN. The scale is handed
 /// to the hooks before it is used, so a frozen scale takes effect.
 fn layer_norm<H: Hooks>(
     cfg: &Config,
@@ -364,12 +384,19 @@ fn layer_norm<H: Hooks>(
     for v in out.iter_mut() {
         *v /= scale[0];
     }
+    // TransformerLens hooks the normalized value before the LayerNorm weight and bias.
+    if hooks.wants(points.1) {
+        hooks.hook(
+            Site {
+                point: points.1,
+                ..site
+            },
+            out,
+        );
+    }
     if let Some((w, b)) = wb {
         w.for_each_in_row(0, |c, wv| out[c] *= wv);
         b.add_row_to(0, out);
-    }
-    if hooks.wants(points.1) {
-        hooks.hook(Site { point: points.1, ..site }, out);
     }
 }
 

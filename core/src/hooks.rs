@@ -5,7 +5,9 @@
 use core::fmt;
 
 /// A TransformerLens hook point of an attention-only model, in forward order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum HookPoint {
@@ -17,7 +19,8 @@ pub enum HookPoint {
     ResidPre = 2,
     /// `blocks.L.ln1.hook_scale` [pos, 1]
     Ln1Scale = 3,
-    /// `blocks.L.ln1.hook_normalized` [pos, d_model]
+    /// `blocks.L.ln1.hook_normalized` [pos, d_model]: centred and divided by the scale,
+    /// before the LayerNorm weight and bias (as in TransformerLens)
     Ln1Normalized = 4,
     /// `blocks.L.attn.hook_q` [pos, head, d_head]
     Q = 5,
@@ -94,7 +97,10 @@ impl HookPoint {
     pub const fn needs_ln(self) -> bool {
         matches!(
             self,
-            HookPoint::Ln1Scale | HookPoint::Ln1Normalized | HookPoint::LnFinalScale | HookPoint::LnFinalNormalized
+            HookPoint::Ln1Scale
+                | HookPoint::Ln1Normalized
+                | HookPoint::LnFinalScale
+                | HookPoint::LnFinalNormalized
         )
     }
 

@@ -186,7 +186,14 @@ pub struct Patch<'a> {
 }
 
 impl<'a> Patch<'a> {
-    pub fn new(cfg: &Config, point: HookPoint, layer: u16, head: Option<u16>, values: &'a [f32], len: usize) -> Result<Self, Error> {
+    pub fn new(
+        cfg: &Config,
+        point: HookPoint,
+        layer: u16,
+        head: Option<u16>,
+        values: &'a [f32],
+        len: usize,
+    ) -> Result<Self, Error> {
         if (point.per_layer() && layer as u32 >= cfg.n_layers)
             || head.is_some_and(|h| !point.per_head() || h as u32 >= cfg.n_heads)
             || len > cfg.n_ctx as usize
@@ -229,7 +236,10 @@ impl Hooks for Patch<'_> {
 
     fn hook(&mut self, site: Site, value: &mut [f32]) {
         let pos = site.pos as usize;
-        if site.point != self.point || (self.point.per_layer() && site.layer != self.layer) || pos >= self.len {
+        if site.point != self.point
+            || (self.point.per_layer() && site.layer != self.layer)
+            || pos >= self.len
+        {
             return;
         }
         if self.head.is_some() && site.head != self.head {

@@ -50,7 +50,12 @@ fn dot_f32_le(w: &[u8], x: &[f32]) -> f32 {
             acc[j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xb[j];
         }
     }
-    for (j, (b, xv)) in wc.remainder().chunks_exact(4).zip(xc.remainder()).enumerate() {
+    for (j, (b, xv)) in wc
+        .remainder()
+        .chunks_exact(4)
+        .zip(xc.remainder())
+        .enumerate()
+    {
         acc[j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
     }
     reduce8(acc)
@@ -67,7 +72,12 @@ fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
             acc[j] += half::f16::from_le_bytes([wb[2 * j], wb[2 * j + 1]]).to_f32() * xb[j];
         }
     }
-    for (j, (b, xv)) in wc.remainder().chunks_exact(2).zip(xc.remainder()).enumerate() {
+    for (j, (b, xv)) in wc
+        .remainder()
+        .chunks_exact(2)
+        .zip(xc.remainder())
+        .enumerate()
+    {
         acc[j] += half::f16::from_le_bytes([b[0], b[1]]).to_f32() * xv;
     }
     reduce8(acc)
@@ -77,7 +87,10 @@ fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
 #[inline]
 pub fn dot_i8(w: &[u8], x: &[i8]) -> i32 {
     // Integer addition is associative, so any order (and any SIMD) gives the same sum.
-    w.iter().zip(x).map(|(&a, &b)| (a as i8) as i32 * b as i32).sum()
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| (a as i8) as i32 * b as i32)
+        .sum()
 }
 
 /// Exact integer dot product of one int4 group (`x.len()` columns from column `c0`).
@@ -180,7 +193,9 @@ mod tests {
     use crate::quant::quantize;
 
     fn data(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| libm::sinf(i as f32 * 0.37 + seed) * 1.5).collect()
+        (0..n)
+            .map(|i| libm::sinf(i as f32 * 0.37 + seed) * 1.5)
+            .collect()
     }
 
     fn build(kind: StorageKind, rows: usize, cols: usize, w: &[f32]) -> Vec<u8> {
@@ -206,7 +221,11 @@ mod tests {
         let x = data(cols, 1.0);
         let mut q = vec![0i8; cols];
         let scale = quantize_input(&x, &mut q);
-        let input = Input { x: &x, q: &q, scale };
+        let input = Input {
+            x: &x,
+            q: &q,
+            scale,
+        };
         for (kind, tol) in [
             (StorageKind::F32, 1e-6),
             (StorageKind::F16, 2e-3),
@@ -221,7 +240,11 @@ mod tests {
                 let exact: f32 = (0..cols).map(|c| w[r * cols + c] * x[c]).sum();
                 // Error relative to the size of the terms, as quantization error scales with it.
                 let size: f32 = (0..cols).map(|c| (w[r * cols + c] * x[c]).abs()).sum();
-                assert!((out[r] - exact).abs() < tol * size, "{kind:?} row {r}: {} vs {exact}", out[r]);
+                assert!(
+                    (out[r] - exact).abs() < tol * size,
+                    "{kind:?} row {r}: {} vs {exact}",
+                    out[r]
+                );
             }
         }
     }
@@ -236,7 +259,15 @@ mod tests {
         let buf = build(StorageKind::Int8, rows, cols, &w);
         let t = Tensor::from_data(StorageKind::Int8, rows, cols, &buf).unwrap();
         let mut out = vec![0.0; rows];
-        matvec(&t, &Input { x: &x, q: &q, scale }, &mut out);
+        matvec(
+            &t,
+            &Input {
+                x: &x,
+                q: &q,
+                scale,
+            },
+            &mut out,
+        );
         for r in 0..rows {
             let isum: i64 = (0..cols)
                 .map(|c| (t.values[r * cols + c] as i8) as i64 * q[c] as i64)

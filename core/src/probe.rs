@@ -90,8 +90,11 @@ impl Probe {
     /// Checks the probe against a model's shape.
     pub fn validate(&self, cfg: &Config) -> Result<(), Error> {
         let layer_ok = self.layer.is_none_or(|l| (l as u32) < cfg.n_layers);
-        let head_ok = self.head.is_none_or(|h| self.point.per_head() && (h as u32) < cfg.n_heads);
-        let pos_ok = (self.pos_start as u32) < cfg.n_ctx && self.pos_end.is_none_or(|e| e > self.pos_start);
+        let head_ok = self
+            .head
+            .is_none_or(|h| self.point.per_head() && (h as u32) < cfg.n_heads);
+        let pos_ok =
+            (self.pos_start as u32) < cfg.n_ctx && self.pos_end.is_none_or(|e| e > self.pos_start);
         let ln_ok = !self.point.needs_ln() || cfg.normalization != Normalization::None;
         if layer_ok && head_ok && pos_ok && ln_ok {
             Ok(())
@@ -131,7 +134,9 @@ impl<const N: usize> ProbeSet<N> {
     }
 
     pub fn push(&mut self, probe: Probe) -> Result<(), Error> {
-        self.probes.push(probe).map_err(|_| Error::TooManyProbes { capacity: N })
+        self.probes
+            .push(probe)
+            .map_err(|_| Error::TooManyProbes { capacity: N })
     }
 
     pub fn probes(&self) -> &[Probe] {
@@ -150,7 +155,10 @@ impl<const N: usize> ProbeSet<N> {
     /// first matching probe decides, so a site is recorded at most once.
     #[inline]
     pub fn select(&self, site: &Site) -> Option<Precision> {
-        self.probes.iter().find(|p| p.matches(site)).map(|p| p.precision)
+        self.probes
+            .iter()
+            .find(|p| p.matches(site))
+            .map(|p| p.precision)
     }
 
     /// Bit `p` set when some probe names hook point `p` (a cheap pre-filter).
@@ -290,15 +298,27 @@ mod tests {
     fn points(s: &str) -> std::vec::Vec<(HookPoint, Option<u16>, Option<u16>)> {
         let mut ps: ProbeSet<64> = ProbeSet::new();
         ps.add_pattern(s).unwrap();
-        ps.probes().iter().map(|p| (p.point, p.layer, p.head)).collect()
+        ps.probes()
+            .iter()
+            .map(|p| (p.point, p.layer, p.head))
+            .collect()
     }
 
     #[test]
     fn names_and_wildcards() {
         assert_eq!(points("hook_embed"), [(HookPoint::Embed, None, None)]);
-        assert_eq!(points("blocks.*.attn.hook_pattern"), [(HookPoint::Pattern, None, None)]);
-        assert_eq!(points("blocks.1.attn.hook_result[2]"), [(HookPoint::Result, Some(1), Some(2))]);
-        assert_eq!(points("ln_final.hook_scale"), [(HookPoint::LnFinalScale, None, None)]);
+        assert_eq!(
+            points("blocks.*.attn.hook_pattern"),
+            [(HookPoint::Pattern, None, None)]
+        );
+        assert_eq!(
+            points("blocks.1.attn.hook_result[2]"),
+            [(HookPoint::Result, Some(1), Some(2))]
+        );
+        assert_eq!(
+            points("ln_final.hook_scale"),
+            [(HookPoint::LnFinalScale, None, None)]
+        );
         assert_eq!(points("blocks.0.attn.*").len(), 7);
         assert_eq!(points("blocks.*.*").len(), 12);
         assert_eq!(points("*").len(), 17);
@@ -310,7 +330,10 @@ mod tests {
         let mut ps: ProbeSet = ProbeSet::new();
         ps.add_pattern("blocks.0.hook_resid_pre@3..5:int8").unwrap();
         let p = ps.probes()[0];
-        assert_eq!((p.pos_start, p.pos_end, p.precision), (3, Some(5), Precision::Int8));
+        assert_eq!(
+            (p.pos_start, p.pos_end, p.precision),
+            (3, Some(5), Precision::Int8)
+        );
         let site = |pos| Site {
             point: HookPoint::ResidPre,
             layer: 0,
@@ -345,13 +368,17 @@ mod tests {
     #[test]
     fn capacity_is_an_error() {
         let mut ps: ProbeSet<2> = ProbeSet::new();
-        assert_eq!(ps.add_pattern("*"), Err(Error::TooManyProbes { capacity: 2 }));
+        assert_eq!(
+            ps.add_pattern("*"),
+            Err(Error::TooManyProbes { capacity: 2 })
+        );
     }
 
     #[test]
     fn compact_form_round_trips() {
         let mut ps: ProbeSet = ProbeSet::new();
-        ps.add_pattern("blocks.*.attn.hook_pattern@1..9:f16").unwrap();
+        ps.add_pattern("blocks.*.attn.hook_pattern@1..9:f16")
+            .unwrap();
         ps.add_pattern("logits").unwrap();
         let mut buf = [0u8; 256];
         let bytes = ps.to_bytes(&mut buf).unwrap();

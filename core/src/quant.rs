@@ -125,8 +125,14 @@ impl<'a> Tensor<'a> {
     /// The sub-matrix of rows `start..start + n` (used for per-head slices).
     pub fn rows(&self, start: usize, n: usize) -> Tensor<'a> {
         let (values, scales) = match self.kind {
-            StorageKind::F32 => (&self.values[start * self.cols * 4..(start + n) * self.cols * 4], self.scales),
-            StorageKind::F16 => (&self.values[start * self.cols * 2..(start + n) * self.cols * 2], self.scales),
+            StorageKind::F32 => (
+                &self.values[start * self.cols * 4..(start + n) * self.cols * 4],
+                self.scales,
+            ),
+            StorageKind::F16 => (
+                &self.values[start * self.cols * 2..(start + n) * self.cols * 2],
+                self.scales,
+            ),
             StorageKind::Int8 => (
                 &self.values[start * self.cols..(start + n) * self.cols],
                 &self.scales[start * 2..(start + n) * 2],
@@ -190,7 +196,10 @@ impl<'a> Tensor<'a> {
                 let groups = cols.div_ceil(INT4_GROUP);
                 let bytes = &self.values[r * rb..(r + 1) * rb];
                 for c in 0..cols {
-                    f(c, int4_at(bytes, c) as f32 * self.scale(r * groups + c / INT4_GROUP));
+                    f(
+                        c,
+                        int4_at(bytes, c) as f32 * self.scale(r * groups + c / INT4_GROUP),
+                    );
                 }
             }
             StorageKind::Bytes => {}
@@ -210,17 +219,25 @@ impl<'a> Tensor<'a> {
         match self.kind {
             StorageKind::F32 => {
                 let i = (r * self.cols + c) * 4;
-                tmp[0] = f32::from_le_bytes([self.values[i], self.values[i + 1], self.values[i + 2], self.values[i + 3]]);
+                tmp[0] = f32::from_le_bytes([
+                    self.values[i],
+                    self.values[i + 1],
+                    self.values[i + 2],
+                    self.values[i + 3],
+                ]);
             }
             StorageKind::F16 => {
                 let i = (r * self.cols + c) * 2;
                 tmp[0] = f16::from_le_bytes([self.values[i], self.values[i + 1]]).to_f32();
             }
-            StorageKind::Int8 => tmp[0] = (self.values[r * self.cols + c] as i8) as f32 * self.scale(r),
+            StorageKind::Int8 => {
+                tmp[0] = (self.values[r * self.cols + c] as i8) as f32 * self.scale(r)
+            }
             StorageKind::Int4 => {
                 let rb = self.cols.div_ceil(2);
                 let g = self.cols.div_ceil(INT4_GROUP);
-                tmp[0] = int4_at(&self.values[r * rb..(r + 1) * rb], c) as f32 * self.scale(r * g + c / INT4_GROUP);
+                tmp[0] = int4_at(&self.values[r * rb..(r + 1) * rb], c) as f32
+                    * self.scale(r * g + c / INT4_GROUP);
             }
             StorageKind::Bytes => {}
         }
@@ -386,7 +403,9 @@ mod tests {
     }
 
     fn data(n: usize) -> Vec<f32> {
-        (0..n).map(|i| libm::sinf(i as f32 * 0.7) * (1.0 + (i % 5) as f32)).collect()
+        (0..n)
+            .map(|i| libm::sinf(i as f32 * 0.7) * (1.0 + (i % 5) as f32))
+            .collect()
     }
 
     #[test]
@@ -426,7 +445,11 @@ mod tests {
                 let hi = ((g + 1) * 32).min(cols);
                 let seg = &src[r * cols + lo..r * cols + hi];
                 let amax = seg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let err2 = |q: &[f32]| -> f32 { (lo..hi).map(|c| (src[r * cols + c] - q[c - lo]).powi(2)).sum() };
+                let err2 = |q: &[f32]| -> f32 {
+                    (lo..hi)
+                        .map(|c| (src[r * cols + c] - q[c - lo]).powi(2))
+                        .sum()
+                };
                 // No worse than plain max-abs rounding, whose error is at most half a step.
                 let plain: std::vec::Vec<f32> = seg
                     .iter()
@@ -436,7 +459,10 @@ mod tests {
                 assert!(err2(&ours) <= err2(&plain) * 1.01 + 1e-9);
                 for c in lo..hi {
                     // Clipping can cost at most 30% of the largest value.
-                    assert!((src[r * cols + c] - back[r * cols + c]).abs() <= 0.3 * amax + 0.5 * amax / 7.0);
+                    assert!(
+                        (src[r * cols + c] - back[r * cols + c]).abs()
+                            <= 0.3 * amax + 0.5 * amax / 7.0
+                    );
                 }
             }
         }
@@ -463,7 +489,12 @@ mod tests {
     fn row_slices_match_full_tensor() {
         let (rows, cols) = (6, 40);
         let src = data(rows * cols);
-        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8, StorageKind::Int4] {
+        for kind in [
+            StorageKind::F32,
+            StorageKind::F16,
+            StorageKind::Int8,
+            StorageKind::Int4,
+        ] {
             let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
             assert!(quantize(kind, rows, cols, &src, &mut buf));
             let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();

@@ -61,7 +61,10 @@ pub fn top_k<const K: usize>(logits: &[f32], k: usize, temperature: f32, rng: &m
     let Some(&(max, first)) = best.first() else {
         return 0;
     };
-    let total: f32 = best.iter().map(|(v, _)| libm::expf((v - max) / temperature)).sum();
+    let total: f32 = best
+        .iter()
+        .map(|(v, _)| libm::expf((v - max) / temperature))
+        .sum();
     let mut r = rng.next_f32() * total;
     for &(v, i) in &best {
         r -= libm::expf((v - max) / temperature);
@@ -101,7 +104,9 @@ mod tests {
         let logits: std::vec::Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
             let mut rng = Rng::new(seed);
-            (0..20).map(|_| top_k::<16>(&logits, 10, 0.8, &mut rng)).collect::<std::vec::Vec<_>>()
+            (0..20)
+                .map(|_| top_k::<16>(&logits, 10, 0.8, &mut rng))
+                .collect::<std::vec::Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));

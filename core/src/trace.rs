@@ -104,7 +104,9 @@ impl Record<'_> {
     pub fn value(&self, i: usize) -> f32 {
         let d = self.data;
         match self.precision {
-            Precision::F32 => f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]),
+            Precision::F32 => {
+                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
+            }
             Precision::F16 => half::f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
             Precision::Int8 => (d[i] as i8) as f32 * self.scale,
         }
@@ -124,7 +126,11 @@ impl Record<'_> {
 #[derive(Serialize)]
 enum FrameOut<'a> {
     Header(HeaderOut<'a>),
-    Token { seq: u32, pos: u16, token: u32 },
+    Token {
+        seq: u32,
+        pos: u16,
+        token: u32,
+    },
     Record(RecordOut<'a>),
     End {
         seq: u32,
@@ -208,7 +214,10 @@ fn encode<'b>(frame: &FrameOut<'_>, buf: &'b mut [u8]) -> Result<&'b mut [u8], E
         needed: capacity + 1,
         capacity,
     };
-    let flavor = CrcModifier::new(Cobs::try_new(Slice::new(buf)).map_err(|_| too_large)?, CRC.digest());
+    let flavor = CrcModifier::new(
+        Cobs::try_new(Slice::new(buf)).map_err(|_| too_large)?,
+        CRC.digest(),
+    );
     postcard::serialize_with_flavor(frame, flavor).map_err(|_| too_large)
 }
 
@@ -217,7 +226,8 @@ fn encode<'b>(frame: &FrameOut<'_>, buf: &'b mut [u8]) -> Result<&'b mut [u8], E
 pub fn decode_frame(frame: &mut [u8]) -> Result<Frame<'_>, Error> {
     let n = cobs::decode_in_place(frame).map_err(|_| Error::CorruptFrame)?;
     let decoded = &frame[..n];
-    let f: Frame<'_> = postcard::from_bytes_crc32(decoded, CRC.digest()).map_err(|_| Error::CorruptFrame)?;
+    let f: Frame<'_> =
+        postcard::from_bytes_crc32(decoded, CRC.digest()).map_err(|_| Error::CorruptFrame)?;
     if let Frame::Header(h) = &f {
         if h.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
@@ -366,7 +376,12 @@ pub struct Recorder<'p, 'b, S: Sink, const N: usize = MAX_PROBES> {
 impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
     /// Starts a run: checks the probes against the model and writes the header frame.
     /// `frame_buf` must hold [`frame_buffer_len`] bytes for the model.
-    pub fn begin(model: &Model<'_>, probes: &'p ProbeSet<N>, sink: S, frame_buf: &'b mut [u8]) -> Result<Self, Error> {
+    pub fn begin(
+        model: &Model<'_>,
+        probes: &'p ProbeSet<N>,
+        sink: S,
+        frame_buf: &'b mut [u8],
+    ) -> Result<Self, Error> {
         let cfg = model.config();
         probes.validate(cfg)?;
         let needed = frame_buffer_len(cfg);
@@ -461,7 +476,11 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
         let frame = FrameOut::Record(RecordOut {
             seq: self.seq,
             point: site.point,
-            layer: if site.point.per_layer() { site.layer } else { 0 },
+            layer: if site.point.per_layer() {
+                site.layer
+            } else {
+                0
+            },
             head: site.head,
             pos: site.pos,
             precision,
