@@ -7,7 +7,10 @@ use tinylens_tests::*;
 fn run_prompt(model: &Model<'_>, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut ws = vec![0.0; model.config().workspace_len()];
     let mut s = Session::new(model, &mut ws).unwrap();
-    tokens.iter().map(|t| s.step(*t).unwrap().to_vec()).collect()
+    tokens
+        .iter()
+        .map(|t| s.step(*t).unwrap().to_vec())
+        .collect()
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn f16_logits_within_1e_2_of_the_logit_scale() {
             let theirs = reference["logits"].row(i);
             scale = theirs.iter().fold(scale, |m, v| m.max(v.abs()));
             for (p, row) in run_prompt(&model, prompt).iter().enumerate() {
-                worst = worst.max(max_abs_diff(row, &theirs[p * row.len()..(p + 1) * row.len()]));
+                worst = worst.max(max_abs_diff(
+                    row,
+                    &theirs[p * row.len()..(p + 1) * row.len()],
+                ));
             }
         }
         eprintln!(
@@ -107,8 +113,15 @@ fn int8_top1_and_kl() {
             a.top1_all * 100.0,
             a.mean_kl
         );
-        assert!(a.predicted >= 60, "{name}: too few predicted positions to measure");
-        assert!(a.top1_predicted >= 0.99, "{name}: top-1 {}", a.top1_predicted);
+        assert!(
+            a.predicted >= 60,
+            "{name}: too few predicted positions to measure"
+        );
+        assert!(
+            a.top1_predicted >= 0.99,
+            "{name}: top-1 {}",
+            a.top1_predicted
+        );
         assert!(a.mean_kl <= 0.01, "{name}: KL {}", a.mean_kl);
     }
 }
@@ -124,8 +137,15 @@ fn int4_top1() {
             a.top1_all * 100.0,
             a.mean_kl
         );
-        assert!(a.predicted >= 60, "{name}: too few predicted positions to measure");
-        assert!(a.top1_predicted >= 0.95, "{name}: top-1 {}", a.top1_predicted);
+        assert!(
+            a.predicted >= 60,
+            "{name}: too few predicted positions to measure"
+        );
+        assert!(
+            a.top1_predicted >= 0.95,
+            "{name}: top-1 {}",
+            a.top1_predicted
+        );
     }
 }
 
@@ -141,7 +161,8 @@ fn decoding_token_by_token_equals_prompt_processing() {
     let full = run_prompt(&model, prompt);
     let mut ws = vec![0.0; model.config().workspace_len()];
     let mut s = Session::new(&model, &mut ws).unwrap();
-    s.prefill(&prompt[..10], &mut tinylens_core::NoHooks).unwrap();
+    s.prefill(&prompt[..10], &mut tinylens_core::NoHooks)
+        .unwrap();
     assert_eq!(s.logits(), &full[9][..]);
     for (i, t) in prompt[10..].iter().enumerate() {
         assert_eq!(s.step(*t).unwrap(), &full[10 + i][..]);
@@ -156,11 +177,17 @@ fn context_full_and_bad_tokens_are_errors() {
     let model = Model::from_bytes(&blob).unwrap();
     let mut ws = vec![0.0; model.config().workspace_len()];
     let mut s = Session::new(&model, &mut ws).unwrap();
-    assert!(matches!(s.step(50), Err(tinylens_core::Error::TokenOutOfRange { token: 50, .. })));
+    assert!(matches!(
+        s.step(50),
+        Err(tinylens_core::Error::TokenOutOfRange { token: 50, .. })
+    ));
     for _ in 0..24 {
         s.step(1).unwrap();
     }
-    assert_eq!(s.step(1), Err(tinylens_core::Error::ContextFull { n_ctx: 24 }));
+    assert_eq!(
+        s.step(1),
+        Err(tinylens_core::Error::ContextFull { n_ctx: 24 })
+    );
     let mut small = vec![0.0; model.config().workspace_len() - 1];
     assert!(matches!(
         Session::new(&model, &mut small),
