@@ -25,7 +25,9 @@ pub struct TensorReport {
 
 /// The core's config for host weights.
 pub fn core_config(cfg: &ModelConfig) -> Result<Config> {
-    let u = |v: usize, field: &str| u32::try_from(v).map_err(|_| Error::Config(format!("{field} = {v} is too large")));
+    let u = |v: usize, field: &str| {
+        u32::try_from(v).map_err(|_| Error::Config(format!("{field} = {v} is too large")))
+    };
     let c = Config {
         n_layers: u(cfg.n_layers, "n_layers")?,
         n_heads: u(cfg.n_heads, "n_heads")?,
@@ -91,7 +93,11 @@ impl QuantPlan {
     pub fn for_kind(kind: StorageKind) -> Self {
         QuantPlan {
             attention: kind,
-            embeddings: if kind == StorageKind::Int4 { StorageKind::Int8 } else { kind },
+            embeddings: if kind == StorageKind::Int4 {
+                StorageKind::Int8
+            } else {
+                kind
+            },
         }
     }
 
@@ -129,7 +135,8 @@ fn stored(w: &Weights, slot: &Slot) -> Result<Vec<f32>> {
         }
         out
     };
-    let heads = |ms: &[DMatrix<f32>]| -> Vec<f32> { ms.iter().flat_map(|m| rows_of(m, true)).collect() };
+    let heads =
+        |ms: &[DMatrix<f32>]| -> Vec<f32> { ms.iter().flat_map(|m| rows_of(m, true)).collect() };
     let data = match slot.name.id {
         TensorId::W_E => rows_of(&w.w_e, false),
         TensorId::W_pos => rows_of(&w.w_pos, false),
@@ -186,7 +193,9 @@ pub fn write_blob(
     vocab: Option<&[String]>,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     if plan.attention == StorageKind::Bytes || plan.embeddings == StorageKind::Bytes {
-        return Err(Error::Argument("storage kind must be f32, f16, int8 or int4".into()));
+        return Err(Error::Argument(
+            "storage kind must be f32, f16, int8 or int4".into(),
+        ));
     }
     let cfg = core_config(&w.cfg)?;
     if let Some(v) = vocab {
@@ -212,7 +221,11 @@ pub fn write_blob(
         } else {
             let values = stored(w, &slot)?;
             let kind = plan.kind_of(slot.name.id);
-            let mut bytes = vec![0u8; kind.data_len(rows, cols).ok_or_else(|| Error::Config("tensor too large".into()))?];
+            let mut bytes = vec![
+                0u8;
+                kind.data_len(rows, cols)
+                    .ok_or_else(|| Error::Config("tensor too large".into()))?
+            ];
             quant::quantize(kind, rows, cols, &values, &mut bytes);
             reports.push(report(&slot, kind, &values, &bytes));
             (kind, bytes)
@@ -221,14 +234,21 @@ pub fn write_blob(
             data.push(0);
         }
         let offset = data_start + data.len();
-        table.extend(blob::write::entry(&slot, kind, offset as u32, bytes.len() as u32));
+        table.extend(blob::write::entry(
+            &slot,
+            kind,
+            offset as u32,
+            bytes.len() as u32,
+        ));
         data.extend(bytes);
     }
     out.extend(table);
     out.resize(data_start, 0);
     out.extend(data);
     if out.len() > u32::MAX as usize {
-        return Err(Error::Config("model too large for a blob (over 4 GiB)".into()));
+        return Err(Error::Config(
+            "model too large for a blob (over 4 GiB)".into(),
+        ));
     }
     blob::write::finish(&mut out);
     // The writer and the reader share the layout functions; reading back is the check
@@ -259,7 +279,11 @@ fn report(slot: &Slot, kind: StorageKind, values: &[f32], bytes: &[u8]) -> Tenso
         shape: [rows, cols],
         bytes: bytes.len(),
         max_abs_error: max_abs,
-        relative_rms_error: if norm2 > 0.0 { (err2 / norm2).sqrt() as f32 } else { 0.0 },
+        relative_rms_error: if norm2 > 0.0 {
+            (err2 / norm2).sqrt() as f32
+        } else {
+            0.0
+        },
     }
 }
 
@@ -277,7 +301,9 @@ pub fn weights_from_model(model: &Model<'_>) -> Weights {
         }
         m
     };
-    let vector = |t: quant::Tensor<'_>| -> DVector<f32> { DVector::from_iterator(t.cols, dense(t).row(0).iter().copied()) };
+    let vector = |t: quant::Tensor<'_>| -> DVector<f32> {
+        DVector::from_iterator(t.cols, dense(t).row(0).iter().copied())
+    };
     let (dm, dh, nh) = (cfg.d_model, cfg.d_head, cfg.n_heads);
     let per_head_in = |t: quant::Tensor<'_>| -> Vec<DMatrix<f32>> {
         // Stored [n_heads*d_head, d_model]; TL's W[h] is [d_model, d_head].

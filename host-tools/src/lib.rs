@@ -2,8 +2,12 @@
 //! the circuit analysis of "A Mathematical Framework for Transformer Circuits".
 
 pub mod analysis;
+pub mod cli;
+pub mod commands;
 pub mod convert;
 pub mod error;
+pub mod export;
+pub mod numerics;
 pub mod run;
 pub mod tl;
 pub mod trace;

@@ -1,1 +1,50 @@
-fn main(){}
+//! `tinylens`: convert TransformerLens models to blobs, run them with probes, decode
+//! traces and analyse circuits.
+
+use clap::{Parser, Subcommand};
+use tinylens_host::commands;
+
+#[derive(Parser)]
+#[command(
+    name = "tinylens",
+    version,
+    about = "Tiny attention-only transformers on microcontrollers, with TransformerLens hooks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert TransformerLens weights (safetensors + config JSON) to a model blob.
+    Convert(commands::convert::ConvertArgs),
+    /// Run a blob on the host: next-token predictions, probes, traces, interventions.
+    Run(commands::run::RunArgs),
+    /// Decode a trace into a TransformerLens-shaped cache (JSON, NumPy, safetensors).
+    Decode(commands::decode::DecodeArgs),
+    /// Show what a blob holds and the memory it needs on a device.
+    Info(commands::info::InfoArgs),
+}
+
+fn main() {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`tinylens run ... | head`) instead of panicking on a broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any
+    // thread exists, is what a C program starts with.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(a) => commands::convert::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Decode(a) => commands::decode::run(a),
+        Command::Info(a) => commands::info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

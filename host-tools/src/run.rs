@@ -102,8 +102,11 @@ pub fn probe_set(model: &Model<'_>, patterns: &[String]) -> Result<ProbeSet<HOST
         ps.add_pattern(p)
             .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
     }
-    ps.validate(model.config())
-        .map_err(|_| Error::Argument("a probe names a layer, head, position or hook this model does not have".into()))?;
+    ps.validate(model.config()).map_err(|_| {
+        Error::Argument(
+            "a probe names a layer, head, position or hook this model does not have".into(),
+        )
+    })?;
     Ok(ps)
 }
 
@@ -131,7 +134,9 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
     let heads: Vec<HeadRef> = opts.ablate.iter().map(|(h, _)| *h).collect();
     let mean = opts.ablate.iter().any(|(_, m)| *m == AblateMode::Mean);
     if mean && opts.ablate.iter().any(|(_, m)| *m == AblateMode::Zero) {
-        return Err(Error::Argument("mixing zero and mean ablation in one run is not supported".into()));
+        return Err(Error::Argument(
+            "mixing zero and mean ablation in one run is not supported".into(),
+        ));
     }
     let ablation = if heads.is_empty() {
         None
@@ -145,17 +150,24 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
         } else {
             AblationMode::Zero
         };
-        Some(Ablation::new(&cfg, &heads, mode).map_err(|e| Error::Argument(format!("--ablate: {e}")))?)
+        Some(
+            Ablation::new(&cfg, &heads, mode)
+                .map_err(|e| Error::Argument(format!("--ablate: {e}")))?,
+        )
     };
     let frozen = match &opts.frozen_patterns {
-        Some((p, len)) => Some(FreezePatterns::new(&cfg, p, *len).map_err(|e| Error::Argument(format!("frozen patterns: {e}")))?),
+        Some((p, len)) => Some(
+            FreezePatterns::new(&cfg, p, *len)
+                .map_err(|e| Error::Argument(format!("frozen patterns: {e}")))?,
+        ),
         None => None,
     };
     let patches = opts
         .patches
         .iter()
         .map(|(point, layer, values, len)| {
-            Patch::new(&cfg, *point, *layer, None, values, *len).map_err(|e| Error::Argument(format!("patch: {e}")))
+            Patch::new(&cfg, *point, *layer, None, values, *len)
+                .map_err(|e| Error::Argument(format!("patch: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut interventions = Interventions {

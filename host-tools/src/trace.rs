@@ -103,7 +103,12 @@ impl Run {
             for layer in 0..layers as u16 {
                 for &head in &heads {
                     for pos in 0..positions as u16 {
-                        let site = Site { point, layer, head, pos };
+                        let site = Site {
+                            point,
+                            layer,
+                            head,
+                            pos,
+                        };
                         if self.probes.iter().any(|p| p.matches(&site)) {
                             out.insert(key(&site));
                         }
@@ -152,7 +157,11 @@ impl Run {
             };
             let mut data = vec![f32::NAN; shape.iter().product()];
             if point.is_attention_row() {
-                let masked = if point == HookPoint::Pattern { 0.0 } else { f32::NEG_INFINITY };
+                let masked = if point == HookPoint::Pattern {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                };
                 for h in 0..nh {
                     for q in 0..p {
                         for k in q + 1..p {
@@ -161,7 +170,10 @@ impl Run {
                     }
                 }
             }
-            for (k, v) in self.records.range((point, layer, None, 0)..=(point, layer, Some(u16::MAX), u16::MAX)) {
+            for (k, v) in self
+                .records
+                .range((point, layer, None, 0)..=(point, layer, Some(u16::MAX), u16::MAX))
+            {
                 let (pos, head) = (k.3 as usize, k.2.unwrap_or(0) as usize);
                 if pos >= p {
                     continue;

@@ -1,0 +1,65 @@
+//! `tinylens info`: what a blob holds and what it needs on a device.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tinylens_core::trace::frame_buffer_len;
+use tinylens_core::Model;
+
+use crate::{cli, Result};
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Model blob.
+    pub model: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let bytes = cli::read_input(&a.model)?;
+    let model = Model::from_bytes(&bytes)?;
+    let c = *model.config();
+    let kinds: Vec<(String, &str)> = (0..model.tensor_count())
+        .map(|i| {
+            let slot = tinylens_core::blob::slot(&c, i).expect("validated table");
+            (slot.name.to_string(), model.tensor_at(i).kind.name())
+        })
+        .collect();
+    let ws = c.workspace_len() * 4;
+    let min = c.minimum_len() * 4;
+    let frame = frame_buffer_len(&c);
+    if a.json {
+        let j = serde_json::json!({
+            "blob_bytes": bytes.len(),
+            "crc32": format!("{:08x}", model.checksum()),
+            "config": c,
+            "processing": model.processing().to_bits(),
+            "vocab": model.has_vocab(),
+            "workspace_bytes": ws,
+            "minimum_bytes": min,
+            "trace_frame_buffer_bytes": frame,
+            "tensors": kinds.iter().map(|(n, k)| serde_json::json!({"name": n, "kind": k})).collect::<Vec<_>>(),
+        });
+        println!("{j:#}");
+        return Ok(());
+    }
+    println!(
+        "blob: {} bytes, crc32 {:08x}",
+        bytes.len(),
+        model.checksum()
+    );
+    println!(
+        "model: {} layers x {} heads, d_model {}, d_head {}, vocab {} -> {}, n_ctx {}, {:?}, {:?} positions",
+        c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab, c.d_vocab_out, c.n_ctx, c.normalization, c.positional
+    );
+    println!("processing: {:?}", model.processing());
+    println!(
+        "device RAM: workspace {ws} bytes (minimum for KV cache + residual + logits: {min} bytes, {:.3}x); trace frame buffer {frame} bytes",
+        ws as f64 / min as f64
+    );
+    for (n, k) in kinds {
+        println!("  {n:<28} {k}");
+    }
+    Ok(())
+}

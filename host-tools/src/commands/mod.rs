@@ -1,0 +1,6 @@
+//! One module per `tinylens` subcommand.
+
+pub mod convert;
+pub mod decode;
+pub mod info;
+pub mod run;

@@ -1,0 +1,249 @@
+//! `tinylens run`: the core on the host, with probes, a trace and interventions.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use tinylens_core::Model;
+
+use crate::run::{parse_hook_name, run as run_model, AblateMode, RunOptions};
+use crate::trace::decode_stream;
+use crate::{cli, Error, Result};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model blob.
+    pub model: PathBuf,
+    /// Prompt token ids, e.g. `0,5,7`.
+    #[arg(long)]
+    pub tokens: String,
+    /// How many of the most likely next tokens to show per position.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print `{"tokens": [...], "logits": [[...], ...]}` (one row per position).
+    #[arg(long)]
+    pub json: bool,
+    /// Record a hook: a TransformerLens name with wildcards, `[HEAD]`, `@POS` or
+    /// `@START..END`, `:f32|:f16|:int8` (e.g. `blocks.*.attn.hook_pattern`).
+    #[arg(long = "probe")]
+    pub probes: Vec<String>,
+    /// Write the trace of the probes here.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Ablate a head: `L.H` (zero), `L.H=zero` or `L.H=mean` (needs --means).
+    #[arg(long)]
+    pub ablate: Vec<String>,
+    /// Mean head results for mean ablation: safetensors with `hook_result_mean`
+    /// [n_layers, n_heads, d_model] (as `tinylens ablate --save-means` writes).
+    #[arg(long)]
+    pub means: Option<PathBuf>,
+    /// Impose the attention patterns recorded in this trace (all layers' `hook_pattern`).
+    #[arg(long)]
+    pub freeze_patterns: Option<PathBuf>,
+    /// Patch a hook with its values from a trace: `TRACE:HOOK` (e.g. `clean.tlt:blocks.0.attn.hook_z`).
+    #[arg(long)]
+    pub patch: Vec<String>,
+    /// Generate this many tokens after the prompt.
+    #[arg(long, default_value_t = 0)]
+    pub generate: usize,
+    /// Sample among the K most likely tokens (with --temperature); greedy otherwise.
+    #[arg(long, default_value_t = 0)]
+    pub sample_top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_ablate(s: &str) -> Result<((u16, u16), AblateMode)> {
+    let bad = || {
+        Error::Argument(format!(
+            "--ablate `{s}`: expected L.H, L.H=zero or L.H=mean"
+        ))
+    };
+    let (head, mode) = match s.split_once('=') {
+        Some((h, "zero")) => (h, AblateMode::Zero),
+        Some((h, "mean")) => (h, AblateMode::Mean),
+        Some(_) => return Err(bad()),
+        None => (s, AblateMode::Zero),
+    };
+    let (l, h) = head.split_once('.').ok_or_else(bad)?;
+    Ok((
+        (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?),
+        mode,
+    ))
+}
+
+/// Reads `[n_layers, n_heads, d_model]` mean head results.
+pub fn read_means(path: &Path, cfg: &tinylens_core::Config) -> Result<Vec<f32>> {
+    let bytes = cli::read_input(path)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let name = ["hook_result_mean", "means.hook_result"]
+        .into_iter()
+        .find(|n| st.tensor(n).is_ok())
+        .ok_or_else(|| Error::MissingTensor {
+            name: format!("hook_result_mean (in {})", path.display()),
+        })?;
+    let t = st.tensor(name).expect("found above");
+    let expected = vec![
+        cfg.n_layers as usize,
+        cfg.n_heads as usize,
+        cfg.d_model as usize,
+    ];
+    if t.shape() != expected.as_slice() || t.dtype() != safetensors::Dtype::F32 {
+        return Err(Error::TensorShape {
+            name: name.into(),
+            expected,
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// The first run of a trace file, checked against the model it will be used with.
+fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
+    let bytes = cli::read_input(path)?;
+    let (runs, _) = decode_stream(&bytes);
+    let run = runs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Trace(format!("{}: no run in this trace", path.display())))?;
+    if run.model_crc != model.checksum() {
+        eprintln!(
+            "warning: {} was recorded with model {:08x}, this is {:08x}",
+            path.display(),
+            run.model_crc,
+            model.checksum()
+        );
+    }
+    if run.config != *model.config() {
+        return Err(Error::Trace(format!(
+            "{}: recorded with a model of another shape",
+            path.display()
+        )));
+    }
+    Ok(run)
+}
+
+/// One hook's values from a trace, complete (no lost records) or an error.
+fn hook_values(run: &crate::trace::Run, hook: &str, path: &Path) -> Result<Vec<f32>> {
+    let cache = run.cache();
+    let (_, data) = cache
+        .get(hook)
+        .ok_or_else(|| Error::Trace(format!("{}: `{hook}` was not recorded", path.display())))?;
+    if data.iter().any(|v| v.is_nan()) {
+        return Err(Error::Trace(format!(
+            "{}: `{hook}` has lost or unrecorded values",
+            path.display()
+        )));
+    }
+    Ok(data.clone())
+}
+
+pub fn options(a: &RunArgs, model: &Model<'_>) -> Result<RunOptions> {
+    let cfg = *model.config();
+    let mut o = RunOptions {
+        tokens: cli::parse_tokens(&a.tokens)?,
+        probes: a.probes.clone(),
+        trace: a.trace.is_some(),
+        ablate: a
+            .ablate
+            .iter()
+            .map(|s| parse_ablate(s))
+            .collect::<Result<_>>()?,
+        generate: a.generate,
+        top_k: a.sample_top_k,
+        temperature: a.temperature,
+        seed: a.seed,
+        ..Default::default()
+    };
+    if let Some(p) = &a.means {
+        o.means = Some(read_means(p, &cfg)?);
+    }
+    if let Some(p) = &a.freeze_patterns {
+        let run = trace_run(p, model)?;
+        let len = run.positions();
+        let mut patterns = Vec::new();
+        for l in 0..cfg.n_layers {
+            patterns.extend(hook_values(
+                &run,
+                &format!("blocks.{l}.attn.hook_pattern"),
+                p,
+            )?);
+        }
+        o.frozen_patterns = Some((patterns, len));
+    }
+    for spec in &a.patch {
+        let (path, hook) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| Error::Argument(format!("--patch `{spec}`: expected TRACE:HOOK")))?;
+        let (point, layer) = parse_hook_name(hook)?;
+        let path = Path::new(path);
+        let run = trace_run(path, model)?;
+        let values = hook_values(&run, hook, path)?;
+        o.patches.push((point, layer, values, run.positions()));
+    }
+    Ok(o)
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let bytes = cli::read_input(&a.model)?;
+    let model = Model::from_bytes(&bytes)?;
+    let opts = options(&a, &model)?;
+    let out = run_model(&model, &opts)?;
+    if let Some(path) = &a.trace {
+        cli::write_output(path, &out.trace)?;
+    }
+    let vocab = crate::convert::vocab_of(&model);
+    if a.json {
+        let mut j = serde_json::json!({ "tokens": out.tokens, "logits": out.logits });
+        if a.generate > 0 {
+            j["generated"] = serde_json::json!(out.generated);
+        }
+        println!("{j}");
+    } else {
+        for (p, (t, logits)) in out.tokens.iter().zip(&out.logits).enumerate() {
+            let lp = crate::numerics::log_softmax(logits);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|x, y| logits[*y].total_cmp(&logits[*x]));
+            let top: Vec<String> = order
+                .iter()
+                .take(a.top_k)
+                .map(|&i| {
+                    format!(
+                        "{} {:.3}",
+                        cli::token_label(vocab.as_deref(), i as u32),
+                        lp[i].exp()
+                    )
+                })
+                .collect();
+            println!(
+                "{p:>4} {:>10} -> {}",
+                cli::token_label(vocab.as_deref(), *t),
+                top.join(", ")
+            );
+        }
+        if a.generate > 0 {
+            let text: Vec<String> = out
+                .generated
+                .iter()
+                .map(|t| cli::token_label(vocab.as_deref(), *t))
+                .collect();
+            println!("generated: {}", text.join(" "));
+        }
+    }
+    if let (Some(path), Some(s)) = (&a.trace, out.summary) {
+        eprintln!(
+            "trace: {} frames, {} records -> {}",
+            s.frames,
+            s.records,
+            path.display()
+        );
+    }
+    Ok(())
+}
