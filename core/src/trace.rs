@@ -22,41 +22,40 @@ pub const FORMAT_VERSION: u16 = 1;
 /// Bytes of one frame beyond its payload values, at most (postcard fields, CRC).
 const RECORD_OVERHEAD: usize = 40;
 
-/// A decoded frame (borrowing its payload from the decoded buffer).
+/// A decoded frame: which run it belongs to, its place in the run, and what it says.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Frame<'a> {
+    /// Run identifier chosen by the recorder's caller; frames of different runs never mix.
+    pub run: u32,
+    /// Position of the frame in its run (the header is 0), so a receiver sees gaps.
+    pub seq: u32,
+    #[serde(borrow)]
+    pub body: Body<'a>,
+}
+
+/// What a frame carries.
 // The header is large (the probe set inline) but frames are decoded one at a time and
 // there is no allocator to box it.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub enum Frame<'a> {
+pub enum Body<'a> {
     /// Starts a run: which model, its shape, and what is recorded.
     Header(Header),
     /// Position `pos` starts, with input `token`.
-    Token { seq: u32, pos: u16, token: u32 },
+    Token { pos: u16, token: u32 },
     /// One recorded value.
     Record(#[serde(borrow)] Record<'a>),
     /// Ends a run: positions processed, records written and records that could not be.
     End {
-        seq: u32,
         positions: u32,
         records: u32,
         dropped: u32,
     },
 }
 
-impl Frame<'_> {
-    pub fn seq(&self) -> u32 {
-        match self {
-            Frame::Header(h) => h.seq,
-            Frame::Token { seq, .. } | Frame::End { seq, .. } => *seq,
-            Frame::Record(r) => r.seq,
-        }
-    }
-}
-
 /// The first frame of a run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Header {
-    pub seq: u32,
     pub format: u16,
     /// CRC-32 of the model blob ([`Model::checksum`]).
     pub model_crc: u32,
@@ -69,7 +68,6 @@ pub struct Header {
 /// One recorded value.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Record<'a> {
-    pub seq: u32,
     pub point: HookPoint,
     pub layer: u16,
     pub head: Option<u16>,
@@ -124,16 +122,21 @@ impl Record<'_> {
 // field types on the wire), but borrow what they send instead of owning it. ----
 
 #[derive(Serialize)]
-enum FrameOut<'a> {
+struct FrameOut<'a> {
+    run: u32,
+    seq: u32,
+    body: BodyOut<'a>,
+}
+
+#[derive(Serialize)]
+enum BodyOut<'a> {
     Header(HeaderOut<'a>),
     Token {
-        seq: u32,
         pos: u16,
         token: u32,
     },
     Record(RecordOut<'a>),
     End {
-        seq: u32,
         positions: u32,
         records: u32,
         dropped: u32,
@@ -142,7 +145,6 @@ enum FrameOut<'a> {
 
 #[derive(Serialize)]
 struct HeaderOut<'a> {
-    seq: u32,
     format: u16,
     model_crc: u32,
     config: Config,
@@ -152,7 +154,6 @@ struct HeaderOut<'a> {
 
 #[derive(Serialize)]
 struct RecordOut<'a> {
-    seq: u32,
     point: HookPoint,
     layer: u16,
     head: Option<u16>,
@@ -228,7 +229,7 @@ pub fn decode_frame(frame: &mut [u8]) -> Result<Frame<'_>, Error> {
     let decoded = &frame[..n];
     let f: Frame<'_> =
         postcard::from_bytes_crc32(decoded, CRC.digest()).map_err(|_| Error::CorruptFrame)?;
-    if let Frame::Header(h) = &f {
+    if let Body::Header(h) = &f.body {
         if h.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
                 found: h.format,
@@ -364,6 +365,7 @@ pub struct Summary {
 pub struct Recorder<'p, 'b, S: Sink, const N: usize = MAX_PROBES> {
     probes: &'p ProbeSet<N>,
     mask: u32,
+    run: u32,
     sink: S,
     buf: &'b mut [u8],
     seq: u32,
@@ -374,13 +376,26 @@ pub struct Recorder<'p, 'b, S: Sink, const N: usize = MAX_PROBES> {
 }
 
 impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
-    /// Starts a run: checks the probes against the model and writes the header frame.
-    /// `frame_buf` must hold [`frame_buffer_len`] bytes for the model.
+    /// Starts run 0: see [`Recorder::begin_run`].
     pub fn begin(
         model: &Model<'_>,
         probes: &'p ProbeSet<N>,
         sink: S,
         frame_buf: &'b mut [u8],
+    ) -> Result<Self, Error> {
+        Self::begin_run(model, probes, sink, frame_buf, 0)
+    }
+
+    /// Starts a run: checks the probes against the model and writes the header frame.
+    /// `frame_buf` must hold [`frame_buffer_len`] bytes for the model. Several runs may
+    /// share one stream (e.g. firmware tracing prompt after prompt); give each its own
+    /// `run` id so that a receiver that lost a header never mixes their frames.
+    pub fn begin_run(
+        model: &Model<'_>,
+        probes: &'p ProbeSet<N>,
+        sink: S,
+        frame_buf: &'b mut [u8],
+        run: u32,
     ) -> Result<Self, Error> {
         let cfg = model.config();
         probes.validate(cfg)?;
@@ -394,6 +409,7 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
         let mut r = Recorder {
             probes,
             mask: probes.point_mask(),
+            run,
             sink,
             buf: frame_buf,
             seq: 0,
@@ -402,20 +418,23 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
             dropped: 0,
             error: None,
         };
-        let header = FrameOut::Header(HeaderOut {
-            seq: 0,
+        r.emit(BodyOut::Header(HeaderOut {
             format: FORMAT_VERSION,
             model_crc: model.checksum(),
             config: *cfg,
             processing: model.processing().to_bits(),
             probes: probes.probes(),
-        });
-        r.emit(&header)?;
+        }))?;
         Ok(r)
     }
 
-    fn emit(&mut self, frame: &FrameOut<'_>) -> Result<(), Error> {
-        let bytes = encode(frame, self.buf)?;
+    fn emit(&mut self, body: BodyOut<'_>) -> Result<(), Error> {
+        let frame = FrameOut {
+            run: self.run,
+            seq: self.seq,
+            body,
+        };
+        let bytes = encode(&frame, self.buf)?;
         self.seq = self.seq.wrapping_add(1);
         self.sink.write_frame(bytes)
     }
@@ -428,13 +447,12 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
 
     /// Writes the end frame and returns the summary.
     pub fn finish(mut self) -> (Summary, S) {
-        let end = FrameOut::End {
-            seq: self.seq,
+        let end = BodyOut::End {
             positions: self.positions,
             records: self.records,
             dropped: self.dropped,
         };
-        if let Err(e) = self.emit(&end) {
+        if let Err(e) = self.emit(end) {
             self.note(e);
         }
         (
@@ -473,8 +491,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
             Precision::Int8 => int8_scale(value),
             _ => 1.0,
         };
-        let frame = FrameOut::Record(RecordOut {
-            seq: self.seq,
+        let frame = BodyOut::Record(RecordOut {
             point: site.point,
             layer: if site.point.per_layer() {
                 site.layer
@@ -491,7 +508,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
                 inv_scale: 1.0 / scale,
             },
         });
-        match self.emit(&frame) {
+        match self.emit(frame) {
             Ok(()) => self.records += 1,
             Err(e) => {
                 self.dropped += 1;
@@ -502,12 +519,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
 
     fn token(&mut self, pos: u16, token: u32) {
         self.positions = self.positions.max(pos as u32 + 1);
-        let frame = FrameOut::Token {
-            seq: self.seq,
-            pos,
-            token,
-        };
-        if let Err(e) = self.emit(&frame) {
+        if let Err(e) = self.emit(BodyOut::Token { pos, token }) {
             self.note(e);
         }
     }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use tinylens_core::probe::Probe;
-use tinylens_core::trace::{decode_frame, Frame};
+use tinylens_core::trace::{decode_frame, Body};
 use tinylens_core::{Config, HookPoint, Normalization, Site};
 
 /// Identity of a recorded value.
@@ -24,6 +24,8 @@ fn key(site: &Site) -> Key {
 /// One decoded run.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// The id the recorder gave the run.
+    pub run_id: u32,
     pub model_crc: u32,
     pub config: Config,
     pub processing: u32,
@@ -206,9 +208,15 @@ pub fn describe(k: &Key) -> String {
 }
 
 /// Decodes a whole stream (any number of runs, any damage).
+///
+/// Frames go to their run by the run id every frame carries, so a lost header costs that
+/// run's frames (reported as orphans), never a mix-up with another run. A second header
+/// with the id of a run that has not ended is a duplicate; after the run's end frame
+/// it starts a new run (a device that restarted its numbering).
 pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
     let mut report = StreamReport::default();
     let mut runs: Vec<Run> = Vec::new();
+    let mut by_id: BTreeMap<u32, usize> = BTreeMap::new();
     let mut buf = Vec::new();
     for chunk in bytes.split(|b| *b == 0) {
         if chunk.is_empty() {
@@ -224,40 +232,48 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
             }
         };
         report.frames_ok += 1;
-        if let Frame::Header(h) = &frame {
-            if let Some(prev) = runs.last_mut() {
-                prev.finish();
+        if let Body::Header(h) = &frame.body {
+            let current = by_id.get(&frame.run).map(|&i| &mut runs[i]);
+            match current {
+                Some(run) if run.end.is_none() => {
+                    run.loss.duplicate_frames += 1;
+                }
+                _ => {
+                    by_id.insert(frame.run, runs.len());
+                    runs.push(Run {
+                        run_id: frame.run,
+                        model_crc: h.model_crc,
+                        config: h.config,
+                        processing: h.processing,
+                        probes: h.probes.to_vec(),
+                        tokens: BTreeMap::new(),
+                        records: BTreeMap::new(),
+                        end: None,
+                        seqs: BTreeSet::from([frame.seq]),
+                        loss: Loss::default(),
+                    });
+                }
             }
-            runs.push(Run {
-                model_crc: h.model_crc,
-                config: h.config,
-                processing: h.processing,
-                probes: h.probes.to_vec(),
-                tokens: BTreeMap::new(),
-                records: BTreeMap::new(),
-                end: None,
-                seqs: BTreeSet::from([h.seq]),
-                loss: Loss::default(),
-            });
             continue;
         }
-        let Some(run) = runs.last_mut() else {
+        let Some(&i) = by_id.get(&frame.run) else {
             report.orphan_frames += 1;
             continue;
         };
-        if !run.seqs.insert(frame.seq()) {
+        let run = &mut runs[i];
+        if !run.seqs.insert(frame.seq) {
             run.loss.duplicate_frames += 1;
             continue;
         }
-        match frame {
-            Frame::Token { pos, token, .. } => {
+        match frame.body {
+            Body::Token { pos, token } => {
                 run.tokens.insert(pos, token);
             }
-            Frame::Record(r) => {
+            Body::Record(r) => {
                 let c = &run.config;
                 let site = r.site();
                 // A record that does not fit the run's shape is corrupt content that
-                // passed the CRC by chance, or from another run: never data.
+                // passed the CRC by chance: never data.
                 let plausible = (!site.point.per_layer() || (site.layer as u32) < c.n_layers)
                     && site.head.is_none_or(|h| (h as u32) < c.n_heads)
                     && (site.pos as u32) < c.n_ctx
@@ -268,19 +284,18 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
                 }
                 let mut v = vec![0.0; r.len()];
                 r.values_into(&mut v);
-                run.records.insert(key(&site), v);
+                run.records.entry(key(&site)).or_insert(v);
             }
-            Frame::End {
+            Body::End {
                 positions,
                 records,
                 dropped,
-                ..
             } => run.end = Some((positions, records, dropped)),
-            Frame::Header(_) => {}
+            Body::Header(_) => {}
         }
     }
-    if let Some(last) = runs.last_mut() {
-        last.finish();
+    for run in &mut runs {
+        run.finish();
     }
     report.runs = runs.len();
     (runs, report)
