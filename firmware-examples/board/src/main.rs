@@ -84,7 +84,11 @@ fn main() -> ! {
 fn finish(ok: bool) -> ! {
     if cortex_m::peripheral::DCB::is_debugger_attached() {
         use cortex_m_semihosting::debug;
-        debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+        debug::exit(if ok {
+            debug::EXIT_SUCCESS
+        } else {
+            debug::EXIT_FAILURE
+        });
     }
     loop {
         cortex_m::asm::wfi();

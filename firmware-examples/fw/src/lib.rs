@@ -113,7 +113,12 @@ impl<P: OutputPin, D: DelayNs> Stepper<P, D> {
     pub fn new(mut busy: P, delay: D, gap_us: u32) -> Self {
         // GPIO writes are infallible on the HALs in use; a failing pin only loses timing.
         let _ = busy.set_low();
-        Self { busy, delay, gap_us, steps: 0 }
+        Self {
+            busy,
+            delay,
+            gap_us,
+            steps: 0,
+        }
     }
 
     /// Runs `step` (e.g. `|| session.step(token)`) between the busy-pin edges and the
@@ -206,13 +211,15 @@ pub fn run_demo<P: OutputPin, D: DelayNs, S: TraceSink>(
         defmt::info!("step {=usize}: token {=u32} -> {=f32}", i, token, out);
         token = token.wrapping_mul(31).wrapping_add(7) % 1000;
     }
-    defmt::info!("done: {=u32} steps, {=u32} icount marks", stepper.steps(), icount_marks());
+    defmt::info!(
+        "done: {=u32} steps, {=u32} icount marks",
+        stepper.steps(),
+        icount_marks()
+    );
     Ok(())
 }
 
-/// Stand-in for `session.step(token)` (see [`run_demo`]).
-
-/// A fixed amount of float work over the workspace that depends on `token` and on the
+/// Stand-in for `session.step(token)` (see [`run_demo`]): a fixed amount of float work over the workspace that depends on `token` and on the
 /// previous steps (like a KV cache would), returning a checksum of the "logits".
 /// Its instruction count grows linearly with `ws.len()`, which the QEMU run uses to
 /// check the instruction counter.

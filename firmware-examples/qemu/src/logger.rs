@@ -79,7 +79,8 @@ unsafe impl defmt::Logger for Logger {
         // SAFETY: exclusive access, see above.
         let st = unsafe { &mut *STATE.0.get() };
         st.restore = restore;
-        st.encoder.start_frame(|b| emit(&mut st.buf, &mut st.out, b));
+        st.encoder
+            .start_frame(|b| emit(&mut st.buf, &mut st.out, b));
     }
 
     unsafe fn flush() {
@@ -100,6 +101,7 @@ unsafe impl defmt::Logger for Logger {
     unsafe fn write(bytes: &[u8]) {
         // SAFETY: called between acquire and release.
         let st = unsafe { &mut *STATE.0.get() };
-        st.encoder.write(bytes, |b| emit(&mut st.buf, &mut st.out, b));
+        st.encoder
+            .write(bytes, |b| emit(&mut st.buf, &mut st.out, b));
     }
 }

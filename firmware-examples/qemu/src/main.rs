@@ -52,16 +52,23 @@ fn main() -> ! {
         .and_then(|n| n.parse().ok())
         .unwrap_or(8);
 
-    #[cfg(feature = "demo-panic")]
-    panic!("demo-panic: deliberate panic ({} steps requested)", steps);
-    #[cfg(feature = "demo-hardfault")]
-    cortex_m::asm::udf();
+    demo_failure(steps);
 
     let mut stepper = Stepper::new(NoPin, NoDelay, 0);
     if run_demo(&mut stepper, ws, &mut trace, steps).is_err() {
         panic!("trace channel write failed");
     }
     semihost::exit(true)
+}
+
+/// Deliberate failures, to check the failure paths (features `demo-panic`,
+/// `demo-hardfault`); does nothing in a normal build.
+fn demo_failure(steps: usize) {
+    let _ = steps;
+    #[cfg(feature = "demo-panic")]
+    panic!("demo-panic: deliberate panic ({} steps requested)", steps);
+    #[cfg(feature = "demo-hardfault")]
+    cortex_m::asm::udf();
 }
 
 /// Prints the panic message on the host's stderr (stdout carries the trace, the

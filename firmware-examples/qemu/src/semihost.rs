@@ -99,9 +99,11 @@ pub fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 
 /// Ends the QEMU run: status 0 when `success`, 1 otherwise.
 pub fn exit(success: bool) -> ! {
-    debug::exit(if success { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    debug::exit(if success {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
     // Only reached without a semihosting host (e.g. a debugger that ignores it).
-    loop {
-        cortex_m::asm::udf();
-    }
+    cortex_m::asm::udf()
 }
