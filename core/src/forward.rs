@@ -129,7 +129,9 @@ impl<'m, 'w> Session<'m, 'w> {
             return Err(Error::ContextFull { n_ctx: cfg.n_ctx });
         }
         let p = self.pos;
-        hooks.token(p as u16, token);
+        if HOOKS_COMPILED {
+            hooks.token(p as u16, token);
+        }
         let site = |point, layer: usize, head: Option<usize>| Site {
             point,
             layer: layer as u16,
@@ -138,7 +140,7 @@ impl<'m, 'w> Session<'m, 'w> {
         };
 
         self.model.w_e().dequantize_row(token as usize, self.resid);
-        if hooks.wants(HookPoint::Embed) {
+        if active(hooks, HookPoint::Embed) {
             hooks.hook(site(HookPoint::Embed, 0, None), self.resid);
         }
         let pos_buf: &mut [f32] = match cfg.positional {
@@ -146,7 +148,7 @@ impl<'m, 'w> Session<'m, 'w> {
             Positional::Shortformer => self.pos_embed,
         };
         self.model.w_pos().dequantize_row(p, pos_buf);
-        if hooks.wants(HookPoint::PosEmbed) {
+        if active(hooks, HookPoint::PosEmbed) {
             hooks.hook(site(HookPoint::PosEmbed, 0, None), pos_buf);
         }
         if cfg.positional == Positional::Standard {
@@ -157,7 +159,7 @@ impl<'m, 'w> Session<'m, 'w> {
 
         for layer in 0..cfg.n_layers as usize {
             let lt = self.model.layer(layer);
-            if hooks.wants(HookPoint::ResidPre) {
+            if active(hooks, HookPoint::ResidPre) {
                 hooks.hook(site(HookPoint::ResidPre, layer, None), self.resid);
             }
             layer_norm(
@@ -171,13 +173,13 @@ impl<'m, 'w> Session<'m, 'w> {
             );
             self.attention(&cfg, &lt, layer, hooks);
             lt.b_o.add_row_to(0, self.attn_out);
-            if hooks.wants(HookPoint::AttnOut) {
+            if active(hooks, HookPoint::AttnOut) {
                 hooks.hook(site(HookPoint::AttnOut, layer, None), self.attn_out);
             }
             for (r, a) in self.resid.iter_mut().zip(self.attn_out.iter()) {
                 *r += a;
             }
-            if hooks.wants(HookPoint::ResidPost) {
+            if active(hooks, HookPoint::ResidPost) {
                 hooks.hook(site(HookPoint::ResidPost, layer, None), self.resid);
             }
         }
@@ -199,7 +201,7 @@ impl<'m, 'w> Session<'m, 'w> {
         );
         kernels::matvec(&w_u, &input, self.logits);
         self.model.b_u().add_row_to(0, self.logits);
-        if hooks.wants(HookPoint::Logits) {
+        if active(hooks, HookPoint::Logits) {
             hooks.hook(site(HookPoint::Logits, 0, None), self.logits);
         }
         if !self.logits.iter().all(|v| v.is_finite()) {
@@ -276,7 +278,7 @@ impl<'m, 'w> Session<'m, 'w> {
             .into_iter()
             .flat_map(|pt| (0..n_heads).map(move |h| (pt, h)))
         {
-            if !hooks.wants(point) {
+            if !active(hooks, point) {
                 continue;
             }
             let v = match point {
@@ -295,11 +297,11 @@ impl<'m, 'w> Session<'m, 'w> {
                 *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head])
                     / cfg.attn_scale;
             }
-            if hooks.wants(HookPoint::AttnScores) {
+            if active(hooks, HookPoint::AttnScores) {
                 hooks.hook(site(HookPoint::AttnScores, h), scores);
             }
             softmax(scores);
-            if hooks.wants(HookPoint::Pattern) {
+            if active(hooks, HookPoint::Pattern) {
                 hooks.hook(site(HookPoint::Pattern, h), scores);
             }
             self.z.fill(0.0);
@@ -312,12 +314,12 @@ impl<'m, 'w> Session<'m, 'w> {
                     *z += a * v;
                 }
             }
-            if hooks.wants(HookPoint::Z) {
+            if active(hooks, HookPoint::Z) {
                 hooks.hook(site(HookPoint::Z, h), self.z);
             }
             let input = prepare(self.z, self.xq, quantize_z);
             kernels::matvec(&lt.w_o.rows(h * d_model, d_model), &input, self.result);
-            if hooks.wants(HookPoint::Result) {
+            if active(hooks, HookPoint::Result) {
                 hooks.hook(site(HookPoint::Result, h), self.result);
             }
             if h == 0 {
@@ -329,6 +331,15 @@ impl<'m, 'w> Session<'m, 'w> {
             }
         }
     }
+}
+
+/// `false` only in the benchmark build with feature `strip-hooks`, which compiles every
+/// hook call out: the figure that shows [`NoHooks`] costs nothing is measured against it.
+const HOOKS_COMPILED: bool = !cfg!(feature = "strip-hooks");
+
+#[inline(always)]
+fn active<H: Hooks>(hooks: &H, point: HookPoint) -> bool {
+    HOOKS_COMPILED && hooks.wants(point)
 }
 
 fn prepare_scale(x: &[f32], xq: &mut [i8], quantize: bool) -> f32 {
@@ -378,14 +389,14 @@ fn layer_norm<H: Hooks>(
     }
     let var = out.iter().map(|v| v * v).sum::<f32>() / n;
     let mut scale = [libm::sqrtf(var + cfg.eps)];
-    if hooks.wants(points.0) {
+    if active(hooks, points.0) {
         hooks.hook(site, &mut scale);
     }
     for v in out.iter_mut() {
         *v /= scale[0];
     }
     // TransformerLens hooks the normalized value before the LayerNorm weight and bias.
-    if hooks.wants(points.1) {
+    if active(hooks, points.1) {
         hooks.hook(
             Site {
                 point: points.1,
