@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole tinylens test suite, from a fresh machine: installs what it needs (cross
+# targets, QEMU, Chromium, defmt-print), then runs every check CI runs.
+#
+#   ./scripts/test.sh
+#
+# Needs: rustup/cargo, and root or sudo for apt-get (Debian/Ubuntu). Ends with the
+# summary line of the last test run; exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "toolchain: targets and components"
+installed_targets=$(rustup target list --installed)
+for t in thumbv7em-none-eabihf thumbv6m-none-eabi; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+step "system packages: QEMU (Cortex-M emulation), Chromium (report rendering), gcc"
+missing=()
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v gcc >/dev/null || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+step "defmt-print (decodes the firmware's defmt log)"
+command -v defmt-print >/dev/null || cargo install defmt-print --locked --quiet
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "tinylens-core for the microcontroller targets (no_std, no alloc)"
+cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
+cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt
+cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
+
+step "firmware examples (Cortex-M4F and Cortex-M0+)"
+(cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
+    && cargo clippy --release --quiet -- -D warnings)
+
+step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"
+cargo test --workspace --quiet
