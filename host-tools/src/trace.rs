@@ -125,7 +125,7 @@ impl Run {
         let expected = self.expected();
         self.loss.missing_records = expected
             .difference(&self.records.keys().copied().collect())
-            .map(|k| describe(k))
+            .map(describe)
             .collect();
         // The end frame has the highest sequence number; without it, gaps are counted up
         // to the last frame seen.

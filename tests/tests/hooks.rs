@@ -2,8 +2,6 @@
 //! host decoder → TransformerLens-shaped cache) against TransformerLens's
 //! `run_with_cache`, and the interventions against TransformerLens's hooks.
 
-use std::collections::BTreeMap;
-
 use tinylens_core::intervene::{Ablation, AblationMode, FreezePatterns};
 use tinylens_core::probe::{Precision, ProbeSet};
 use tinylens_core::trace::{frame_buffer_len, Recorder};
@@ -16,7 +14,7 @@ use tinylens_tests::*;
 fn traced_cache(
     model: &Model<'_>,
     tokens: &[u32],
-) -> (BTreeMap<String, (Vec<usize>, Vec<f32>)>, Vec<Vec<f32>>) {
+) -> (tinylens_host::export::Cache, Vec<Vec<f32>>) {
     let cfg = *model.config();
     let probes: ProbeSet<64> = ProbeSet::everything(Precision::F32);
     let mut probes_ok: ProbeSet<64> = ProbeSet::new();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use tinylens_core::probe::{Precision, ProbeSet};
+use tinylens_core::probe::ProbeSet;
 use tinylens_core::trace::{frame_buffer_len, Recorder};
 use tinylens_core::{Error, Model, Session, StorageKind};
 use tinylens_host::trace::{decode_stream, describe, Key};
@@ -41,7 +41,8 @@ fn intact_frames() -> Vec<Vec<u8>> {
     for t in [3u32, 9, 27, 3, 9, 27] {
         s.step_with(t, &mut rec).unwrap();
     }
-    rec.finish();
+    let (summary, _sink) = rec.finish();
+    assert_eq!(summary.dropped, 0);
     frames
 }
 
