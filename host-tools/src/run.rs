@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub top_k: usize,
     pub temperature: f32,
     pub seed: u64,
+    /// Run id written in every trace frame (firmware picks its own; 0 by default).
+    pub run_id: u32,
 }
 
 /// What a run produced.
@@ -189,7 +191,13 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
         Ok(())
     };
     let mut recorder = if recording {
-        Some(Recorder::begin(model, &probes, sink, &mut frame_buf)?)
+        Some(Recorder::begin_run(
+            model,
+            &probes,
+            sink,
+            &mut frame_buf,
+            opts.run_id,
+        )?)
     } else {
         None
     };

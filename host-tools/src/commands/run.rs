@@ -52,6 +52,9 @@ pub struct RunArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run id written in every trace frame (e.g. to reproduce a device's trace bit for bit).
+    #[arg(long, default_value_t = 0)]
+    pub run_id: u32,
 }
 
 fn parse_ablate(s: &str) -> Result<((u16, u16), AblateMode)> {
@@ -160,6 +163,7 @@ pub fn options(a: &RunArgs, model: &Model<'_>) -> Result<RunOptions> {
         top_k: a.sample_top_k,
         temperature: a.temperature,
         seed: a.seed,
+        run_id: a.run_id,
         ..Default::default()
     };
     if let Some(p) = &a.means {
