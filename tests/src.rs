@@ -124,3 +124,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() })
         .fold(0.0, f32::max)
 }
+
+/// A fresh, empty directory under the system temp dir for one test.
+pub fn temp_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinylens-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// The demo model's TransformerLens files (`models/demo/`).
+pub fn demo_dir() -> PathBuf {
+    repo_root().join("models/demo")
+}

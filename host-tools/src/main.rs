@@ -25,6 +25,20 @@ enum Command {
     Decode(commands::decode::DecodeArgs),
     /// Show what a blob holds and the memory it needs on a device.
     Info(commands::info::InfoArgs),
+    /// Weight-only circuit analysis: copying, composition, eigenvalues, bigrams, virtual heads.
+    Circuits(commands::circuits::CircuitsArgs),
+    /// TransformerLens head-detector scores (previous-token, duplicate-token, induction).
+    Heads(commands::heads::HeadsArgs),
+    /// Direct logit attribution per head and position, summing to the logits.
+    Attribute(commands::attribute::AttributeArgs),
+    /// Frozen-attention path expansion: direct, head and virtual-head terms; term importance.
+    Paths(commands::paths::PathsArgs),
+    /// Loss increase per ablated head over a data set (zero or mean ablation).
+    Ablate(commands::ablate::AblateArgs),
+    /// A self-contained HTML report: attention heatmaps, circuit tables, attribution.
+    Report(commands::report::ReportArgs),
+    /// The bundled two-layer demo model end to end: find its induction circuit, write report.html.
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() {
@@ -42,6 +56,13 @@ fn main() {
         Command::Run(a) => commands::run::run(a),
         Command::Decode(a) => commands::decode::run(a),
         Command::Info(a) => commands::info::run(a),
+        Command::Circuits(a) => commands::circuits::run(a),
+        Command::Heads(a) => commands::heads::run(a),
+        Command::Attribute(a) => commands::attribute::run(a),
+        Command::Paths(a) => commands::paths::run(a),
+        Command::Ablate(a) => commands::ablate::run(a),
+        Command::Report(a) => commands::report::run(a),
+        Command::Demo(a) => commands::demo::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

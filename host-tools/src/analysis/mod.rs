@@ -7,14 +7,22 @@
 //!   heads and virtual heads.
 //! - [`heads`]: TL's `head_detector` on recorded attention patterns.
 //! - [`factored`]: low-rank matrices kept as two f64 factors (TL's `FactoredMatrix`).
+//! - [`recorded`]: activations recorded through the probe/trace path for the dynamic
+//!   analyses; [`attribution`]: direct logit attribution and the frozen-attention path
+//!   expansion; [`ablation`]: zero/mean ablation of heads over a data set;
+//!   [`html`]: the self-contained HTML report.
 //!
 //! [`analyze`] runs all weight-only analyses and returns an [`AnalysisReport`], which
 //! serializes to the JSON the CLI writes. Layer norm is ignored, as TL does for these
 //! quantities (see [`circuits`]): [`AnalysisReport::ln_treatment`] says so in the output.
 
+pub mod ablation;
+pub mod attribution;
 pub mod circuits;
 pub mod factored;
 pub mod heads;
+pub mod html;
+pub mod recorded;
 #[cfg(test)]
 mod tl_fixtures;
 

@@ -1,6 +1,13 @@
 //! One module per `tinylens` subcommand.
 
+pub mod ablate;
+pub mod attribute;
+pub mod circuits;
 pub mod convert;
 pub mod decode;
+pub mod demo;
+pub mod heads;
 pub mod info;
+pub mod paths;
+pub mod report;
 pub mod run;

@@ -1,0 +1,335 @@
+//! Head ablation over a data set: how much the next-token loss rises when one head's
+//! result (`hook_result`) is replaced by zeros or by its mean over the data set.
+//!
+//! - Data: prompts of token ids ([`parse_data`]: one prompt per line, ids separated by
+//!   commas and/or whitespace; blank lines and lines starting with `#` are skipped), or
+//!   TL's induction test, random tokens repeated twice ([`repeated_dataset`]).
+//! - Loss: next-token cross entropy pooled over every predicted position of every
+//!   prompt (sum over positions / number of positions, TL's `return_type="loss"` for
+//!   prompts of equal length). For repeated tokens the loss on the second copy alone
+//!   (the part only induction can predict) is reported too.
+//! - Means: each head's `hook_result` averaged over every position of every prompt,
+//!   recorded through the probe/trace path ([`mean_results`]); laid out
+//!   `[n_layers][n_heads][d_model]`, as `tinylens run --means` reads them.
+//! - The ablated runs are the core's own forward pass with its [`Ablation`] hook, as on
+//!   a device.
+
+use serde::Serialize;
+use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
+use tinylens_core::{Hooks, Model, NoHooks, Session};
+
+use super::heads::repeated_random_tokens;
+use super::recorded::record;
+use crate::numerics::loss;
+use crate::{Error, Result};
+
+/// A prompt and the positions whose predictions count for the "repeat" loss.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    /// Predictions made at positions `repeat_from..len-1` (predicting tokens
+    /// `repeat_from+1..len`) are the second-copy predictions of a repeated sequence.
+    pub repeat_from: Option<usize>,
+}
+
+/// Parses a data file: one prompt per line (see the module documentation).
+pub fn parse_data(text: &str, d_vocab: u32, n_ctx: u32) -> Result<Vec<Prompt>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let tokens = crate::cli::parse_tokens(line)
+            .map_err(|e| Error::Argument(format!("data line {}: {e}", i + 1)))?;
+        if let Some(t) = tokens.iter().find(|t| **t >= d_vocab) {
+            return Err(Error::Argument(format!(
+                "data line {}: token {t} is out of range (d_vocab = {d_vocab})",
+                i + 1
+            )));
+        }
+        if tokens.len() < 2 || tokens.len() > n_ctx as usize {
+            return Err(Error::Argument(format!(
+                "data line {}: {} tokens; a prompt needs 2 to n_ctx = {n_ctx}",
+                i + 1,
+                tokens.len()
+            )));
+        }
+        out.push(Prompt {
+            tokens,
+            repeat_from: None,
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Argument("the data file holds no prompt".into()));
+    }
+    Ok(out)
+}
+
+/// `batch` prompts of `n` random tokens repeated twice (seeds `seed..seed+batch`), each
+/// after `bos` if given; tokens are drawn from `1..d_vocab` with a BOS, else `0..d_vocab`.
+pub fn repeated_dataset(
+    n: usize,
+    batch: usize,
+    seed: u64,
+    bos: Option<u32>,
+    d_vocab: u32,
+    n_ctx: u32,
+) -> Result<Vec<Prompt>> {
+    let len = 2 * n + bos.is_some() as usize;
+    if n == 0 || len > n_ctx as usize {
+        return Err(Error::Argument(format!(
+            "--repeated {n}: {len} tokens; the model's context is {n_ctx}"
+        )));
+    }
+    let low = if bos.is_some() { 1 } else { 0 };
+    if low >= d_vocab || batch == 0 {
+        return Err(Error::Argument("no tokens to draw from".into()));
+    }
+    Ok((0..batch as u64)
+        .map(|i| Prompt {
+            tokens: repeated_random_tokens(n, low, d_vocab, seed + i, bos),
+            // The first token of the second copy is not predictable; from the next one on.
+            repeat_from: Some(len - n),
+        })
+        .collect())
+}
+
+/// Next-token losses of one run: (sum over all positions, count, sum over the repeat
+/// part, count).
+fn run_losses<H: Hooks>(
+    session: &mut Session<'_, '_>,
+    prompt: &Prompt,
+    hooks: &mut H,
+) -> Result<(f64, usize, f64, usize)> {
+    session.reset();
+    let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
+    let n = prompt.tokens.len();
+    for (p, &t) in prompt.tokens.iter().enumerate() {
+        let logits = session.step_with(t, hooks)?;
+        if p + 1 < n {
+            let l = loss(logits, prompt.tokens[p + 1]);
+            all += l;
+            n_all += 1;
+            if prompt.repeat_from.is_some_and(|r| p >= r) {
+                rep += l;
+                n_rep += 1;
+            }
+        }
+    }
+    Ok((all, n_all, rep, n_rep))
+}
+
+/// Pooled losses over a data set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Losses {
+    /// Mean over every predicted position.
+    pub all: f64,
+    /// Mean over the second-copy predictions of repeated prompts (None without any).
+    pub repeat: Option<f64>,
+}
+
+/// Losses of the model over `prompts` with `hooks` (e.g. an [`Ablation`]).
+pub fn dataset_losses<H: Hooks>(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    hooks: &mut H,
+    mut progress: impl FnMut(),
+) -> Result<Losses> {
+    let mut ws = vec![0.0f32; model.config().workspace_len()];
+    let mut s = Session::new(model, &mut ws)?;
+    let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
+    for p in prompts {
+        let (a, na, r, nr) = run_losses(&mut s, p, hooks)?;
+        all += a;
+        n_all += na;
+        rep += r;
+        n_rep += nr;
+        progress();
+    }
+    Ok(Losses {
+        all: all / n_all.max(1) as f64,
+        repeat: (n_rep > 0).then(|| rep / n_rep as f64),
+    })
+}
+
+/// Mean `hook_result` of every head over every position of every prompt,
+/// `[n_layers][n_heads][d_model]`, recorded through the probe/trace path.
+pub fn mean_results(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    mut progress: impl FnMut(),
+) -> Result<Vec<f32>> {
+    let cfg = model.config();
+    let (nl, nh, dm) = (
+        cfg.n_layers as usize,
+        cfg.n_heads as usize,
+        cfg.d_model as usize,
+    );
+    let mut sum = vec![0.0f64; nl * nh * dm];
+    let mut count = 0usize;
+    let probes = vec!["blocks.*.attn.hook_result".to_string()];
+    for p in prompts {
+        let rec = record(model, &p.tokens, &probes)?;
+        for l in 0..nl {
+            for heads in rec.results(l)? {
+                for (h, r) in heads.iter().enumerate() {
+                    let at = (l * nh + h) * dm;
+                    for (s, v) in sum[at..at + dm].iter_mut().zip(r) {
+                        *s += f64::from(*v);
+                    }
+                }
+            }
+        }
+        count += p.tokens.len();
+        progress();
+    }
+    Ok(sum
+        .iter()
+        .map(|s| (s / count.max(1) as f64) as f32)
+        .collect())
+}
+
+/// How ablated heads are replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Zero,
+    Mean,
+}
+
+/// One ablation's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeadAblation {
+    /// The heads ablated together, as `[layer, head]`.
+    pub heads: Vec<[usize; 2]>,
+    pub loss: Losses,
+    /// `loss.all - baseline.all`.
+    pub increase: f64,
+    /// `loss.repeat - baseline.repeat`, for repeated data.
+    pub repeat_increase: Option<f64>,
+}
+
+/// Ablating every head alone (and optional groups together) over a data set.
+#[derive(Clone, Debug, Serialize)]
+pub struct AblationReport {
+    pub mode: Mode,
+    pub n_prompts: usize,
+    pub n_predictions: usize,
+    pub baseline: Losses,
+    /// `[layer][head]`: loss increase when that head alone is ablated.
+    pub loss_increase: Vec<Vec<f64>>,
+    /// `[layer][head]` on the second copies (repeated data only).
+    pub repeat_loss_increase: Option<Vec<Vec<f64>>>,
+    /// Every head alone, layer-major.
+    pub heads: Vec<HeadAblation>,
+    /// The requested groups, each ablated together.
+    pub groups: Vec<HeadAblation>,
+}
+
+/// Runs the baseline, each head alone and each group. `means` is needed for
+/// [`Mode::Mean`]. `progress` is called once per prompt run.
+pub fn ablate_heads(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    mode: Mode,
+    means: Option<&[f32]>,
+    groups: &[Vec<HeadRef>],
+    mut progress: impl FnMut(),
+) -> Result<AblationReport> {
+    let cfg = *model.config();
+    let (nl, nh) = (cfg.n_layers as usize, cfg.n_heads as usize);
+    let ablation_mode = match (mode, means) {
+        (Mode::Zero, _) => AblationMode::Zero,
+        (Mode::Mean, Some(m)) => AblationMode::Mean(m),
+        (Mode::Mean, None) => {
+            return Err(Error::Argument(
+                "mean ablation needs the mean results".into(),
+            ))
+        }
+    };
+    let baseline = dataset_losses(model, prompts, &mut NoHooks, &mut progress)?;
+    let one = |heads: &[HeadRef], progress: &mut dyn FnMut()| -> Result<HeadAblation> {
+        let mut hook = Ablation::new(&cfg, heads, ablation_mode)
+            .map_err(|e| Error::Argument(format!("ablation: {e}")))?;
+        let loss = dataset_losses(model, prompts, &mut hook, progress)?;
+        Ok(HeadAblation {
+            heads: heads
+                .iter()
+                .map(|&(l, h)| [l as usize, h as usize])
+                .collect(),
+            increase: loss.all - baseline.all,
+            repeat_increase: loss.repeat.zip(baseline.repeat).map(|(a, b)| a - b),
+            loss,
+        })
+    };
+    let mut heads = Vec::with_capacity(nl * nh);
+    for l in 0..nl {
+        for h in 0..nh {
+            heads.push(one(&[(l as u16, h as u16)], &mut progress)?);
+        }
+    }
+    let groups = groups
+        .iter()
+        .map(|g| one(g, &mut progress))
+        .collect::<Result<Vec<_>>>()?;
+    let grid = |f: &dyn Fn(&HeadAblation) -> f64| -> Vec<Vec<f64>> {
+        (0..nl)
+            .map(|l| (0..nh).map(|h| f(&heads[l * nh + h])).collect())
+            .collect()
+    };
+    let loss_increase = grid(&|a| a.increase);
+    let repeat_loss_increase = baseline
+        .repeat
+        .map(|_| grid(&|a| a.repeat_increase.unwrap_or(f64::NAN)));
+    Ok(AblationReport {
+        mode,
+        n_prompts: prompts.len(),
+        n_predictions: prompts.iter().map(|p| p.tokens.len() - 1).sum(),
+        baseline,
+        loss_increase,
+        repeat_loss_increase,
+        heads,
+        groups,
+    })
+}
+
+/// Runs of the model that [`ablate_heads`] makes (for a progress bar's length).
+pub fn runs_needed(n_prompts: usize, n_layers: usize, n_heads: usize, n_groups: usize) -> u64 {
+    (n_prompts * (1 + n_layers * n_heads + n_groups)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_file_format() {
+        let p = parse_data("# comment\n0, 5 7\n\n  1 2 3,4\n", 10, 8).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].tokens, vec![0, 5, 7]);
+        assert_eq!(p[1].tokens, vec![1, 2, 3, 4]);
+        assert!(parse_data("0 12\n", 10, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
+        assert!(parse_data("0 x\n", 10, 8).is_err());
+        assert!(parse_data("3\n", 10, 8).is_err());
+        assert!(parse_data("# nothing\n", 10, 8).is_err());
+        assert!(parse_data("1 2 3 4 5 6 7 8 9\n", 10, 8).is_err());
+    }
+
+    #[test]
+    fn repeated_dataset_marks_the_second_copy() {
+        let d = repeated_dataset(5, 3, 7, Some(0), 20, 16).unwrap();
+        assert_eq!(d.len(), 3);
+        for p in &d {
+            assert_eq!(p.tokens.len(), 11);
+            assert_eq!(p.tokens[1..6], p.tokens[6..11]);
+            // Positions 6..9 predict tokens 7..10: the second copy after its first token.
+            assert_eq!(p.repeat_from, Some(6));
+        }
+        assert_ne!(d[0].tokens, d[1].tokens);
+        assert!(repeated_dataset(8, 1, 0, Some(0), 20, 16).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! `tinylens attribute`: direct logit attribution per head and position, from values
+//! recorded through the probe/trace path, with the final LayerNorm's scale frozen at
+//! its recorded value; the pieces (direct path, heads, biases) add up to the logit, and
+//! the residual error against the model's own logit is printed.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tinylens_core::Model;
+
+use super::heads::{trace_recording, PromptArgs};
+use crate::analysis::attribution::{direct_logit_attribution, Dla, TargetSource};
+use crate::analysis::recorded::{analysis_probes, record, Recording};
+use crate::convert::{vocab_of, weights_from_model};
+use crate::{cli, Error, Result};
+
+#[derive(Debug, Args)]
+pub struct AttributeArgs {
+    /// Model blob.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Attribute from a recorded trace instead (it must hold hook_embed, hook_pos_embed,
+    /// blocks.*.attn.hook_result, ln_final.hook_scale with LayerNorm, and logits).
+    #[arg(long, conflicts_with_all = ["tokens", "repeated"])]
+    pub trace: Option<PathBuf>,
+    /// Attribute the logit of this token at every position (default: each position's
+    /// next token; the last position: the model's top prediction).
+    #[arg(long)]
+    pub target: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The recording of the prompt (or trace) with everything attribution needs.
+pub fn recording(
+    model: &Model<'_>,
+    prompt: &PromptArgs,
+    trace: Option<&PathBuf>,
+) -> Result<Recording> {
+    match trace {
+        Some(path) => trace_recording(path, 0, model),
+        None => {
+            let p = prompt.prompts(model, 1)?.remove(0);
+            record(model, &p.tokens, &analysis_probes(model.config()))
+        }
+    }
+}
+
+/// Direct logit attribution of a recording.
+pub fn attribute(model: &Model<'_>, rec: &Recording, target: Option<u32>) -> Result<Dla> {
+    let cfg = model.config();
+    let w = weights_from_model(model);
+    let results = (0..cfg.n_layers as usize)
+        .map(|l| rec.results(l))
+        .collect::<Result<Vec<_>>>()?;
+    direct_logit_attribution(
+        &w,
+        &rec.tokens,
+        &rec.rows("hook_embed")?,
+        &rec.rows("hook_pos_embed")?,
+        &results,
+        rec.final_scale()?.as_deref(),
+        rec.logits()?,
+        target,
+    )
+}
+
+/// What `tinylens attribute --json` prints.
+pub fn json(a: &AttributeArgs) -> Result<serde_json::Value> {
+    let bytes = cli::read_input(&a.model)?;
+    let model = Model::from_bytes(&bytes)?;
+    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let dla = attribute(&model, &rec, a.target)?;
+    serde_json::to_value(&dla).map_err(|e| Error::Argument(e.to_string()))
+}
+
+pub fn run(a: AttributeArgs) -> Result<()> {
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(&a)?).map_err(|e| Error::Argument(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let bytes = cli::read_input(&a.model)?;
+    let model = Model::from_bytes(&bytes)?;
+    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let d = attribute(&model, &rec, a.target)?;
+    let vocab = vocab_of(&model);
+    let lab = |t: u32| cli::token_label(vocab.as_deref(), t);
+    let (nl, nh) = (d.heads.len(), d.heads.first().map_or(0, |h| h.len()));
+    println!(
+        "direct logit attribution: each piece's contribution to the target's logit through the \
+         final LayerNorm{} (target: the next token{})",
+        if d.ln_final_scale.is_some() {
+            " with its recorded scale frozen"
+        } else {
+            ""
+        },
+        if a.target.is_some() {
+            " replaced by --target"
+        } else {
+            "; at the last position the model's prediction"
+        }
+    );
+    let mut header = format!(
+        "{:>4} {:>10} {:>10} {:>8}",
+        "pos", "token", "target", "direct"
+    );
+    for l in 0..nl {
+        for h in 0..nh {
+            header.push_str(&format!(" {:>7}", format!("L{l}H{h}")));
+        }
+    }
+    header.push_str(&format!(
+        " {:>7} {:>8} {:>8} {:>9}",
+        "biases", "sum", "model", "error"
+    ));
+    println!("{header}");
+    for p in 0..d.tokens.len() {
+        let mut line = format!(
+            "{p:>4} {:>10} {:>10}{} {:>7.3}",
+            lab(d.tokens[p]),
+            lab(d.targets[p]),
+            if d.target_source[p] == TargetSource::Prediction {
+                "*"
+            } else {
+                " "
+            },
+            d.direct[p]
+        );
+        for l in 0..nl {
+            for h in 0..nh {
+                line.push_str(&format!(" {:>7.3}", d.heads[l][h][p]));
+            }
+        }
+        line.push_str(&format!(
+            " {:>7.3} {:>8.3} {:>8.3} {:>9.1e}",
+            d.biases[p], d.sum[p], d.model_logit[p], d.residual_error[p]
+        ));
+        println!("{line}");
+    }
+    println!("(* the model's own prediction: the prompt has no next token there)");
+    // Mean contribution per head over the positions with a real next token.
+    let scored: Vec<usize> = (0..d.tokens.len())
+        .filter(|p| d.target_source[*p] != TargetSource::Prediction)
+        .collect();
+    if !scored.is_empty() {
+        let mut means: Vec<(String, f64)> = Vec::new();
+        for l in 0..nl {
+            for h in 0..nh {
+                let m = scored.iter().map(|p| d.heads[l][h][*p]).sum::<f64>() / scored.len() as f64;
+                means.push((format!("L{l}H{h}"), m));
+            }
+        }
+        means.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let s: Vec<String> = means.iter().map(|(n, m)| format!("{n} {m:+.3}")).collect();
+        println!("mean contribution per head: {}", s.join(", "));
+    }
+    println!(
+        "direct + heads + biases = logits: max |sum - model logit| = {:.2e}{}",
+        d.max_abs_residual_error,
+        if super::circuits::storage_summary(&model) == "f32" {
+            ""
+        } else {
+            " (a quantized blob: the device rounds the unembedding's input to int8, which no \
+             linear split contains)"
+        }
+    );
+    Ok(())
+}

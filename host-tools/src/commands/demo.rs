@@ -1,0 +1,437 @@
+//! `tinylens demo`: the whole tool on the bundled demo model, a two-layer
+//! attention-only transformer trained in TransformerLens on sequences with repeated
+//! spans (`models/demo/`, `scripts/train_demo.py`), shipped as an int8 blob inside the
+//! binary. It runs the model with probes, writes and decodes the traces, and finds the
+//! induction circuit the way the paper does: head-detector scores name the
+//! previous-token and induction heads, K-composition links them, copying scores show
+//! the induction heads copy, and ablating the induction heads destroys the loss on the
+//! repeated half. Then it writes the HTML report.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
+use tinylens_core::Model;
+
+use super::heads::{score, top_heads};
+use super::report::{build, Extras};
+use crate::analysis::ablation::{
+    ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode,
+};
+use crate::analysis::heads::DetectOptions;
+use crate::analysis::recorded::record;
+use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
+use crate::convert::weights_from_model;
+use crate::{cli, Error, Result};
+
+/// The demo model as an int8 blob (made by `tinylens convert`, see models/demo/README).
+pub const DEMO_BLOB: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/demo/demo-int8.tlm"
+));
+
+/// Length of each copy in the demo's repeated sequences: `<bos>` + 15 + the same 15
+/// fills 31 of the model's 32 positions, the format of the held-out test in TRAINING.md.
+pub const REPEAT_LEN: usize = 15;
+/// Sequences whose patterns are scored by the head detector.
+pub const DETECT_SEQUENCES: usize = 16;
+/// Sequences of the loss and ablation measurements.
+pub const LOSS_SEQUENCES: usize = 32;
+/// A head-detector score at or above this names a head (TL's demos use 0.3-0.5 by eye;
+/// the demo model's heads are far from it either way).
+pub const THRESHOLD: f64 = 0.4;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the HTML report.
+    #[arg(short, long, default_value = "report.html")]
+    pub output: PathBuf,
+    /// Also write the demo blob here, to try the other subcommands on it.
+    #[arg(long)]
+    pub save_model: Option<PathBuf>,
+    /// Seed of the random sequences.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the findings as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A head and a score.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoredHead {
+    pub layer: usize,
+    pub head: usize,
+    pub score: f64,
+}
+
+/// K-composition of an earlier head into an induction head.
+#[derive(Debug, Clone, Serialize)]
+pub struct KComposition {
+    pub from: [usize; 2],
+    pub to: [usize; 2],
+    pub score: f64,
+    pub baseline_subtracted: f64,
+    /// Whether `from` is the earlier head with the highest K-composition into `to`.
+    pub strongest_into_to: bool,
+}
+
+/// Losses on the second copies of the repeated sequences.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoLosses {
+    pub sequences: usize,
+    /// First copy (after its first token): unpredictable, about ln(d_vocab - 1).
+    pub first_copy: f64,
+    /// Second copy, predicted by induction.
+    pub repeat: f64,
+    pub repeat_induction_mean_ablated: Option<f64>,
+    pub repeat_induction_zero_ablated: Option<f64>,
+    pub repeat_previous_token_mean_ablated: Option<f64>,
+    /// Per head, mean ablation alone: `[layer][head]` increase on the second copies.
+    pub repeat_increase_per_head: Vec<Vec<f64>>,
+}
+
+/// What the demo found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoFindings {
+    pub previous_token_heads: Vec<ScoredHead>,
+    pub induction_heads: Vec<ScoredHead>,
+    pub k_composition: Vec<KComposition>,
+    pub composition_baseline: f64,
+    pub copying: Vec<Vec<f64>>,
+    pub head_scores: HeadDetection,
+    pub losses: DemoLosses,
+    pub trace_bytes: usize,
+    pub timings_ms: Vec<(String, f64)>,
+}
+
+fn heads_of(v: &[(usize, usize, f64)]) -> Vec<ScoredHead> {
+    v.iter()
+        .map(|&(layer, head, score)| ScoredHead { layer, head, score })
+        .collect()
+}
+
+fn refs(v: &[ScoredHead]) -> Vec<HeadRef> {
+    v.iter().map(|h| (h.layer as u16, h.head as u16)).collect()
+}
+
+/// The demo's analysis of `model` (the embedded blob, or any model whose token 0 is BOS).
+/// Returns the findings and the HTML report.
+pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
+    let cfg = *model.config();
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |what: &str, timings: &mut Vec<(String, f64)>| {
+        timings.push((what.to_string(), clock.elapsed().as_secs_f64() * 1e3));
+        clock = Instant::now();
+    };
+    let repeat_len = REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
+    let detect_set = repeated_dataset(
+        repeat_len,
+        DETECT_SEQUENCES,
+        seed,
+        Some(0),
+        cfg.d_vocab,
+        cfg.n_ctx,
+    )?;
+    let loss_set = repeated_dataset(
+        repeat_len,
+        LOSS_SEQUENCES,
+        seed + 1000,
+        Some(0),
+        cfg.d_vocab,
+        cfg.n_ctx,
+    )?;
+
+    // Run with probes -> trace -> decode, for every detection sequence.
+    let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
+    let recordings = detect_set
+        .iter()
+        .map(|p| record(model, &p.tokens, &probes))
+        .collect::<Result<Vec<_>>>()?;
+    let trace_bytes = recordings.iter().map(|r| r.trace_len).sum();
+    let [previous_token, duplicate_token, induction] =
+        score(&recordings, DetectOptions::default())?;
+    lap("record, decode and score patterns", &mut timings);
+
+    let w = weights_from_model(model);
+    let analysis = analyze(&w, &AnalysisOptions::default())?;
+    lap("static circuits", &mut timings);
+
+    let prev = heads_of(&top_heads(&previous_token, THRESHOLD));
+    let ind = heads_of(&top_heads(&induction, THRESHOLD));
+    let baseline = analysis.composition_baseline.mean;
+    let k = &analysis.composition.k;
+    let mut k_composition = Vec::new();
+    for i in &ind {
+        // The earlier head that K-composes most into this induction head.
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (l1, by_h1) in k.iter().enumerate().take(i.layer) {
+            for (h1, by_l2) in by_h1.iter().enumerate() {
+                let s = by_l2[i.layer][i.head];
+                if best.is_none_or(|b| s > b.2) {
+                    best = Some((l1, h1, s));
+                }
+            }
+        }
+        for p in prev.iter().filter(|p| p.layer < i.layer) {
+            let s = k[p.layer][p.head][i.layer][i.head];
+            k_composition.push(KComposition {
+                from: [p.layer, p.head],
+                to: [i.layer, i.head],
+                score: s,
+                baseline_subtracted: s - baseline,
+                strongest_into_to: best.is_some_and(|b| (b.0, b.1) == (p.layer, p.head)),
+            });
+        }
+        if let Some((l1, h1, s)) = best {
+            if !prev.iter().any(|p| (p.layer, p.head) == (l1, h1)) {
+                k_composition.push(KComposition {
+                    from: [l1, h1],
+                    to: [i.layer, i.head],
+                    score: s,
+                    baseline_subtracted: s - baseline,
+                    strongest_into_to: true,
+                });
+            }
+        }
+    }
+
+    let means = mean_results(model, &loss_set, || {})?;
+    let mut groups = Vec::new();
+    if !ind.is_empty() {
+        groups.push(refs(&ind));
+    }
+    if !prev.is_empty() {
+        groups.push(refs(&prev));
+    }
+    let abl = ablate_heads(model, &loss_set, Mode::Mean, Some(&means), &groups, || {})?;
+    let zero_ind = if ind.is_empty() {
+        None
+    } else {
+        let heads = refs(&ind);
+        let mut hook = Ablation::new(&cfg, &heads, AblationMode::Zero)?;
+        dataset_losses(model, &loss_set, &mut hook, || {})?.repeat
+    };
+    // First copy: the predictions inside the first copy (positions 1..=n-1 predict its
+    // tokens 2..=n), which nothing can predict.
+    let first_copy = {
+        let mut ws = vec![0.0f32; cfg.workspace_len()];
+        let mut s = tinylens_core::Session::new(model, &mut ws)?;
+        let (mut sum, mut count) = (0.0, 0);
+        for p in &loss_set {
+            s.reset();
+            for (i, &t) in p.tokens.iter().enumerate().take(repeat_len) {
+                let logits = s.step(t)?;
+                if i >= 1 {
+                    sum += crate::numerics::loss(logits, p.tokens[i + 1]);
+                    count += 1;
+                }
+            }
+        }
+        sum / count.max(1) as f64
+    };
+    let group_loss = |heads: &[ScoredHead]| -> Option<f64> {
+        let want = refs(heads);
+        abl.groups
+            .iter()
+            .find(|g| {
+                g.heads.len() == want.len()
+                    && g.heads
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| (a[0], a[1]) == (b.0 as usize, b.1 as usize))
+            })
+            .and_then(|g| g.loss.repeat)
+    };
+    let losses = DemoLosses {
+        sequences: loss_set.len(),
+        first_copy,
+        repeat: abl.baseline.repeat.unwrap_or(f64::NAN),
+        repeat_induction_mean_ablated: (!ind.is_empty()).then(|| group_loss(&ind)).flatten(),
+        repeat_induction_zero_ablated: zero_ind,
+        repeat_previous_token_mean_ablated: (!prev.is_empty()).then(|| group_loss(&prev)).flatten(),
+        repeat_increase_per_head: abl.repeat_loss_increase.clone().unwrap_or_default(),
+    };
+    lap("ablations", &mut timings);
+
+    let head_scores = HeadDetection {
+        previous_token,
+        duplicate_token,
+        induction,
+        tokens: detect_set[0].tokens.clone(),
+        options: DetectOptions::default(),
+    };
+    let findings = DemoFindings {
+        previous_token_heads: prev,
+        induction_heads: ind,
+        k_composition,
+        composition_baseline: baseline,
+        copying: analysis.copying.clone().unwrap_or_default(),
+        head_scores: head_scores.clone(),
+        losses,
+        trace_bytes,
+        timings_ms: Vec::new(),
+    };
+    let html = build(
+        model,
+        &detect_set[0].tokens,
+        Extras {
+            title: "tinylens demo: induction heads in a two-layer attention-only transformer".into(),
+            findings: summary_lines(&findings),
+            detection: Some((
+                head_scores,
+                format!(
+                    "Averaged over {} sequences of <bos> + {repeat_len} random tokens + the same {repeat_len} \
+                     (the heatmaps show the first).",
+                    detect_set.len()
+                ),
+            )),
+            ablation: Some(abl),
+        },
+    )?;
+    lap("attribution, path expansion and report", &mut timings);
+    Ok((
+        DemoFindings {
+            timings_ms: timings,
+            ..findings
+        },
+        html,
+    ))
+}
+
+fn names(v: &[ScoredHead]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .map(|h| format!("L{}H{} ({:.2})", h.layer, h.head, h.score))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The findings as sentences (the summary printed and shown at the top of the report).
+pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "Previous-token heads (TL head_detector score ≥ {THRESHOLD}): {}.",
+            names(&f.previous_token_heads)
+        ),
+        format!(
+            "Induction heads (score ≥ {THRESHOLD}): {}.",
+            names(&f.induction_heads)
+        ),
+    ];
+    for k in &f.k_composition {
+        out.push(format!(
+            "K-composition L{}H{} → L{}H{}: {:.3} (random baseline {:.3}, so {:+.3}){}.",
+            k.from[0],
+            k.from[1],
+            k.to[0],
+            k.to[1],
+            k.score,
+            f.composition_baseline,
+            k.baseline_subtracted,
+            if k.strongest_into_to {
+                format!(
+                    "; the strongest of all earlier heads into L{}H{}",
+                    k.to[0], k.to[1]
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let cop: Vec<String> = f
+        .induction_heads
+        .iter()
+        .map(|h| format!("L{}H{} {:+.2}", h.layer, h.head, f.copying[h.layer][h.head]))
+        .collect();
+    if !cop.is_empty() {
+        out.push(format!(
+            "Copying scores of the induction heads: {} (1 = copies the attended token to the output).",
+            cop.join(", ")
+        ));
+    }
+    let l = &f.losses;
+    let mut loss = format!(
+        "Loss on the repeated half: {:.3} (first copy, unpredictable: {:.3})",
+        l.repeat, l.first_copy
+    );
+    if let Some(m) = l.repeat_induction_mean_ablated {
+        loss.push_str(&format!("; induction heads mean-ablated: {m:.3}"));
+    }
+    if let Some(z) = l.repeat_induction_zero_ablated {
+        loss.push_str(&format!(", zero-ablated: {z:.3}"));
+    }
+    if let Some(p) = l.repeat_previous_token_mean_ablated {
+        loss.push_str(&format!("; previous-token heads mean-ablated: {p:.3}"));
+    }
+    loss.push('.');
+    out.push(loss);
+    out
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    let start = Instant::now();
+    let model = Model::from_bytes(DEMO_BLOB)?;
+    if let Some(p) = &a.save_model {
+        cli::write_output(p, DEMO_BLOB)?;
+    }
+    let (f, html) = analyse(&model, a.seed)?;
+    cli::write_output(&a.output, html.as_bytes())?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&f).map_err(|e| Error::Argument(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let c = model.config();
+    println!(
+        "tinylens demo: a {}-layer, {}-head attention-only transformer trained in TransformerLens \
+         on repeated random syllables\n(int8 blob of {} bytes embedded in this binary; {} layers x {} heads, d_model {}, vocab {})",
+        c.n_layers,
+        c.n_heads,
+        DEMO_BLOB.len(),
+        c.n_layers,
+        c.n_heads,
+        c.d_model,
+        c.d_vocab
+    );
+    println!(
+        "ran {} sequences of <bos> + {n} random tokens + the same {n} with probes on every \
+         attention pattern; {} bytes of trace decoded\n",
+        DETECT_SEQUENCES,
+        f.trace_bytes,
+        n = REPEAT_LEN.min((c.n_ctx as usize - 1) / 2)
+    );
+    print!(
+        "{}",
+        super::heads::grid_text("previous-token score", &f.head_scores.previous_token, |v| {
+            format!("{v:.2}")
+        })
+    );
+    print!(
+        "{}",
+        super::heads::grid_text("induction score", &f.head_scores.induction, |v| format!(
+            "{v:.2}"
+        ))
+    );
+    print!(
+        "{}",
+        super::heads::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
+    );
+    println!();
+    for line in summary_lines(&f) {
+        println!("* {line}");
+    }
+    println!(
+        "\nreport: {} (open it in a browser)   total {:.2} s",
+        a.output.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
