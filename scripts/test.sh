@@ -20,11 +20,12 @@ done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
-step "system packages: QEMU (Cortex-M emulation), Chromium (report rendering), gcc"
+step "system packages: QEMU (Cortex-M emulation), Chromium (report rendering), gcc, binutils"
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v readelf >/dev/null || missing+=(binutils)   # run-qemu.sh: machine, icount marker
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -42,9 +43,13 @@ cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 
-step "firmware examples (Cortex-M4F and Cortex-M0+)"
+step "firmware examples (Cortex-M4F and Cortex-M0+), and the CLI the QEMU test pipes into"
+# tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em,
+# qemu for thumbv6m) and pipes a trace into target/debug/tinylens.
 (cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
-    && cargo clippy --release --quiet -- -D warnings)
+    && cargo clippy --release --quiet -- -D warnings \
+    && cargo clippy --release --quiet --target thumbv6m-none-eabi -p tinylens-fw-qemu -- -D warnings)
+cargo build --quiet -p tinylens-host --bin tinylens
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"
 cargo test --workspace --quiet

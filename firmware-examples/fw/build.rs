@@ -1,24 +1,49 @@
 //! Chooses the model blob that `tinylens_fw::MODEL_BLOB` embeds.
 //!
-//! `TINYLENS_MODEL=/path/to/model.tlb cargo build --release` embeds that file; without
-//! it the blob is empty (the skeleton firmware then runs a placeholder step).
-use std::{env, fs, path::PathBuf};
+//! 1. `TINYLENS_MODEL=/path/to/model.tlm cargo build --release` embeds that file (a
+//!    relative path is relative to `firmware-examples/`);
+//! 2. otherwise, for `thumbv6m` (Cortex-M0, QEMU micro:bit with 16 KiB of RAM) the
+//!    fixture `models/attn1_ln-int8.tlm` (1 layer, d_model 32, n_ctx 24: ~7 KiB of
+//!    working memory);
+//! 3. otherwise the demo model `<repo>/models/demo/demo-int8.tlm` when it exists,
+//!    else the fixture `models/attn2_shortformer_ln-int8.tlm`.
+//!
+//! The blob's config is read at compile time (`tinylens_core::blob::peek_config` is a
+//! `const fn`), so the working memory is sized for exactly this blob and a file that
+//! is not a blob fails the build.
+use std::{env, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=TINYLENS_MODEL");
+    println!("cargo:rerun-if-changed=build.rs");
+    let here = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let examples = here.parent().unwrap().to_path_buf();
+    let repo = examples.parent().unwrap().to_path_buf();
+    let target = env::var("TARGET").unwrap_or_default();
+
     let blob = match env::var_os("TINYLENS_MODEL") {
-        Some(path) if !path.is_empty() => {
-            let path = PathBuf::from(path);
-            let path = fs::canonicalize(&path)
-                .unwrap_or_else(|e| panic!("TINYLENS_MODEL={}: {e}", path.display()));
-            println!("cargo:rerun-if-changed={}", path.display());
-            path
-        }
+        // A relative path is taken from firmware-examples/ (where `cargo build` runs).
+        Some(path) if !path.is_empty() => examples.join(path),
+        _ if target.starts_with("thumbv6m") => examples.join("models/attn1_ln-int8.tlm"),
         _ => {
-            let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("no-model.bin");
-            fs::write(&out, []).unwrap();
-            out
+            let demo_dir = repo.join("models/demo");
+            // A directory is scanned for changes: the demo blob appearing triggers a rebuild.
+            if demo_dir.is_dir() {
+                println!("cargo:rerun-if-changed={}", demo_dir.display());
+            }
+            let demo = demo_dir.join("demo-int8.tlm");
+            if demo.is_file() {
+                demo
+            } else {
+                examples.join("models/attn2_shortformer_ln-int8.tlm")
+            }
         }
     };
+    let blob = blob
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("model blob {} (TINYLENS_MODEL): {e}", blob.display()));
+    println!("cargo:rerun-if-changed={}", blob.display());
     println!("cargo:rustc-env=TINYLENS_FW_MODEL_PATH={}", blob.display());
+    let name = blob.file_name().unwrap().to_string_lossy().into_owned();
+    println!("cargo:rustc-env=TINYLENS_FW_MODEL_NAME={name}");
 }

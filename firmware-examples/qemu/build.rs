@@ -10,6 +10,11 @@ fn main() {
     } else {
         "memory-mps2-an386.x"
     };
+    // `cfg(microbit)`: the 16 KiB-RAM machine (main.rs checks the model fits).
+    println!("cargo::rustc-check-cfg=cfg(microbit)");
+    if target.starts_with("thumbv6m") {
+        println!("cargo:rustc-cfg=microbit");
+    }
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     fs::copy(layout, out.join("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());

@@ -1,61 +1,409 @@
-//! Board-independent pieces of the tinylens example firmware.
+//! Board-independent logic of the tinylens example firmware.
 //!
-//! Everything here is generic over the `embedded-hal` 1.0 traits, so the QEMU
-//! example (`qemu` binary) and the board example (`board` binary) share it, and it
-//! builds for both `thumbv7em-none-eabihf` (Cortex-M4F/M7) and `thumbv6m-none-eabi`
-//! (Cortex-M0/M0+, no FPU).
+//! Everything here is generic over the `embedded-hal` 1.0 traits and the core's trace
+//! [`Sink`], so the QEMU example (`qemu` binary) and the board example (`board`
+//! binary) share it, and it builds for `thumbv7em-none-eabihf` (Cortex-M4F/M7) and
+//! `thumbv6m-none-eabi` (Cortex-M0/M0+, no FPU: soft-float, same bits).
 //!
-//! What the model-running firmware slots in:
-//! - [`MODEL_BLOB`]: the model blob chosen at build time (`TINYLENS_MODEL=path`),
-//!   16-byte aligned, `&'static [u8]` as `tinylens_core::Model::from_bytes` wants it;
-//!   [`MODEL_BYTES`] is the same bytes as a `const` for compile-time parsing.
-//! - [`WORKSPACE_WORDS`]: size of the static `f32` workspace.
-//! - [`Stepper`]: wraps each model step with the busy pin and the instruction-count
-//!   markers (see `scripts/qemu/icount.c`).
-//! - [`TraceSink`]: where trace bytes go (semihosting stdout in QEMU, a UART on a board).
+//! - [`MODEL_BLOB`]: the model blob chosen at build time (see `build.rs`), in flash,
+//!   16-byte aligned; [`CONFIG`] is its config, read at compile time, and
+//!   [`WORKSPACE_WORDS`] / [`FRAME_BUFFER_LEN`] the exact sizes of the two `static`
+//!   buffers a binary declares for it.
+//! - [`Settings`]: prompt, generation length, probe set and run id, compiled-in
+//!   defaults that `key=value` arguments override ([`Settings::apply`]).
+//! - [`run`]: processes the prompt, generates greedily with the KV cache, records
+//!   the probes as trace frames to the sink and logs progress with defmt.
+//! - [`Stepper`]: wraps each model step with the busy pin, a clock reading and the
+//!   instruction-count markers (see `scripts/qemu/icount.c`).
 #![no_std]
 
 pub use embedded_hal;
 pub use tinylens_core;
 
-use core::ptr::{addr_of, addr_of_mut};
+use core::fmt;
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use embedded_hal::{delay::DelayNs, digital::OutputPin};
+use tinylens_core::probe::ProbeSet;
+use tinylens_core::trace::{self, Recorder, Sink, Summary};
+use tinylens_core::{sample, Config, Error, Model, Session};
+
+// ---------------------------------------------------------------------------
+// The embedded model and the sizes it implies
 
 /// Wrapper that raises the alignment of its contents (model blobs hold `f32`/`f16`
-/// tensors that the core may view in place).
+/// tensors that the core views in place).
 #[repr(C, align(16))]
 pub struct Aligned<T: ?Sized>(pub T);
 
-/// The model blob as a `const` (for `const fn` parsing of the config at compile time,
-/// e.g. the workspace size). Not aligned: at run time use [`MODEL_BLOB`].
+/// The model blob as a `const`, for compile-time parsing of its config. Not aligned
+/// and not meant for run time: use [`MODEL_BLOB`].
 pub const MODEL_BYTES: &[u8] = include_bytes!(env!("TINYLENS_FW_MODEL_PATH"));
 
 static MODEL_ALIGNED: Aligned<[u8; MODEL_BYTES.len()]> =
     Aligned(*include_bytes!(env!("TINYLENS_FW_MODEL_PATH")));
 
-/// The model blob embedded in flash, 16-byte aligned. Empty when the firmware was
-/// built without `TINYLENS_MODEL`.
+/// The model blob embedded in flash, 16-byte aligned.
 pub static MODEL_BLOB: &[u8] = &MODEL_ALIGNED.0;
 
-/// Size of the inference workspace in `f32` words.
-///
-/// Placeholder until the core exposes its `const fn` sizing; then this becomes
-/// `tinylens_core::<workspace size fn>(MODEL_BYTES)` so that a model that does not fit
-/// fails at compile time. Kept small enough for a 16 KiB-RAM Cortex-M0 (QEMU microbit).
-pub const WORKSPACE_WORDS: usize = 1024;
+/// File name of the embedded blob (for the log).
+pub const MODEL_NAME: &str = env!("TINYLENS_FW_MODEL_NAME");
 
-/// A byte channel for trace frames (COBS frames from the core's tracer).
-///
-/// Implemented by each binary for its channel; once the core's sink trait lands,
-/// the binaries implement that one on the same types.
-pub trait TraceSink {
-    /// Writes all of `bytes` or reports that the channel is gone.
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), SinkError>;
+/// The embedded model's config, read from the blob at compile time: a file that is
+/// not a valid blob fails the build here.
+pub const CONFIG: Config = match tinylens_core::blob::peek_config(MODEL_BYTES) {
+    Ok(c) => c,
+    Err(_) => panic!("the embedded model (TINYLENS_MODEL) is not a valid tinylens blob"),
+};
+
+/// Working memory of a session of the embedded model, in `f32` words
+/// ([`Config::workspace_len`]): the size of the binaries' `static` workspace.
+pub const WORKSPACE_WORDS: usize = CONFIG.workspace_len();
+
+/// Size of the trace frame buffer for the embedded model ([`trace::frame_buffer_len`]).
+pub const FRAME_BUFFER_LEN: usize = trace::frame_buffer_len(&CONFIG);
+
+/// The embedded model's context length: the most positions a run can have.
+pub const N_CTX: usize = CONFIG.n_ctx as usize;
+
+/// Token ids of a prompt or of a generation, at most [`N_CTX`].
+pub type Tokens = heapless::Vec<u32, N_CTX>;
+
+// ---------------------------------------------------------------------------
+// Settings: compiled-in defaults, overridable by `key=value` arguments
+
+/// Default prompt: `<bos>` (0 in the demo vocabulary), seven tokens, then the first
+/// three again, so that an induction model continues the repeat when generating. All
+/// ids are below 50 and prompt + generation fit 24 positions: it suits the demo model
+/// and every test fixture.
+pub const DEFAULT_PROMPT: &[u32] = &[0, 5, 12, 33, 7, 21, 40, 9, 5, 12, 33];
+/// Default number of tokens generated after the prompt.
+pub const DEFAULT_GENERATE: usize = 8;
+/// Default probe set, as `tinylens run --probe` patterns: every attention pattern,
+/// every head's result (as f16) and the logits.
+pub const DEFAULT_PROBES: &[&str] = &[
+    "blocks.*.attn.hook_pattern",
+    "blocks.*.attn.hook_result:f16",
+    "logits",
+];
+/// Default run id written in every trace frame.
+pub const DEFAULT_RUN_ID: u32 = 1;
+
+/// What a run does: prompt, generation length, what it records.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub prompt: Tokens,
+    pub generate: usize,
+    pub probes: ProbeSet,
+    /// `false`: no recorder at all (the steps run with `NoHooks`; nothing is written
+    /// to the trace channel), to measure the cost of inference alone.
+    pub record: bool,
+    pub run_id: u32,
+    /// Whether `probe=` arguments have replaced the default probe set yet.
+    probes_given: bool,
 }
 
-/// The trace channel failed (host closed it, UART error...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, defmt::Format)]
-pub struct SinkError;
+/// A `key=value` argument the firmware cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgError<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+    pub why: &'static str,
+}
+
+impl fmt::Display for ArgError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bad argument `{}={}`: {}",
+            self.key, self.value, self.why
+        )
+    }
+}
+
+impl Settings {
+    /// The compiled-in defaults ([`DEFAULT_PROMPT`], [`DEFAULT_GENERATE`],
+    /// [`DEFAULT_PROBES`], [`DEFAULT_RUN_ID`]).
+    pub fn defaults() -> Self {
+        let mut prompt = Tokens::new();
+        // Checked at compile time below: the default prompt fits any context it runs in.
+        let _ = prompt.extend_from_slice(&DEFAULT_PROMPT[..DEFAULT_PROMPT.len().min(N_CTX)]);
+        let mut probes = ProbeSet::new();
+        for p in DEFAULT_PROBES {
+            // The patterns are valid names and fit the set (checked by the host tests).
+            let _ = probes.add_pattern(p);
+        }
+        Settings {
+            prompt,
+            generate: DEFAULT_GENERATE,
+            probes,
+            record: true,
+            run_id: DEFAULT_RUN_ID,
+            probes_given: false,
+        }
+    }
+
+    /// Applies one argument. Keys: `tokens=1,2,3` (the prompt), `generate=N`,
+    /// `probe=PATTERN` (repeatable; the first replaces the default set; `probe=none`
+    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`.
+    /// Returns `Ok(false)` for a key it does not know (the binary may know it).
+    pub fn apply<'a>(&mut self, key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
+        let bad = |why| ArgError { key, value, why };
+        match key {
+            "tokens" => {
+                self.prompt.clear();
+                for t in value.split(',') {
+                    let t = t
+                        .parse()
+                        .map_err(|_| bad("expected token ids like 0,5,7"))?;
+                    self.prompt
+                        .push(t)
+                        .map_err(|_| bad("more tokens than the model's context (n_ctx)"))?;
+                }
+            }
+            "generate" => {
+                self.generate = value.parse().map_err(|_| bad("expected a number"))?;
+            }
+            "probe" => {
+                if !self.probes_given {
+                    self.probes = ProbeSet::new();
+                    self.probes_given = true;
+                }
+                if value != "none" {
+                    self.probes.add_pattern(value).map_err(|e| match e {
+                        Error::TooManyProbes { .. } => bad("too many probes for the set's capacity"),
+                        _ => bad("not a hook name pattern (e.g. blocks.*.attn.hook_pattern, blocks.0.attn.hook_z[1]@2..5:f16, logits)"),
+                    })?;
+                }
+            }
+            "run" => {
+                self.run_id = value.parse().map_err(|_| bad("expected a number"))?;
+            }
+            "record" => {
+                self.record = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("expected 0 or 1")),
+                };
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+const _: () = assert!(
+    DEFAULT_PROMPT.len() <= N_CTX,
+    "the default prompt does not fit the embedded model's context"
+);
+
+// ---------------------------------------------------------------------------
+// The run
+
+/// What stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunError {
+    /// The embedded blob does not load (`Model::from_bytes`).
+    Model(Error),
+    /// The working memory does not fit the model (`Session::new`).
+    Workspace(Error),
+    /// The prompt is empty.
+    EmptyPrompt,
+    /// Prompt and generation need more positions than the model's context.
+    TooLong {
+        prompt: usize,
+        generate: usize,
+        n_ctx: u32,
+    },
+    /// A prompt token is not below `d_vocab`.
+    Token { token: u32, d_vocab: u32 },
+    /// The probe set names a layer, head, position or hook the model does not have.
+    Probes(Error),
+    /// Writing the trace failed (the first error; the run itself went on).
+    Trace(Error),
+    /// A model step failed.
+    Step { pos: usize, error: Error },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Model(e) => write!(f, "the embedded model does not load: {e}"),
+            RunError::Workspace(e) => write!(f, "working memory: {e}"),
+            RunError::EmptyPrompt => write!(f, "empty prompt"),
+            RunError::TooLong {
+                prompt,
+                generate,
+                n_ctx,
+            } => write!(
+                f,
+                "{prompt} prompt tokens + {generate} generated exceed the model's context of {n_ctx} positions"
+            ),
+            RunError::Token { token, d_vocab } => {
+                write!(f, "token {token} is out of range (d_vocab = {d_vocab})")
+            }
+            RunError::Probes(e) => write!(f, "probe set: {e}"),
+            RunError::Trace(e) => write!(f, "trace channel: {e}"),
+            RunError::Step { pos, error } => write!(f, "step at position {pos}: {error}"),
+        }
+    }
+}
+
+impl defmt::Format for RunError {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}", defmt::Display2Format(self))
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Positions processed (prompt + generated).
+    pub positions: usize,
+    /// The generated tokens (each was fed back as the next input).
+    pub generated: Tokens,
+    /// The recorder's summary (`None` without recording).
+    pub summary: Option<Summary>,
+    /// Clock ticks spent inside the steps, all positions.
+    pub step_ticks: u64,
+}
+
+/// Runs the model in `blob`: loads it, lays a session out in `workspace`, starts a
+/// trace run on `sink` (unless `settings.record` is off), processes the prompt and
+/// generates `settings.generate` tokens greedily with the KV cache, one
+/// [`Stepper::step`] per position, then writes the trace's end frame.
+///
+/// Exactly what `tinylens run MODEL --tokens .. --probe .. --generate N --run-id ID`
+/// does on the host, so the two traces are equal byte for byte.
+pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
+    blob: &[u8],
+    workspace: &mut [f32],
+    frame_buf: &mut [u8],
+    settings: &Settings,
+    stepper: &mut Stepper<P, D, C>,
+    sink: S,
+) -> Result<Outcome, RunError> {
+    let model = Model::from_bytes(blob).map_err(RunError::Model)?;
+    let cfg = *model.config();
+    let (prompt, generate) = (&settings.prompt[..], settings.generate);
+    if prompt.is_empty() {
+        return Err(RunError::EmptyPrompt);
+    }
+    if prompt.len() + generate > cfg.n_ctx as usize {
+        return Err(RunError::TooLong {
+            prompt: prompt.len(),
+            generate,
+            n_ctx: cfg.n_ctx,
+        });
+    }
+    if let Some(&token) = prompt.iter().find(|&&t| t >= cfg.d_vocab) {
+        return Err(RunError::Token {
+            token,
+            d_vocab: cfg.d_vocab,
+        });
+    }
+    settings.probes.validate(&cfg).map_err(RunError::Probes)?;
+    let workspace_len = workspace.len();
+    let mut session = Session::new(&model, workspace).map_err(RunError::Workspace)?;
+    defmt::info!(
+        "model {=str}: {=usize} bytes, crc {=u32:08x}; {=u32} layers x {=u32} heads, d_model {=u32}, d_vocab {=u32}, n_ctx {=u32}",
+        MODEL_NAME,
+        blob.len(),
+        model.checksum(),
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.d_model,
+        cfg.d_vocab,
+        cfg.n_ctx
+    );
+    defmt::info!(
+        "memory: workspace {=usize} f32 ({=usize} needed), frame buffer {=usize} bytes",
+        workspace_len,
+        cfg.workspace_len(),
+        frame_buf.len()
+    );
+    defmt::info!(
+        "run {=u32}: prompt {=[?]}, generate {=usize}, {=usize} probes{=str}",
+        settings.run_id,
+        prompt,
+        generate,
+        settings.probes.len(),
+        if settings.record {
+            ""
+        } else {
+            ", recording off"
+        }
+    );
+
+    let mut recorder = if settings.record {
+        Some(
+            Recorder::begin_run(&model, &settings.probes, sink, frame_buf, settings.run_id)
+                .map_err(RunError::Trace)?,
+        )
+    } else {
+        None
+    };
+    let mut generated = Tokens::new();
+    let mut next = 0;
+    let mut step_ticks = 0u64;
+    for pos in 0..prompt.len() + generate {
+        let (token, kind) = match prompt.get(pos) {
+            Some(&t) => (t, "prompt"),
+            None => {
+                // Fits: prompt + generate <= n_ctx = capacity.
+                let _ = generated.push(next);
+                (next, "generated")
+            }
+        };
+        let (result, ticks) = stepper.step(|| {
+            let logits = match recorder.as_mut() {
+                Some(r) => session.step_with(token, r)?,
+                None => session.step(token)?,
+            };
+            Ok::<_, Error>(sample::greedy(logits))
+        });
+        next = result.map_err(|error| RunError::Step { pos, error })?;
+        step_ticks += ticks as u64;
+        defmt::info!(
+            "pos {=usize} {=str} token {=u32} -> {=u32}: {=u32} ticks ({=u32} us), marks {=u32}",
+            pos,
+            kind,
+            token,
+            next,
+            ticks,
+            stepper.micros(ticks),
+            icount_marks()
+        );
+    }
+    let summary = match recorder {
+        Some(r) => {
+            let (summary, _) = r.finish();
+            defmt::info!(
+                "trace: {=u32} frames, {=u32} records, {=u32} dropped",
+                summary.frames,
+                summary.records,
+                summary.dropped
+            );
+            if let Some(e) = summary.error {
+                return Err(RunError::Trace(e));
+            }
+            Some(summary)
+        }
+        None => None,
+    };
+    defmt::info!(
+        "done: {=usize} positions, generated {=[?]}, {=u64} ticks in steps",
+        prompt.len() + generate,
+        &generated[..],
+        step_ticks
+    );
+    Ok(Outcome {
+        positions: prompt.len() + generate,
+        generated,
+        summary,
+        step_ticks,
+    })
+}
 
 // ---------------------------------------------------------------------------
 // Instruction-count markers
@@ -65,76 +413,111 @@ pub const MARK_STEP_BEGIN: u32 = 1;
 /// Marker id written after a step.
 pub const MARK_STEP_END: u32 = 2;
 
-/// Number of times [`tinylens_icount_mark`] ran. Its own address also keeps the
-/// marker function unique, so that LLVM cannot merge it with another function.
-#[no_mangle]
-static mut TINYLENS_ICOUNT_MARKS: u32 = 0;
+/// Number of times [`tinylens_icount_mark`] ran.
+static MARKS: AtomicU32 = AtomicU32::new(0);
 /// Id passed to the latest [`tinylens_icount_mark`] call (for a debugger).
-#[no_mangle]
-static mut TINYLENS_ICOUNT_LAST_MARK: u32 = 0;
+static LAST_MARK: AtomicU32 = AtomicU32::new(0);
 
 /// Instruction-count marker. The QEMU plugin `scripts/qemu/icount.c`, given this
-/// function's address (`run-qemu.sh --icount` looks it up in the ELF), records the
-/// running count of executed guest instructions each time it is entered. On a real
-/// board it costs a few cycles. `id` is for the reader of the disassembly and a
-/// debugger; the plugin numbers the marks in order.
+/// function's address (`run-qemu.sh --icount` looks the symbol up in the ELF, hence
+/// the unmangled name), records the running count of executed guest instructions each
+/// time it is entered. On a real board it costs a few cycles. The body touches its own
+/// statics so that LLVM cannot merge it with another function (a merged copy would
+/// fire the plugin from elsewhere). Plain load and store: ARMv6-M has no atomic
+/// read-modify-write, and the firmware is single-threaded.
 #[inline(never)]
 #[no_mangle]
 pub extern "C" fn tinylens_icount_mark(id: u32) {
-    // SAFETY: single-core firmware; volatile accesses to plain `u32` statics.
-    unsafe {
-        let n = addr_of!(TINYLENS_ICOUNT_MARKS).read_volatile();
-        addr_of_mut!(TINYLENS_ICOUNT_MARKS).write_volatile(n.wrapping_add(1));
-        addr_of_mut!(TINYLENS_ICOUNT_LAST_MARK).write_volatile(id);
-    }
+    MARKS.store(
+        MARKS.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+    LAST_MARK.store(id, Ordering::Relaxed);
 }
 
 /// How many markers have run so far.
 pub fn icount_marks() -> u32 {
-    // SAFETY: see `tinylens_icount_mark`.
-    unsafe { addr_of!(TINYLENS_ICOUNT_MARKS).read_volatile() }
+    MARKS.load(Ordering::Relaxed)
 }
 
 // ---------------------------------------------------------------------------
 // Per-step instrumentation
 
+/// A free-running counter for step timings (a cycle counter on a board, SysTick in
+/// QEMU), read just inside the busy pulse.
+pub trait Clock {
+    /// The current count.
+    fn now(&mut self) -> u32;
+    /// Ticks from reading `start` to reading `end` (wrapping).
+    fn elapsed(&self, start: u32, end: u32) -> u32 {
+        end.wrapping_sub(start)
+    }
+    /// Ticks per second (0: unknown).
+    fn hz(&self) -> u32;
+}
+
+/// No clock: every step takes 0 ticks.
+pub struct NoClock;
+
+impl Clock for NoClock {
+    fn now(&mut self) -> u32 {
+        0
+    }
+    fn hz(&self) -> u32 {
+        0
+    }
+}
+
 /// Runs model steps with a busy pin high during each step (for a logic analyser or
-/// scope: the pulse width is the step's latency) and instruction-count markers just
-/// inside the pulse, then an optional pause between steps.
-pub struct Stepper<P, D> {
+/// scope: the pulse width is the step's latency), a clock reading and
+/// instruction-count markers just inside the pulse, then an optional pause.
+pub struct Stepper<P, D, C> {
     busy: P,
     delay: D,
+    clock: C,
     gap_us: u32,
     steps: u32,
 }
 
-impl<P: OutputPin, D: DelayNs> Stepper<P, D> {
+impl<P: OutputPin, D: DelayNs, C: Clock> Stepper<P, D, C> {
     /// `busy` is driven low now; `gap_us` microseconds of `delay` follow each step.
-    pub fn new(mut busy: P, delay: D, gap_us: u32) -> Self {
+    pub fn new(mut busy: P, delay: D, clock: C, gap_us: u32) -> Self {
         // GPIO writes are infallible on the HALs in use; a failing pin only loses timing.
         let _ = busy.set_low();
         Self {
             busy,
             delay,
+            clock,
             gap_us,
             steps: 0,
         }
     }
 
-    /// Runs `step` (e.g. `|| session.step(token)`) between the busy-pin edges and the
-    /// instruction-count markers, and returns what it returned.
+    /// Runs `step` (e.g. `|| session.step(token)`) between the busy-pin edges, the
+    /// clock readings and the instruction-count markers; returns what it returned and
+    /// the clock ticks it took. Log nothing inside `step`: everything in it counts.
     #[inline(always)]
-    pub fn step<T, E>(&mut self, step: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    pub fn step<T, E>(&mut self, step: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, u32) {
         let _ = self.busy.set_high();
+        let start = self.clock.now();
         tinylens_icount_mark(MARK_STEP_BEGIN);
         let out = step();
         tinylens_icount_mark(MARK_STEP_END);
+        let end = self.clock.now();
         let _ = self.busy.set_low();
         self.steps = self.steps.wrapping_add(1);
         if self.gap_us > 0 {
             self.delay.delay_us(self.gap_us);
         }
-        out
+        (out, self.clock.elapsed(start, end))
+    }
+
+    /// `ticks` of the clock in microseconds (0 when its rate is unknown).
+    pub fn micros(&self, ticks: u32) -> u32 {
+        match self.clock.hz() {
+            0 => 0,
+            hz => (ticks as u64 * 1_000_000 / hz as u64) as u32,
+        }
     }
 
     /// Steps run so far.
@@ -142,9 +525,9 @@ impl<P: OutputPin, D: DelayNs> Stepper<P, D> {
         self.steps
     }
 
-    /// Gives the pin and the delay back.
-    pub fn release(self) -> (P, D) {
-        (self.busy, self.delay)
+    /// Gives the pin, the delay and the clock back.
+    pub fn release(self) -> (P, D, C) {
+        (self.busy, self.delay, self.clock)
     }
 }
 
@@ -169,67 +552,4 @@ pub struct NoDelay;
 
 impl DelayNs for NoDelay {
     fn delay_ns(&mut self, _ns: u32) {}
-}
-
-// ---------------------------------------------------------------------------
-// Placeholder run (until the core's session API is in)
-
-/// The skeleton run both binaries share: logs the blob and workspace sizes, writes
-/// every byte value 0x00..=0xFF once to the trace channel (the host checks that the
-/// channel is binary-clean), then runs `steps` placeholder steps through `stepper`.
-///
-/// The model firmware replaces the body with, roughly:
-/// ```ignore
-/// let model = tinylens_core::Model::from_bytes(MODEL_BLOB)?;
-/// let mut session = tinylens_core::Session::new(&model, ws)?;
-/// for &token in tokens {
-///     let logits = stepper.step(|| session.step(token))?;
-///     // trace frames go to `trace` through the core's sink trait
-/// }
-/// ```
-pub fn run_demo<P: OutputPin, D: DelayNs, S: TraceSink>(
-    stepper: &mut Stepper<P, D>,
-    ws: &mut [f32],
-    trace: &mut S,
-    steps: usize,
-) -> Result<(), SinkError> {
-    defmt::info!(
-        "tinylens firmware: model blob {=usize} bytes, workspace {=usize} f32",
-        MODEL_BLOB.len(),
-        ws.len()
-    );
-    let mut pattern = [0u8; 256];
-    for (i, b) in pattern.iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    trace.write_all(&pattern)?;
-
-    let mut token = 1u32;
-    for i in 0..steps {
-        let out = stepper.step(|| Ok::<_, core::convert::Infallible>(placeholder_step(ws, token)));
-        let Ok(out) = out;
-        defmt::info!("step {=usize}: token {=u32} -> {=f32}", i, token, out);
-        token = token.wrapping_mul(31).wrapping_add(7) % 1000;
-    }
-    defmt::info!(
-        "done: {=u32} steps, {=u32} icount marks",
-        stepper.steps(),
-        icount_marks()
-    );
-    Ok(())
-}
-
-/// Stand-in for `session.step(token)` (see [`run_demo`]): a fixed amount of float work over the workspace that depends on `token` and on the
-/// previous steps (like a KV cache would), returning a checksum of the "logits".
-/// Its instruction count grows linearly with `ws.len()`, which the QEMU run uses to
-/// check the instruction counter.
-pub fn placeholder_step(ws: &mut [f32], token: u32) -> f32 {
-    let t = (token % 97) as f32 * (1.0 / 97.0);
-    let mut acc = 0.0f32;
-    for (i, w) in ws.iter_mut().enumerate() {
-        let x = (i % 31) as f32 * (1.0 / 31.0);
-        *w = *w * 0.5 + x * t;
-        acc += *w * x;
-    }
-    acc
 }

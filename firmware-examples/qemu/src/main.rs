@@ -1,72 +1,194 @@
 //! tinylens example firmware for QEMU: `mps2-an386` (Cortex-M4F, thumbv7em-none-eabihf)
 //! or `microbit` (Cortex-M0, thumbv6m-none-eabi). Run it with `../run-qemu.sh`.
 //!
+//! Runs the embedded model (see `tinylens_fw`): the prompt, then greedy generation
+//! with the KV cache, recording the probe set as trace frames.
+//!
 //! Channels (all semihosting, `-semihosting-config enable=on,target=native`):
-//! - **trace** (binary, COBS frames from the core's tracer): the host's **stdout**
+//! - **trace** (binary COBS frames from the core's recorder): the host's **stdout**
 //!   (`:tt` opened for writing), or the host file given as `trace=PATH`.
 //!   QEMU writes these bytes unchanged, 0x00..=0xFF included.
-//! - **defmt log** (binary defmt frames): the host file given as `defmt=PATH`
-//!   (`run-qemu.sh` passes a temporary file and runs `defmt-print` on it), else stderr.
-//! - **panic / fault text** (human-readable): the host's **stderr**.
+//! - **defmt log** (binary defmt frames: progress, per-step timings): the host file
+//!   given as `defmt=PATH` (`run-qemu.sh` passes a FIFO read by `defmt-print`), else
+//!   stderr.
+//! - **errors, panic and fault text** (human-readable): the host's **stderr**.
 //!
 //! Arguments come as `key=value` words on the semihosting command line
-//! (`-semihosting-config enable=on,target=native,arg=qemu,arg=defmt=/tmp/x.defmt`):
-//! `defmt=PATH`, `trace=PATH`, `steps=N` (placeholder steps to run, default 8).
+//! (`-semihosting-config enable=on,target=native,arg=qemu,arg=tokens=0,,1,,2`; the
+//! first word is the program name): `tokens=1,2,3`, `generate=N`, `probe=PATTERN`
+//! (repeatable), `run=ID`, `record=0` (see `tinylens_fw::Settings::apply`), and
+//! `defmt=PATH`, `trace=PATH`.
 //!
-//! Exit status: 0 after a normal run; 1 after a panic, a HardFault or an unexpected
-//! interrupt (semihosting `SYS_EXIT`, so QEMU never hangs on a fault).
+//! Exit status: 0 after a normal run; 1 after a bad argument, a model that does not
+//! fit, a panic, a HardFault or an unexpected interrupt (semihosting `SYS_EXIT`, so
+//! QEMU never hangs on a failure).
 #![no_std]
 #![no_main]
 
 mod logger;
 mod semihost;
 
-use core::fmt::Write as _;
+use core::cell::Cell;
+use core::fmt::{self, Write as _};
+
+use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use semihost::HostFile;
-use tinylens_fw::{run_demo, NoDelay, NoPin, Stepper, WORKSPACE_WORDS};
+use tinylens_core::Error;
+use tinylens_fw::{
+    Clock, NoDelay, NoPin, Settings, Stepper, FRAME_BUFFER_LEN, MODEL_BLOB, WORKSPACE_WORDS,
+};
+
+/// RAM of the emulated machine (see the memory-*.x files).
+const RAM_BYTES: usize = if cfg!(microbit) {
+    16 * 1024
+} else {
+    4 * 1024 * 1024
+};
+/// RAM left for the stack, the logger and the other statics.
+const STACK_RESERVE: usize = 6 * 1024;
+const _: () = assert!(
+    WORKSPACE_WORDS * 4 + FRAME_BUFFER_LEN + STACK_RESERVE <= RAM_BYTES,
+    "the embedded model needs more working memory than this machine's RAM \
+     (see `tinylens info MODEL`; pick a smaller model with TINYLENS_MODEL)"
+);
+/// Longest semihosting command line.
+const CMDLINE_LEN: usize = 1024;
+/// Core clock of the emulated machine (QEMU: mps2 25 MHz, nRF51 16 MHz). Under
+/// `-icount shift=0` one instruction takes 1 ns of emulated time, so these "µs" are
+/// about a thousandth of the instruction count, not a hardware latency.
+const CORE_HZ: u32 = if cfg!(microbit) {
+    16_000_000
+} else {
+    25_000_000
+};
 
 #[entry]
 fn main() -> ! {
-    // cortex-m-rt turns `static mut` in the entry function into a `&'static mut`
-    // (placed in .bss, never on the stack).
+    // cortex-m-rt turns `static mut` in the entry function into `&'static mut`
+    // (in .bss, never on the stack): no `unsafe` needed.
     static mut WORKSPACE: [f32; WORKSPACE_WORDS] = [0.0; WORKSPACE_WORDS];
-    let ws: &'static mut [f32; WORKSPACE_WORDS] = WORKSPACE;
+    static mut FRAME_BUF: [u8; FRAME_BUFFER_LEN] = [0; FRAME_BUFFER_LEN];
 
-    let mut line = [0u8; 512];
-    let args = semihost::cmdline(&mut line).unwrap_or("");
+    let mut line = [0u8; CMDLINE_LEN];
+    let Some(args) = semihost::cmdline(&mut line) else {
+        fail(format_args!(
+            "cannot read the semihosting command line (longer than {CMDLINE_LEN} bytes?)"
+        ))
+    };
+    // The first word is the program name.
+    let words = || args.split(' ').filter(|w| !w.is_empty()).skip(1);
+    let value =
+        |key: &str| words().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')));
 
-    let log = match semihost::arg(args, "defmt") {
+    let log = match value("defmt") {
         Some(path) => HostFile::create(path),
         None => HostFile::stderr(),
     };
     if let Some(log) = log {
         logger::init(log);
     }
-    let mut trace = match semihost::arg(args, "trace") {
+    let mut trace = match value("trace") {
         Some(path) => HostFile::create(path),
         None => HostFile::stdout(),
     }
-    .unwrap_or_else(|| panic!("cannot open the trace channel"));
-    let steps: usize = semihost::arg(args, "steps")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(8);
+    .unwrap_or_else(|| fail("cannot open the trace channel"));
 
-    demo_failure(steps);
-
-    let mut stepper = Stepper::new(NoPin, NoDelay, 0);
-    if run_demo(&mut stepper, ws, &mut trace, steps).is_err() {
-        panic!("trace channel write failed");
+    let mut settings = Settings::defaults();
+    for word in words() {
+        let Some((key, val)) = word.split_once('=') else {
+            fail(format_args!(
+                "bad argument `{word}`: expected key=value (tokens=, generate=, probe=, run=, record=, trace=, defmt=)"
+            ))
+        };
+        match key {
+            "defmt" | "trace" => {}
+            _ => match settings.apply(key, val) {
+                Ok(true) => {}
+                Ok(false) => fail(format_args!(
+                    "unknown argument `{word}` (known: tokens=, generate=, probe=, run=, record=, trace=, defmt=)"
+                )),
+                Err(e) => fail(e),
+            },
+        }
     }
-    semihost::exit(true)
+
+    demo_failure();
+
+    let mut core = cortex_m::Peripherals::take().unwrap_or_else(|| fail("peripherals taken"));
+    let clock = SysTickClock::start(&mut core.SYST);
+    let mut stepper = Stepper::new(NoPin, NoDelay, clock, 0);
+
+    // Every trace frame is one semihosting write; the lowest stack pointer seen at a
+    // write (the deepest point of a step) goes to the log.
+    let low_sp = Cell::new(u32::MAX);
+    let sink = |frame: &[u8]| -> Result<(), Error> {
+        low_sp.set(low_sp.get().min(cortex_m::register::msp::read()));
+        trace.write_all(frame).map_err(|_| Error::SinkFailed)
+    };
+    match tinylens_fw::run(
+        MODEL_BLOB,
+        WORKSPACE,
+        FRAME_BUF,
+        &settings,
+        &mut stepper,
+        sink,
+    ) {
+        Ok(_) => {
+            if low_sp.get() != u32::MAX {
+                let top = 0x2000_0000 + RAM_BYTES as u32;
+                defmt::info!(
+                    "stack: at least {=u32} bytes used (lowest sp {=u32:#010x}); RAM {=usize} bytes",
+                    top - low_sp.get(),
+                    low_sp.get(),
+                    RAM_BYTES
+                );
+            }
+            semihost::exit(true)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// SysTick as a free-running 24-bit down-counter at the core clock (no interrupt).
+struct SysTickClock;
+
+impl SysTickClock {
+    fn start(syst: &mut SYST) -> Self {
+        syst.set_clock_source(SystClkSource::Core);
+        syst.set_reload(0x00FF_FFFF);
+        syst.clear_current();
+        syst.enable_counter();
+        SysTickClock
+    }
+}
+
+impl Clock for SysTickClock {
+    fn now(&mut self) -> u32 {
+        SYST::get_current()
+    }
+    fn elapsed(&self, start: u32, end: u32) -> u32 {
+        start.wrapping_sub(end) & 0x00FF_FFFF
+    }
+    fn hz(&self) -> u32 {
+        CORE_HZ
+    }
+}
+
+/// Reports `msg` on the host's stderr (and the defmt log) and ends QEMU with failure.
+fn fail(msg: impl fmt::Display) -> ! {
+    defmt::error!("{}", defmt::Display2Format(&msg));
+    if let Some(mut err) = HostFile::stderr() {
+        let _ = writeln!(err, "firmware error: {msg}");
+    }
+    semihost::exit(false)
 }
 
 /// Deliberate failures, to check the failure paths (features `demo-panic`,
 /// `demo-hardfault`); does nothing in a normal build.
-fn demo_failure(steps: usize) {
-    let _ = steps;
+fn demo_failure() {
     #[cfg(feature = "demo-panic")]
-    panic!("demo-panic: deliberate panic ({} steps requested)", steps);
+    panic!("demo-panic: deliberate panic");
     #[cfg(feature = "demo-hardfault")]
     cortex_m::asm::udf();
 }
@@ -82,6 +204,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     semihost::exit(false)
 }
 
+// cortex-m-rt requires exception handlers to be `unsafe fn`.
 #[exception]
 unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
     if let Some(mut err) = HostFile::stderr() {

@@ -66,12 +66,6 @@ impl fmt::Write for HostFile {
     }
 }
 
-impl tinylens_fw::TraceSink for HostFile {
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), tinylens_fw::SinkError> {
-        HostFile::write_all(self, bytes).map_err(|_| tinylens_fw::SinkError)
-    }
-}
-
 /// The semihosting command line: QEMU's `-semihosting-config arg=...` values joined
 /// by spaces (or, without `arg=`, the `-kernel` path and `-append` string).
 pub fn cmdline(buf: &mut [u8]) -> Option<&str> {
@@ -88,13 +82,6 @@ pub fn cmdline(buf: &mut [u8]) -> Option<&str> {
         return None;
     }
     core::str::from_utf8(&buf[..len]).ok()
-}
-
-/// The value of the first `key=value` word of `cmdline`.
-pub fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Ends the QEMU run: status 0 when `success`, 1 otherwise.

@@ -1,0 +1,524 @@
+//! The example firmware (`firmware-examples/qemu`) in QEMU: its trace is bit for bit the
+//! host run's (`tinylens_host::run::run`, i.e. `tinylens run --trace`) for the same
+//! blob, prompt, probe set, run id and generation length; it decodes with no loss; its
+//! generated tokens are the host's; `tinylens decode -` reads it from the QEMU pipe;
+//! bad arguments end the firmware with status 1 and a message, never a hang.
+//!
+//! Cortex-M4F (`thumbv7em-none-eabihf`, QEMU `mps2-an386`, hardware float) and
+//! Cortex-M0 (`thumbv6m-none-eabi`, QEMU `microbit`, 16 KiB RAM, soft-float).
+//!
+//! The firmware ELFs are built by the test command (`scripts/test.sh`) before the
+//! tests run; a missing ELF is built here with cargo, except under `CI=true`, where it
+//! fails the test. Every QEMU run is under `run-qemu.sh`'s timeout (and a watchdog
+//! here): a hang fails the test.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tinylens_core::Model;
+use tinylens_host::export;
+use tinylens_host::run::{run, RunOptions};
+use tinylens_host::trace::{decode_stream, Run};
+use tinylens_tests::repo_root;
+
+// The firmware's compiled-in settings (`firmware-examples/fw/src/lib.rs`: DEFAULT_*).
+// A change there without a change here fails `*_defaults_*` with a header or token diff.
+const DEFAULT_PROMPT: [u32; 11] = [0, 5, 12, 33, 7, 21, 40, 9, 5, 12, 33];
+const DEFAULT_GENERATE: usize = 8;
+const DEFAULT_PROBES: [&str; 3] = [
+    "blocks.*.attn.hook_pattern",
+    "blocks.*.attn.hook_result:f16",
+    "logits",
+];
+const DEFAULT_RUN_ID: u32 = 1;
+
+/// Seconds `run-qemu.sh` lets QEMU run (every run here takes well under a second).
+const QEMU_TIMEOUT_S: u64 = 30;
+
+const M4: &str = "thumbv7em-none-eabihf";
+const M0: &str = "thumbv6m-none-eabi";
+
+fn examples() -> PathBuf {
+    repo_root().join("firmware-examples")
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The QEMU firmware ELF for `triple`, built when missing (not under CI).
+fn firmware(triple: &str) -> PathBuf {
+    let elf = examples().join("target").join(triple).join("release/qemu");
+    if elf.is_file() {
+        return elf;
+    }
+    let how = format!(
+        "cd firmware-examples && cargo build --release -p tinylens-fw-qemu --target {triple} \
+         (scripts/test.sh does this before the tests)"
+    );
+    assert!(
+        !ci(),
+        "firmware ELF {} is missing; build it first: {how}",
+        elf.display()
+    );
+    eprintln!("building the firmware: {how}");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(examples())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tinylens-fw-qemu",
+            "--target",
+            triple,
+        ])
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}; build the firmware by hand: {how}"));
+    assert!(
+        status.success() && elf.is_file(),
+        "building the firmware failed; needs `rustup target add {triple}`; {how}"
+    );
+    elf
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tinylens-fw-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        name
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Output {
+    status: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `cmd` (stdin closed), collecting stdout and stderr; kills it after `limit`.
+fn run_with_watchdog(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).map(|_| v)
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).map(|_| v)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: killed (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status: status.code(),
+        stdout: t_out.join().unwrap().unwrap(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap().unwrap()).into_owned(),
+    }
+}
+
+fn require_tools() {
+    for tool in ["qemu-system-arm", "readelf"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{tool} not found: apt-get install qemu-system-arm binutils (scripts/test.sh installs them)"
+        );
+    }
+}
+
+/// Runs the firmware for `triple` in QEMU with `args`; returns (trace, stderr, status).
+/// The defmt log is kept raw in the scratch directory (not decoded), so that runs in
+/// parallel never share a file.
+fn qemu(triple: &str, args: &[&str]) -> Output {
+    require_tools();
+    let elf = firmware(triple);
+    let dir = scratch("qemu");
+    let mut cmd = Command::new(examples().join("run-qemu.sh"));
+    cmd.arg("--timeout")
+        .arg(QEMU_TIMEOUT_S.to_string())
+        .arg("--no-decode")
+        .arg("--defmt-out")
+        .arg(dir.join("log.defmt"))
+        .arg(&elf)
+        .args(args);
+    let out = run_with_watchdog(cmd, Duration::from_secs(QEMU_TIMEOUT_S + 15));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(
+        out.status,
+        Some(124),
+        "QEMU timed out (firmware hung): {}",
+        out.stderr
+    );
+    out
+}
+
+/// The blob the firmware embeds, found by the CRC its trace header names among the
+/// blobs it may have been built with (see firmware-examples/fw/build.rs).
+fn embedded_blob(model_crc: u32) -> (PathBuf, Vec<u8>) {
+    let mut candidates = vec![repo_root().join("models/demo/demo-int8.tlm")];
+    if let Ok(dir) = std::fs::read_dir(examples().join("models")) {
+        let mut v: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
+        v.sort();
+        candidates.extend(v);
+    }
+    for path in &candidates {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        if Model::from_bytes(&bytes).is_ok_and(|m| m.checksum() == model_crc) {
+            return (path.clone(), bytes);
+        }
+    }
+    panic!(
+        "the firmware embeds a model with crc {model_crc:08x}, none of {candidates:?} \
+         (built with TINYLENS_MODEL? rebuild: cd firmware-examples && cargo build --release && cargo build-m0)"
+    );
+}
+
+/// The single run of a device trace, checked to have arrived whole.
+fn lossless_run(trace: &[u8]) -> Run {
+    let (mut runs, report) = decode_stream(trace);
+    assert_eq!(report.bad_frames, 0, "bad frames in the firmware trace");
+    assert_eq!(
+        report.orphan_frames, 0,
+        "orphan frames in the firmware trace"
+    );
+    assert_eq!(runs.len(), 1, "expected exactly one run");
+    let run = runs.pop().unwrap();
+    let l = &run.loss;
+    assert!(l.end_seen, "no end frame");
+    assert_eq!(l.lost_frames, 0);
+    assert_eq!(l.duplicate_frames, 0);
+    assert_eq!(l.dropped_on_device, 0);
+    assert!(
+        l.missing_records.is_empty(),
+        "missing: {:?}",
+        l.missing_records
+    );
+    run
+}
+
+/// Frame `i` of a stream (without its 0x00) for diagnostics.
+fn frames(bytes: &[u8]) -> Vec<&[u8]> {
+    bytes.split(|b| *b == 0).filter(|f| !f.is_empty()).collect()
+}
+
+fn assert_same_bytes(device: &[u8], host: &[u8], what: &str) {
+    if device == host {
+        return;
+    }
+    let (d, h) = (frames(device), frames(host));
+    let first = d.iter().zip(&h).position(|(a, b)| a != b);
+    let detail = match first {
+        Some(i) => {
+            let mut fd = d[i].to_vec();
+            let mut fh = h[i].to_vec();
+            format!(
+                "frame {i} differs:\n  device {:?}\n  host   {:?}",
+                tinylens_core::trace::decode_frame(&mut fd),
+                tinylens_core::trace::decode_frame(&mut fh)
+            )
+        }
+        None => format!("device {} frames, host {} frames", d.len(), h.len()),
+    };
+    panic!(
+        "{what}: device trace ({} bytes) != host trace ({} bytes); {detail}\n\
+         (a stale firmware build? rebuild: cd firmware-examples && cargo build --release && cargo build-m0)",
+        device.len(),
+        host.len()
+    );
+}
+
+struct Case<'a> {
+    triple: &'a str,
+    /// Firmware arguments (empty: the compiled-in defaults).
+    args: &'a [&'a str],
+    prompt: &'a [u32],
+    generate: usize,
+    probes: &'a [&'a str],
+    run_id: u32,
+}
+
+impl Case<'_> {
+    fn defaults(triple: &str) -> Case<'_> {
+        Case {
+            triple,
+            args: &[],
+            prompt: &DEFAULT_PROMPT,
+            generate: DEFAULT_GENERATE,
+            probes: &DEFAULT_PROBES,
+            run_id: DEFAULT_RUN_ID,
+        }
+    }
+
+    fn host_options(&self) -> RunOptions {
+        RunOptions {
+            tokens: self.prompt.to_vec(),
+            probes: self.probes.iter().map(|s| s.to_string()).collect(),
+            trace: true,
+            generate: self.generate,
+            run_id: self.run_id,
+            ..Default::default()
+        }
+    }
+
+    /// Runs the firmware and the host and checks the traces are equal byte for byte;
+    /// returns the trace, the blob's path and the host's generated tokens.
+    fn check(&self) -> (Vec<u8>, PathBuf, Vec<u32>) {
+        let start = Instant::now();
+        let out = qemu(self.triple, self.args);
+        let elapsed = start.elapsed();
+        assert_eq!(
+            out.status,
+            Some(0),
+            "firmware {} {:?} failed: {}",
+            self.triple,
+            self.args,
+            out.stderr
+        );
+        let device = lossless_run(&out.stdout);
+        let (path, blob) = embedded_blob(device.model_crc);
+        let model = Model::from_bytes(&blob).unwrap();
+        let host = run(&model, &self.host_options()).expect("host run");
+        assert_same_bytes(
+            &out.stdout,
+            &host.trace,
+            &format!("{} {:?} with {}", self.triple, self.args, path.display()),
+        );
+        // Equal bytes imply equal tokens; checked separately for a readable failure.
+        assert_eq!(device.run_id, self.run_id);
+        let tokens: Vec<u32> = device
+            .token_list()
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(tokens, host.tokens, "prompt + generated tokens");
+        assert_eq!(&tokens[self.prompt.len()..], &host.generated[..]);
+        assert_eq!(host.generated.len(), self.generate);
+        eprintln!(
+            "{} {:?}: {} bytes, {} records, bit-exact with the host ({}), generated {:?}, QEMU {:?}",
+            self.triple,
+            self.args,
+            out.stdout.len(),
+            device.records.len(),
+            path.display(),
+            host.generated,
+            elapsed
+        );
+        (out.stdout, path, host.generated)
+    }
+}
+
+#[test]
+fn m4_defaults_prompt_and_generation_bit_exact() {
+    Case::defaults(M4).check();
+}
+
+#[test]
+fn m4_all_hooks_prompt_bit_exact() {
+    Case {
+        triple: M4,
+        args: &["tokens=0,3,9,27,4,8,3,9", "generate=0", "probe=*", "run=7"],
+        prompt: &[0, 3, 9, 27, 4, 8, 3, 9],
+        generate: 0,
+        probes: &["*"],
+        run_id: 7,
+    }
+    .check();
+}
+
+#[test]
+fn m4_mixed_precisions_heads_positions_bit_exact() {
+    Case {
+        triple: M4,
+        args: &[
+            "tokens=1,2,3,4,1,2",
+            "generate=6",
+            "probe=blocks.0.attn.hook_z[1]@2..5:f16",
+            "probe=blocks.*.hook_resid_post:int8",
+            "probe=hook_embed@0",
+            "probe=logits@7..12",
+            "run=4000000000",
+        ],
+        prompt: &[1, 2, 3, 4, 1, 2],
+        generate: 6,
+        probes: &[
+            "blocks.0.attn.hook_z[1]@2..5:f16",
+            "blocks.*.hook_resid_post:int8",
+            "hook_embed@0",
+            "logits@7..12",
+        ],
+        run_id: 4_000_000_000,
+    }
+    .check();
+}
+
+#[test]
+fn m4_no_probes_still_traces_tokens() {
+    Case {
+        triple: M4,
+        args: &["probe=none", "generate=3"],
+        prompt: &DEFAULT_PROMPT,
+        generate: 3,
+        probes: &[],
+        run_id: DEFAULT_RUN_ID,
+    }
+    .check();
+}
+
+#[test]
+fn m0_soft_float_defaults_bit_exact() {
+    Case::defaults(M0).check();
+}
+
+#[test]
+fn m0_soft_float_all_hooks_int8_bit_exact() {
+    Case {
+        triple: M0,
+        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
+        prompt: &[0, 7, 7, 7, 2],
+        generate: 4,
+        probes: &["*:int8"],
+        run_id: 9,
+    }
+    .check();
+}
+
+#[test]
+fn m4_record_off_writes_no_trace() {
+    let out = qemu(M4, &["record=0"]);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "record=0 wrote to the trace channel");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["generate=many"], "bad argument `generate=many`"),
+        (&["tokens=1,x"], "bad argument `tokens=1,x`"),
+        (&["probe=blocks.0.attn.hook_nonsense"], "not a hook name"),
+        (&["probe=blocks.9.attn.hook_z"], "probe set"),
+        (&["generate=1000"], "exceed the model's context"),
+        (&["tokens=100000"], "out of range"),
+        (&["colour=blue"], "unknown argument `colour=blue`"),
+    ];
+    for (args, message) in cases {
+        let out = qemu(M4, args);
+        assert_eq!(out.status, Some(1), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("firmware error: ") && out.stderr.contains(message),
+            "{args:?}: expected `{message}` on stderr, got: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: wrote a trace");
+    }
+}
+
+/// The `tinylens` CLI next to this test binary (`target/<profile>/tinylens`), built
+/// when missing (not under CI).
+fn tinylens_cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/firmware_qemu-<hash>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let cli = dir.join(format!("tinylens{}", std::env::consts::EXE_SUFFIX));
+    if cli.is_file() {
+        return cli;
+    }
+    let how = "cargo build -p tinylens-host --bin tinylens (scripts/test.sh does this)";
+    assert!(!ci(), "{} is missing: {how}", cli.display());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .args(["build", "-p", "tinylens-host", "--bin", "tinylens"]);
+    if dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let out = run_with_watchdog(cmd, Duration::from_secs(600));
+    assert!(
+        out.status == Some(0) && cli.is_file(),
+        "building the CLI failed ({how}): {}",
+        out.stderr
+    );
+    cli
+}
+
+#[test]
+fn decode_cli_reads_the_qemu_pipe() {
+    require_tools();
+    let elf = firmware(M4);
+    let cli = tinylens_cli();
+    let dir = scratch("decode");
+    let json = dir.join("cache.json");
+    let pipeline = format!(
+        "set -o pipefail; '{}' --timeout {QEMU_TIMEOUT_S} --no-decode --defmt-out '{}' '{}' | '{}' decode - -o '{}'",
+        examples().join("run-qemu.sh").display(),
+        dir.join("log.defmt").display(),
+        elf.display(),
+        cli.display(),
+        json.display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &pipeline]);
+    let out = run_with_watchdog(cmd, Duration::from_secs(QEMU_TIMEOUT_S + 15));
+    assert_eq!(out.status, Some(0), "{pipeline}: {}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "0 bad frames, 0 lost frames, 0 duplicates, 0 missing records, 0 dropped on device"
+        ) && !out.stderr.contains("end frame missing"),
+        "decode report: {}",
+        out.stderr
+    );
+    let decoded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+
+    // The same cache from the host run, through the same export.
+    let (trace, _, _) = Case::defaults(M4).check();
+    let run = lossless_run(&trace);
+    let mut cache = run.cache();
+    let tokens: Vec<f32> = run.token_list().iter().map(|t| t.unwrap() as f32).collect();
+    cache.insert("tokens".into(), (vec![tokens.len()], tokens));
+    let expected: serde_json::Value =
+        serde_json::from_str(&export::to_json(&cache).to_string()).unwrap();
+    assert_eq!(decoded, expected, "tinylens decode - of the QEMU pipe");
+    for key in [
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.attn.hook_result",
+        "logits",
+    ] {
+        assert!(decoded.get(key).is_some(), "{key} missing from the decode");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::io::stderr().flush().unwrap();
+}
