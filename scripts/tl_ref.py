@@ -161,8 +161,10 @@ def whitespace_tokenizer(model: HookedTransformer, vocab: Sequence[str]):
     index = {w: i for i, w in enumerate(vocab)}
 
     def to_tokens(inp, *args, **kwargs):
-        assert isinstance(inp, str)
-        return torch.tensor([[index[w] for w in inp.split()]], dtype=torch.long)
+        # detect_head calls this once with the whole list (prompts of equal length here)
+        # before recursing into one call per string.
+        seqs = [inp] if isinstance(inp, str) else list(inp)
+        return torch.tensor([[index[w] for w in s.split()] for s in seqs], dtype=torch.long)
 
     model.to_tokens = to_tokens  # instance attribute shadows the method
     try:
