@@ -77,7 +77,10 @@ pub fn repeated_dataset(
     n_ctx: u32,
 ) -> Result<Vec<Prompt>> {
     let len = 2 * n + bos.is_some() as usize;
-    if n == 0 || len > n_ctx as usize {
+    if n == 0 {
+        return Err(Error::Argument("--repeated N needs N >= 1".into()));
+    }
+    if len > n_ctx as usize {
         return Err(Error::Argument(format!(
             "--repeated {n}: {len} tokens; the model's context is {n_ctx}"
         )));
@@ -217,7 +220,8 @@ pub struct AblationReport {
     pub n_prompts: usize,
     pub n_predictions: usize,
     pub baseline: Losses,
-    /// `[layer][head]`: loss increase when that head alone is ablated.
+    /// `[layer][head]`: loss increase when that head alone is ablated (empty when the
+    /// heads were not ablated one at a time).
     pub loss_increase: Vec<Vec<f64>>,
     /// `[layer][head]` on the second copies (repeated data only).
     pub repeat_loss_increase: Option<Vec<Vec<f64>>>,
@@ -227,14 +231,15 @@ pub struct AblationReport {
     pub groups: Vec<HeadAblation>,
 }
 
-/// Runs the baseline, each head alone and each group. `means` is needed for
-/// [`Mode::Mean`]. `progress` is called once per prompt run.
+/// Runs the baseline, each head alone (when `each_head`) and each group. `means` is
+/// needed for [`Mode::Mean`]. `progress` is called once per prompt run.
 pub fn ablate_heads(
     model: &Model<'_>,
     prompts: &[Prompt],
     mode: Mode,
     means: Option<&[f32]>,
     groups: &[Vec<HeadRef>],
+    each_head: bool,
     mut progress: impl FnMut(),
 ) -> Result<AblationReport> {
     let cfg = *model.config();
@@ -266,7 +271,9 @@ pub fn ablate_heads(
     let mut heads = Vec::with_capacity(nl * nh);
     for l in 0..nl {
         for h in 0..nh {
-            heads.push(one(&[(l as u16, h as u16)], &mut progress)?);
+            if each_head {
+                heads.push(one(&[(l as u16, h as u16)], &mut progress)?);
+            }
         }
     }
     let groups = groups
@@ -274,6 +281,9 @@ pub fn ablate_heads(
         .map(|g| one(g, &mut progress))
         .collect::<Result<Vec<_>>>()?;
     let grid = |f: &dyn Fn(&HeadAblation) -> f64| -> Vec<Vec<f64>> {
+        if heads.is_empty() {
+            return Vec::new();
+        }
         (0..nl)
             .map(|l| (0..nh).map(|h| f(&heads[l * nh + h])).collect())
             .collect()

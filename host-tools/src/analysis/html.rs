@@ -241,7 +241,7 @@ fn importance_tables(t: &TermImportance) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "<p>Loss with all terms {:.4}; with the bias terms only {:.4}.</p>\
+        "<p>Next-token loss on this prompt with all terms {:.4} (the model's loss, up to the sum check above); with the bias terms only {:.4}.</p>\
          <table class=\"plain\" id=\"orders\"><tr><th>order</th><th>terms</th><th>loss without this order</th>\
          <th>increase</th><th>loss with orders ≤ this</th></tr>",
         t.loss_all_terms, t.loss_biases_only
@@ -289,9 +289,11 @@ fn ablation_section(a: &AblationReport) -> String {
         Some(g) => (g, "loss increase on the repeated half"),
         None => (&a.loss_increase, "loss increase"),
     };
-    let scale = max_abs(grid.iter().flatten().copied()).max(1e-9);
-    let _ = write!(s, "<h3>{what}, one head at a time</h3>");
-    s.push_str(&grid_table("ablation-grid", grid, true, scale));
+    if !grid.is_empty() {
+        let scale = max_abs(grid.iter().flatten().copied()).max(1e-9);
+        let _ = write!(s, "<h3>{what}, one head at a time</h3>");
+        s.push_str(&grid_table("ablation-grid", grid, true, scale));
+    }
     if !a.groups.is_empty() {
         s.push_str("<h3>Groups ablated together</h3><table class=\"plain\"><tr><th>heads</th><th>loss</th><th>increase</th><th>repeated-half loss</th></tr>");
         for g in &a.groups {
@@ -378,7 +380,7 @@ const tsize=Math.max(2,Math.floor(150/Math.max(n,1)));
 let sel=D.selected||[L-1,0];
 function main(l,h){
   const box=document.getElementById('main-view');box.innerHTML='';
-  const cell=Math.max(6,Math.min(22,Math.floor(560/Math.max(n,1))));const m=70;
+  const cell=Math.max(6,Math.min(18,Math.floor(440/Math.max(n,1))));const m=64;
   const svg=el('svg',{id:'hm-main',width:m+n*cell+8,height:m+n*cell+8},box);
   draw(svg,l,h,cell,m,'mcell',true);
   document.getElementById('main-title').textContent='L'+l+'H'+h+(D.head_notes[l][h]?'  ('+D.head_notes[l][h]+')':'');

@@ -172,7 +172,9 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         ),
         "ablating",
     );
-    let r = ablate_heads(&model, &data, mode, means.as_deref(), &groups, || pb.inc(1))?;
+    let r = ablate_heads(&model, &data, mode, means.as_deref(), &groups, true, || {
+        pb.inc(1)
+    })?;
     pb.finish_and_clear();
     Ok(r)
 }

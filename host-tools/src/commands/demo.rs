@@ -26,7 +26,13 @@ use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
 use crate::convert::weights_from_model;
 use crate::{cli, Error, Result};
 
-/// The demo model as an int8 blob (made by `tinylens convert`, see models/demo/README).
+/// The demo model as an int8 blob, made from `models/demo/` by
+/// `tinylens convert --weights models/demo/model.safetensors --config models/demo/config.json
+/// --vocab models/demo/vocab.txt --quant int8 -o models/demo/demo-int8.tlm`, without weight
+/// processing: TransformerLens 3.9 mis-folds `ln_final` when `d_vocab_out == d_model` (64
+/// here), so `--fold-ln` is refused for this shape, and the unprocessed weights are what
+/// `models/demo/TRAINING.md` reports TL numbers for. `tests/tests/demo.rs` checks that
+/// converting again reproduces this file byte for byte.
 pub const DEMO_BLOB: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/demo/demo-int8.tlm"
@@ -39,9 +45,17 @@ pub const REPEAT_LEN: usize = 15;
 pub const DETECT_SEQUENCES: usize = 16;
 /// Sequences of the loss and ablation measurements.
 pub const LOSS_SEQUENCES: usize = 32;
-/// A head-detector score at or above this names a head (TL's demos use 0.3-0.5 by eye;
-/// the demo model's heads are far from it either way).
+/// A head-detector score at or above this names a head.
 pub const THRESHOLD: f64 = 0.4;
+/// The detector options heads are named with: TL's `exclude_bos`. Heads with nothing to
+/// do park their attention on `<bos>` (the induction heads do so on the unpredictable
+/// first copy), which says nothing about what they do when they act; leaving position 0
+/// out of both sums measures the attention they do spend. The TL defaults (BOS included)
+/// are reported as well.
+pub const NAMING: DetectOptions = DetectOptions {
+    exclude_bos: true,
+    exclude_current_token: false,
+};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -101,7 +115,10 @@ pub struct DemoFindings {
     pub k_composition: Vec<KComposition>,
     pub composition_baseline: f64,
     pub copying: Vec<Vec<f64>>,
+    /// Head-detector scores with [`NAMING`] (exclude_bos), which name the heads.
     pub head_scores: HeadDetection,
+    /// The same with TL's default options (attention to `<bos>` counted).
+    pub head_scores_tl_default: HeadDetection,
     pub losses: DemoLosses,
     pub trace_bytes: usize,
     pub timings_ms: Vec<(String, f64)>,
@@ -119,7 +136,29 @@ fn refs(v: &[ScoredHead]) -> Vec<HeadRef> {
 
 /// The demo's analysis of `model` (the embedded blob, or any model whose token 0 is BOS).
 /// Returns the findings and the HTML report.
-pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
+/// How much the demo measures.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub seed: u64,
+    pub detect_sequences: usize,
+    pub loss_sequences: usize,
+    /// Ablate every head alone too (the report's ablation table), not only the groups.
+    pub ablate_each_head: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            seed: 1,
+            detect_sequences: DETECT_SEQUENCES,
+            loss_sequences: LOSS_SEQUENCES,
+            ablate_each_head: true,
+        }
+    }
+}
+
+pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, String)> {
+    let seed = opts.seed;
     let cfg = *model.config();
     let mut timings = Vec::new();
     let mut clock = Instant::now();
@@ -130,7 +169,7 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
     let repeat_len = REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
     let detect_set = repeated_dataset(
         repeat_len,
-        DETECT_SEQUENCES,
+        opts.detect_sequences,
         seed,
         Some(0),
         cfg.d_vocab,
@@ -138,7 +177,7 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
     )?;
     let loss_set = repeated_dataset(
         repeat_len,
-        LOSS_SEQUENCES,
+        opts.loss_sequences,
         seed + 1000,
         Some(0),
         cfg.d_vocab,
@@ -152,7 +191,8 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
         .map(|p| record(model, &p.tokens, &probes))
         .collect::<Result<Vec<_>>>()?;
     let trace_bytes = recordings.iter().map(|r| r.trace_len).sum();
-    let [previous_token, duplicate_token, induction] =
+    let [previous_token, duplicate_token, induction] = score(&recordings, NAMING)?;
+    let [tl_previous_token, tl_duplicate_token, tl_induction] =
         score(&recordings, DetectOptions::default())?;
     lap("record, decode and score patterns", &mut timings);
 
@@ -207,7 +247,15 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
     if !prev.is_empty() {
         groups.push(refs(&prev));
     }
-    let abl = ablate_heads(model, &loss_set, Mode::Mean, Some(&means), &groups, || {})?;
+    let abl = ablate_heads(
+        model,
+        &loss_set,
+        Mode::Mean,
+        Some(&means),
+        &groups,
+        opts.ablate_each_head,
+        || {},
+    )?;
     let zero_ind = if ind.is_empty() {
         None
     } else {
@@ -262,6 +310,13 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
         duplicate_token,
         induction,
         tokens: detect_set[0].tokens.clone(),
+        options: NAMING,
+    };
+    let head_scores_tl_default = HeadDetection {
+        previous_token: tl_previous_token,
+        duplicate_token: tl_duplicate_token,
+        induction: tl_induction,
+        tokens: detect_set[0].tokens.clone(),
         options: DetectOptions::default(),
     };
     let findings = DemoFindings {
@@ -271,6 +326,7 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
         composition_baseline: baseline,
         copying: analysis.copying.clone().unwrap_or_default(),
         head_scores: head_scores.clone(),
+        head_scores_tl_default,
         losses,
         trace_bytes,
         timings_ms: Vec::new(),
@@ -285,7 +341,8 @@ pub fn analyse(model: &Model<'_>, seed: u64) -> Result<(DemoFindings, String)> {
                 head_scores,
                 format!(
                     "Averaged over {} sequences of <bos> + {repeat_len} random tokens + the same {repeat_len} \
-                     (the heatmaps show the first).",
+                     (the heatmaps show the first), with TL's exclude_bos (attention parked on <bos> \
+                     left out of both sums).",
                     detect_set.len()
                 ),
             )),
@@ -316,7 +373,7 @@ fn names(v: &[ScoredHead]) -> String {
 pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
     let mut out = vec![
         format!(
-            "Previous-token heads (TL head_detector score ≥ {THRESHOLD}): {}.",
+            "Previous-token heads (TL head_detector score with exclude_bos ≥ {THRESHOLD}): {}.",
             names(&f.previous_token_heads)
         ),
         format!(
@@ -324,24 +381,26 @@ pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
             names(&f.induction_heads)
         ),
     ];
-    for k in &f.k_composition {
+    // One sentence per earlier head: its K-composition into each induction head.
+    let mut froms: Vec<[usize; 2]> = f.k_composition.iter().map(|k| k.from).collect();
+    froms.sort();
+    froms.dedup();
+    for from in froms {
+        let links: Vec<&KComposition> = f.k_composition.iter().filter(|k| k.from == from).collect();
+        let parts: Vec<String> = links
+            .iter()
+            .map(|k| format!("L{}H{} {:.3}", k.to[0], k.to[1], k.score))
+            .collect();
+        let strongest = links.iter().filter(|k| k.strongest_into_to).count();
         out.push(format!(
-            "K-composition L{}H{} → L{}H{}: {:.3} (random baseline {:.3}, so {:+.3}){}.",
-            k.from[0],
-            k.from[1],
-            k.to[0],
-            k.to[1],
-            k.score,
+            "K-composition of L{}H{} into the induction heads: {} (random matrices: {:.3}); \
+             it is the strongest earlier head into {} of {}.",
+            from[0],
+            from[1],
+            parts.join(", "),
             f.composition_baseline,
-            k.baseline_subtracted,
-            if k.strongest_into_to {
-                format!(
-                    "; the strongest of all earlier heads into L{}H{}",
-                    k.to[0], k.to[1]
-                )
-            } else {
-                String::new()
-            }
+            strongest,
+            links.len()
         ));
     }
     let cop: Vec<String> = f
@@ -380,7 +439,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if let Some(p) = &a.save_model {
         cli::write_output(p, DEMO_BLOB)?;
     }
-    let (f, html) = analyse(&model, a.seed)?;
+    let (f, html) = analyse(
+        &model,
+        &DemoOptions {
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
     cli::write_output(&a.output, html.as_bytes())?;
     if a.json {
         println!(
@@ -410,15 +475,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     print!(
         "{}",
-        super::heads::grid_text("previous-token score", &f.head_scores.previous_token, |v| {
-            format!("{v:.2}")
-        })
+        super::heads::grid_text(
+            "previous-token score (exclude_bos)",
+            &f.head_scores.previous_token,
+            |v| { format!("{v:.2}") }
+        )
     );
     print!(
         "{}",
-        super::heads::grid_text("induction score", &f.head_scores.induction, |v| format!(
-            "{v:.2}"
-        ))
+        super::heads::grid_text(
+            "induction score (exclude_bos)",
+            &f.head_scores.induction,
+            |v| format!("{v:.2}")
+        )
     );
     print!(
         "{}",

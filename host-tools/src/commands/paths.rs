@@ -120,6 +120,10 @@ pub fn json(a: &PathsArgs) -> Result<serde_json::Value> {
 
 pub fn run(a: PathsArgs) -> Result<()> {
     let r = report(&a)?;
+    let quantized = {
+        let bytes = cli::read_input(&a.model)?;
+        super::circuits::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
+    };
     if a.json {
         println!(
             "{}",
@@ -138,6 +142,12 @@ pub fn run(a: PathsArgs) -> Result<()> {
          vs the same frozen pass in f64: {:.2e}",
         c.max_abs_error_vs_model, c.max_abs_logit, c.max_abs_error_vs_exact
     );
+    if quantized {
+        println!(
+            "(a quantized blob: the device rounds every matrix-vector input to int8, which no \
+             linear split contains; an f32 blob of the same model agrees to float precision)"
+        );
+    }
     let t = &r.importance;
     println!(
         "\nloss: model {:.4}, all terms {:.4}, biases only {:.4}",
