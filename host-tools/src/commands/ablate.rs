@@ -27,7 +27,8 @@ use crate::{cli, Error, Result};
 pub struct AblateArgs {
     /// Model blob.
     pub model: PathBuf,
-    /// Prompts, one per line of token ids (see `tinylens ablate --help`).
+    /// Prompts: one per line, token ids separated by commas and/or spaces (`0, 12, 7`);
+    /// blank lines and lines starting with `#` are skipped; 2 to n_ctx tokens each.
     #[arg(long, conflicts_with = "repeated")]
     pub data: Option<PathBuf>,
     /// N random tokens repeated twice, --batch times.
@@ -52,6 +53,7 @@ pub struct AblateArgs {
     /// d_model]) for `tinylens run --means`.
     #[arg(long)]
     pub save_means: Option<PathBuf>,
+    /// Print the report as JSON (loss_increase [layer][head], baseline, heads, groups).
     #[arg(long)]
     pub json: bool,
 }

@@ -28,6 +28,7 @@ pub struct AttributeArgs {
     /// next token; the last position: the model's top prediction).
     #[arg(long)]
     pub target: Option<u32>,
+    /// Print the attribution as JSON (targets, direct, heads [layer][head][pos], biases, sum, model_logit, residual_error).
     #[arg(long)]
     pub json: bool,
 }

@@ -118,6 +118,7 @@ pub struct HeadsArgs {
     /// TL's exclude_current_token: leave the diagonal out of both sums.
     #[arg(long)]
     pub exclude_current_token: bool,
+    /// Print `{"previous_token": [layer][head], "duplicate_token": ..., "induction": ..., ...}`.
     #[arg(long)]
     pub json: bool,
 }

@@ -26,6 +26,7 @@ pub struct PathsArgs {
     /// Rows of the table of terms.
     #[arg(long, default_value_t = 12)]
     pub top: usize,
+    /// Print the expansion as JSON (sum_check, importance with orders and terms, next_token_logits).
     #[arg(long)]
     pub json: bool,
 }
