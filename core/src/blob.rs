@@ -221,27 +221,32 @@ const fn u32_at(b: &[u8], i: usize) -> u32 {
 /// A `const fn`, so firmware can size its working memory at compile time from the
 /// very blob it embeds:
 ///
-/// ```ignore
-/// static BLOB: &[u8] = include_bytes!("model.tlm");
-/// const CFG: Config = match tinylens_core::blob::peek_config(BLOB) {
+/// ```
+/// use tinylens_core::{blob::peek_config, Config};
+/// static BLOB: &[u8] = include_bytes!("../../models/demo/demo-int8.tlm");
+/// const CFG: Config = match peek_config(BLOB) {
 ///     Ok(c) => c,
 ///     Err(_) => panic!("not a tinylens blob"),
 /// };
-/// static mut WORKSPACE: [f32; CFG.workspace_len()] = [0.0; CFG.workspace_len()];
+/// static WORKSPACE_WORDS: usize = CFG.workspace_len();
+/// assert_eq!((CFG.n_layers, CFG.n_heads, CFG.d_model), (2, 4, 64));
+/// assert!(WORKSPACE_WORDS <= CFG.minimum_len() * 105 / 100);
 /// ```
 pub const fn peek_config(bytes: &[u8]) -> Result<Config, Error> {
+    // The magic first, as far as there are bytes: a short file of something else is
+    // "not a blob" rather than "a truncated blob".
+    let mut i = 0;
+    while i < MAGIC.len() && i < bytes.len() {
+        if bytes[i] != MAGIC[i] {
+            return Err(Error::BadMagic);
+        }
+        i += 1;
+    }
     if bytes.len() < HEADER_LEN {
         return Err(Error::Truncated {
             needed: HEADER_LEN,
             available: bytes.len(),
         });
-    }
-    let mut i = 0;
-    while i < 8 {
-        if bytes[i] != MAGIC[i] {
-            return Err(Error::BadMagic);
-        }
-        i += 1;
     }
     let version = u16_at(bytes, 8);
     if version != VERSION {
