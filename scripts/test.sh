@@ -24,6 +24,7 @@ step "system packages: QEMU (Cortex-M emulation), Chromium (report rendering), g
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v chromium >/dev/null || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)   # report text in Chromium
 command -v gcc >/dev/null || missing+=(gcc)
 command -v readelf >/dev/null || missing+=(binutils)   # run-qemu.sh: machine, icount marker
 if [ ${#missing[@]} -gt 0 ]; then
