@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use tinylens_core::{Processing, StorageKind};
 use tinylens_host::{convert, tl};
 
+pub mod fuzz_targets;
+
 /// The fixture models written by `scripts/make_fixtures.py` (TransformerLens 3.9).
 pub const FIXTURES: [&str; 3] = ["attn2_standard_noln", "attn2_shortformer_ln", "attn1_ln"];
 

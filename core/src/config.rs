@@ -112,15 +112,29 @@ impl Config {
         Ok(())
     }
 
+    // The sizes below are exact for a config that passed [`Config::validate`]; for any
+    // other they saturate at `usize::MAX` instead of overflowing, so that no buffer of
+    // that size can exist and [`crate::Session::new`] refuses it.
+
     /// Elements of one of the two caches (K or V): `n_layers * n_heads * n_ctx * d_head`.
     pub const fn kv_cache_len(&self) -> usize {
-        self.n_layers as usize * self.n_heads as usize * self.n_ctx as usize * self.d_head as usize
+        to_usize(self.kv_cache_u64())
     }
 
     /// The least working memory any implementation needs, in f32 words: both KV caches,
     /// one residual vector and the logits. [`Config::workspace_len`] is measured against it.
     pub const fn minimum_len(&self) -> usize {
-        2 * self.kv_cache_len() + self.d_model as usize + self.d_vocab_out as usize
+        to_usize(
+            self.kv_cache_u64()
+                .saturating_mul(2)
+                .saturating_add(self.d_model as u64 + self.d_vocab_out as u64),
+        )
+    }
+
+    /// Four u32 factors: at most 2^128, so the product saturates rather than wraps.
+    const fn kv_cache_u64(&self) -> u64 {
+        (self.n_layers as u64 * self.n_heads as u64)
+            .saturating_mul(self.n_ctx as u64 * self.d_head as u64)
     }
 
     /// Exact working-memory size, in f32 words, that [`crate::Session::new`] needs for
@@ -137,12 +151,11 @@ impl Config {
     /// assert!(CFG.workspace_len() as f32 <= 1.05 * CFG.minimum_len() as f32);
     /// ```
     pub const fn workspace_len(&self) -> usize {
-        self.workspace_words_u64() as usize
+        to_usize(self.workspace_words_u64())
     }
 
     const fn workspace_words_u64(&self) -> u64 {
-        let kv =
-            self.n_layers as u64 * self.n_heads as u64 * self.n_ctx as u64 * self.d_head as u64;
+        let kv = self.kv_cache_u64();
         let d_model = self.d_model as u64;
         let qkv = self.n_heads as u64 * self.d_head as u64;
         let widest = max(max(d_model, qkv), self.d_head as u64);
@@ -150,22 +163,34 @@ impl Config {
             Positional::Shortformer => d_model,
             Positional::Standard => 0,
         };
-        2 * kv
-            + d_model // resid
-            + d_model // normalized input to the layer
-            + shortformer // query/key input with W_pos added
-            + qkv // q for all heads at this position
-            + self.n_ctx as u64 // one row of attention scores
-            + self.d_head as u64 // z of one head
-            + d_model // result of one head
-            + d_model // attn_out
-            + self.d_vocab_out as u64 // logits
-            + widest.div_ceil(4) // int8-quantized activations, four per word
+        // Terms of single dimensions stay below 2^36; the caches and `qkv` (products) saturate.
+        kv.saturating_mul(2)
+            .saturating_add(
+                d_model // resid
+                + d_model // normalized input to the layer
+                + shortformer // query/key input with W_pos added
+                + self.n_ctx as u64 // one row of attention scores
+                + self.d_head as u64 // z of one head
+                + d_model // result of one head
+                + d_model // attn_out
+                + self.d_vocab_out as u64, // logits
+            )
+            .saturating_add(qkv) // q for all heads at this position
+            .saturating_add(widest.div_ceil(4)) // int8-quantized activations, four per word
     }
 
     /// `n_heads * d_head`.
     pub const fn qkv_len(&self) -> usize {
-        self.n_heads as usize * self.d_head as usize
+        to_usize(self.n_heads as u64 * self.d_head as u64)
+    }
+}
+
+/// `v` as usize, saturating on 32-bit targets.
+const fn to_usize(v: u64) -> usize {
+    if v > usize::MAX as u64 {
+        usize::MAX
+    } else {
+        v as usize
     }
 }
 

@@ -71,8 +71,12 @@ impl Hooks for Ablation<'_> {
             AblationMode::Zero => value.fill(0.0),
             AblationMode::Scale(f) => value.iter_mut().for_each(|v| *v *= f),
             AblationMode::Mean(means) => {
+                // (Heads were checked against the config in `new`.)
                 let at = (site.layer as usize * self.n_heads + head as usize) * self.d_model;
-                value.copy_from_slice(&means[at..at + self.d_model]);
+                let n = value.len().min(self.d_model);
+                if let Some(m) = means.get(at..at + n) {
+                    value[..n].copy_from_slice(m);
+                }
             }
         }
     }
@@ -115,11 +119,15 @@ impl Hooks for FreezePatterns<'_> {
         let (Some(h), q) = (site.head, site.pos as usize) else {
             return;
         };
-        if site.point != HookPoint::Pattern || q >= self.len {
+        if site.point != HookPoint::Pattern || q >= self.len || h as usize >= self.n_heads {
             return;
         }
         let at = ((site.layer as usize * self.n_heads + h as usize) * self.len + q) * self.len;
-        value.copy_from_slice(&self.patterns[at..at + value.len()]);
+        // A query row has q + 1 keys; a site of a layer the model lacks matches nothing.
+        let n = value.len().min(q + 1);
+        if let Some(p) = self.patterns.get(at..at + n) {
+            value[..n].copy_from_slice(p);
+        }
     }
 }
 
@@ -159,12 +167,18 @@ impl Hooks for FreezeScales<'_> {
 
     fn hook(&mut self, site: Site, value: &mut [f32]) {
         let row = match site.point {
-            HookPoint::Ln1Scale => site.layer as usize,
+            HookPoint::Ln1Scale if (site.layer as usize) < self.n_layers => site.layer as usize,
             HookPoint::LnFinalScale => self.n_layers,
             _ => return,
         };
-        if (site.pos as usize) < self.len {
-            value[0] = self.scales[row * self.len + site.pos as usize];
+        if site.pos as usize >= self.len {
+            return;
+        }
+        if let (Some(v), Some(s)) = (
+            value.first_mut(),
+            self.scales.get(row * self.len + site.pos as usize),
+        ) {
+            *v = *s;
         }
     }
 }
@@ -246,6 +260,9 @@ impl Hooks for Patch<'_> {
             return;
         }
         let h = site.head.unwrap_or(0) as usize;
+        if h >= self.n_heads {
+            return;
+        }
         let at = if self.point.is_attention_row() {
             (h * self.len + pos) * self.len
         } else if self.point.per_head() {
@@ -254,6 +271,8 @@ impl Hooks for Patch<'_> {
             pos * self.width
         };
         let n = value.len().min(self.width);
-        value[..n].copy_from_slice(&self.values[at..at + n]);
+        if let Some(v) = self.values.get(at..at + n) {
+            value[..n].copy_from_slice(v);
+        }
     }
 }

@@ -124,9 +124,18 @@ pub struct Input<'x> {
 }
 
 /// Quantizes `x` to int8 with one symmetric scale `max|x| / 127`; returns the scale
-/// (0 for an all-zero vector, whose products are then exactly 0).
+/// (0 for an all-zero vector, whose products are then exactly 0; NaN when `x` holds a
+/// NaN or infinity, so that it reaches the outputs instead of quantizing to 0).
 pub fn quantize_input(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(libm::fabsf(*v)));
+    // `f32::max` ignores NaN: keep it explicitly.
+    let amax = x.iter().fold(0.0f32, |m, v| {
+        let a = libm::fabsf(*v);
+        if m.is_nan() || a.is_nan() {
+            f32::NAN
+        } else {
+            m.max(a)
+        }
+    });
     if amax == 0.0 || !amax.is_finite() {
         q.fill(0);
         return if amax == 0.0 { 0.0 } else { f32::NAN };
@@ -145,44 +154,62 @@ pub fn needs_quantized_input(kind: StorageKind) -> bool {
 }
 
 /// `out[r] = sum_c W[r, c] * x[c]` for every row of `w` (`out.len() == w.rows`).
+///
+/// Mismatched arguments never panic: rows past `out.len()` are not computed, `out`
+/// entries past `w.rows` (or with `x`, the quantized input or the weights shorter
+/// than the shape says) are set to NaN, so that they reach the logits as
+/// [`crate::Error::NonFiniteLogits`] rather than as a plausible value.
 pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
     let cols = w.cols;
-    let x = &input.x[..cols];
-    match w.kind {
-        StorageKind::F32 => {
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = dot_f32_le(&w.values[r * cols * 4..(r + 1) * cols * 4], x);
+    let quantized = needs_quantized_input(w.kind);
+    let (Some(x), Some(q)) = (
+        input.x.get(..cols),
+        if quantized {
+            input.q.get(..cols)
+        } else {
+            Some(&[][..])
+        },
+    ) else {
+        out.fill(f32::NAN);
+        return;
+    };
+    let row_len = match w.kind {
+        StorageKind::F32 => cols.saturating_mul(4),
+        StorageKind::F16 => cols.saturating_mul(2),
+        StorageKind::Int8 => cols,
+        StorageKind::Int4 => cols.div_ceil(2),
+        StorageKind::Bytes => 0,
+    };
+    let rows = out.len().min(w.rows);
+    let (out, rest) = out.split_at_mut(rows);
+    rest.fill(f32::NAN);
+    let mut row_chunks = w.values.chunks_exact(row_len.max(1));
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = match (row_len, row_chunks.next()) {
+            (0, _) => &[][..],
+            (_, Some(row)) => row,
+            (_, None) => {
+                *o = f32::NAN;
+                continue;
             }
-        }
-        StorageKind::F16 => {
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = dot_f16_le(&w.values[r * cols * 2..(r + 1) * cols * 2], x);
-            }
-        }
-        StorageKind::Int8 => {
-            let q = &input.q[..cols];
-            for (r, o) in out.iter_mut().enumerate() {
-                let acc = dot_i8(&w.values[r * cols..(r + 1) * cols], q);
-                *o = acc as f32 * (w.scale(r) * input.scale);
-            }
-        }
-        StorageKind::Int4 => {
-            let q = &input.q[..cols];
-            let rb = cols.div_ceil(2);
-            let groups = cols.div_ceil(INT4_GROUP);
-            for (r, o) in out.iter_mut().enumerate() {
-                let row = &w.values[r * rb..(r + 1) * rb];
+        };
+        *o = match w.kind {
+            StorageKind::F32 => dot_f32_le(row, x),
+            StorageKind::F16 => dot_f16_le(row, x),
+            StorageKind::Int8 => dot_i8(row, q) as f32 * (w.scale(r) * input.scale),
+            StorageKind::Int4 => {
+                let groups = cols.div_ceil(INT4_GROUP);
                 let mut acc = 0.0f32;
                 for g in 0..groups {
                     let c0 = g * INT4_GROUP;
                     let c1 = (c0 + INT4_GROUP).min(cols);
                     let s = dot_i4_group(row, c0, &q[c0..c1]);
-                    acc += s as f32 * w.scale(r * groups + g);
+                    acc += s as f32 * w.scale(r.saturating_mul(groups).saturating_add(g));
                 }
-                *o = acc * input.scale;
+                acc * input.scale
             }
-        }
-        StorageKind::Bytes => out.fill(0.0),
+            StorageKind::Bytes => 0.0,
+        };
     }
 }
 

@@ -14,6 +14,9 @@ pub mod quant;
 pub mod sample;
 pub mod trace;
 
+#[cfg(test)]
+mod robustness_tests;
+
 pub use blob::{Model, Processing};
 pub use config::{Config, Normalization, Positional};
 pub use error::Error;

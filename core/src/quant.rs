@@ -122,126 +122,137 @@ impl<'a> Tensor<'a> {
         })
     }
 
-    /// The sub-matrix of rows `start..start + n` (used for per-head slices).
+    /// The sub-matrix of rows `start..start + n` (used for per-head slices). Rows past
+    /// the end are cut off: the result has `min(n, rows - start)` rows (none when
+    /// `start >= rows`), so that any arguments give a valid view.
     pub fn rows(&self, start: usize, n: usize) -> Tensor<'a> {
-        let (values, scales) = match self.kind {
-            StorageKind::F32 => (
-                &self.values[start * self.cols * 4..(start + n) * self.cols * 4],
-                self.scales,
+        let start = start.min(self.rows);
+        let n = n.min(self.rows - start);
+        let (row_bytes, row_scales) = match self.kind {
+            StorageKind::F32 => (self.cols.saturating_mul(4), 0),
+            StorageKind::F16 => (self.cols.saturating_mul(2), 0),
+            StorageKind::Int8 => (self.cols, 2),
+            StorageKind::Int4 => (
+                self.cols.div_ceil(2),
+                self.cols.div_ceil(INT4_GROUP).saturating_mul(2),
             ),
-            StorageKind::F16 => (
-                &self.values[start * self.cols * 2..(start + n) * self.cols * 2],
-                self.scales,
-            ),
-            StorageKind::Int8 => (
-                &self.values[start * self.cols..(start + n) * self.cols],
-                &self.scales[start * 2..(start + n) * 2],
-            ),
-            StorageKind::Int4 => {
-                let rb = self.cols.div_ceil(2);
-                let g = self.cols.div_ceil(INT4_GROUP);
-                (
-                    &self.values[start * rb..(start + n) * rb],
-                    &self.scales[start * g * 2..(start + n) * g * 2],
-                )
-            }
-            StorageKind::Bytes => (self.values, self.scales),
+            StorageKind::Bytes => return *self,
         };
-        Tensor {
-            kind: self.kind,
-            rows: n,
-            cols: self.cols,
-            values,
-            scales,
+        // A view built by hand may be shorter than its shape says: then it is empty.
+        let part = |data: &'a [u8], width: usize| -> Option<&'a [u8]> {
+            let lo = start.checked_mul(width)?;
+            data.get(lo..lo.checked_add(n.checked_mul(width)?)?)
+        };
+        match (part(self.values, row_bytes), part(self.scales, row_scales)) {
+            (Some(values), Some(scales)) => Tensor {
+                kind: self.kind,
+                rows: n,
+                cols: self.cols,
+                values,
+                scales: if row_scales == 0 { self.scales } else { scales },
+            },
+            _ => Tensor {
+                kind: self.kind,
+                rows: 0,
+                cols: self.cols,
+                values: &[],
+                scales: &[],
+            },
         }
     }
 
-    /// Scale number `i` as f32.
+    /// Scale number `i` as f32 (NaN when the view has no such scale).
     #[inline(always)]
     pub(crate) fn scale(&self, i: usize) -> f32 {
-        f16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]]).to_f32()
+        match self.scales.get(2 * i..2 * i + 2) {
+            Some(b) => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            None => f32::NAN,
+        }
     }
 
-    /// Dequantizes row `r` into `out` (`out.len() == cols`).
+    /// The bytes of row `r`, `width` bytes per row (`None` past the end).
+    #[inline(always)]
+    fn row_bytes(&self, r: usize, width: usize) -> Option<&'a [u8]> {
+        let lo = r.checked_mul(width)?;
+        self.values.get(lo..lo.checked_add(width)?)
+    }
+
+    /// Dequantizes row `r` into `out` (`out.len() == cols`; a shorter `out` receives
+    /// the first `out.len()` columns; a row past the end leaves `out` unchanged).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let out = &mut out[..self.cols];
-        self.for_each_in_row(r, |c, v| out[c] = v);
+        self.for_each_in_row(r, |c, v| {
+            if let Some(o) = out.get_mut(c) {
+                *o = v
+            }
+        });
     }
 
-    /// Calls `f(c, W[r, c])` for every column of row `r`, in order.
+    /// Calls `f(c, W[r, c])` for every column of row `r`, in order (never for a row
+    /// past the end).
     #[inline(always)]
     pub fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, f32)) {
         let cols = self.cols;
         match self.kind {
             StorageKind::F32 => {
-                let bytes = &self.values[r * cols * 4..(r + 1) * cols * 4];
+                let Some(bytes) = self.row_bytes(r, cols.saturating_mul(4)) else {
+                    return;
+                };
                 for (c, b) in bytes.chunks_exact(4).enumerate() {
                     f(c, f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 }
             }
             StorageKind::F16 => {
-                let bytes = &self.values[r * cols * 2..(r + 1) * cols * 2];
+                let Some(bytes) = self.row_bytes(r, cols.saturating_mul(2)) else {
+                    return;
+                };
                 for (c, b) in bytes.chunks_exact(2).enumerate() {
                     f(c, f16::from_le_bytes([b[0], b[1]]).to_f32());
                 }
             }
             StorageKind::Int8 => {
+                let Some(bytes) = self.row_bytes(r, cols) else {
+                    return;
+                };
                 let s = self.scale(r);
-                for (c, &b) in self.values[r * cols..(r + 1) * cols].iter().enumerate() {
+                for (c, &b) in bytes.iter().enumerate() {
                     f(c, (b as i8) as f32 * s);
                 }
             }
             StorageKind::Int4 => {
-                let rb = cols.div_ceil(2);
+                let Some(bytes) = self.row_bytes(r, cols.div_ceil(2)) else {
+                    return;
+                };
                 let groups = cols.div_ceil(INT4_GROUP);
-                let bytes = &self.values[r * rb..(r + 1) * rb];
                 for c in 0..cols {
-                    f(
-                        c,
-                        int4_at(bytes, c) as f32 * self.scale(r * groups + c / INT4_GROUP),
-                    );
+                    let g = r.saturating_mul(groups).saturating_add(c / INT4_GROUP);
+                    f(c, int4_at(bytes, c) as f32 * self.scale(g));
                 }
             }
             StorageKind::Bytes => {}
         }
     }
 
-    /// `out[c] += W[r, c]`.
+    /// `out[c] += W[r, c]` (for the columns `out` has).
     #[inline]
     pub fn add_row_to(&self, r: usize, out: &mut [f32]) {
-        let out = &mut out[..self.cols];
-        self.for_each_in_row(r, |c, v| out[c] += v);
+        self.for_each_in_row(r, |c, v| {
+            if let Some(o) = out.get_mut(c) {
+                *o += v
+            }
+        });
     }
 
-    /// Element `(r, c)` dequantized (slow; for tests and tools).
+    /// Element `(r, c)` dequantized (slow; for tests and tools); NaN outside the tensor.
     pub fn get(&self, r: usize, c: usize) -> f32 {
-        let mut tmp = [0.0f32; 1];
-        match self.kind {
-            StorageKind::F32 => {
-                let i = (r * self.cols + c) * 4;
-                tmp[0] = f32::from_le_bytes([
-                    self.values[i],
-                    self.values[i + 1],
-                    self.values[i + 2],
-                    self.values[i + 3],
-                ]);
-            }
-            StorageKind::F16 => {
-                let i = (r * self.cols + c) * 2;
-                tmp[0] = f16::from_le_bytes([self.values[i], self.values[i + 1]]).to_f32();
-            }
-            StorageKind::Int8 => {
-                tmp[0] = (self.values[r * self.cols + c] as i8) as f32 * self.scale(r)
-            }
-            StorageKind::Int4 => {
-                let rb = self.cols.div_ceil(2);
-                let g = self.cols.div_ceil(INT4_GROUP);
-                tmp[0] = int4_at(&self.values[r * rb..(r + 1) * rb], c) as f32
-                    * self.scale(r * g + c / INT4_GROUP);
-            }
-            StorageKind::Bytes => {}
+        let mut out = f32::NAN;
+        if c < self.cols {
+            self.for_each_in_row(r, |i, v| {
+                if i == c {
+                    out = v
+                }
+            });
         }
-        tmp[0]
+        out
     }
 
     /// Whether every value and scale is finite (quantized values always are).

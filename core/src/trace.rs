@@ -19,7 +19,9 @@ use crate::Error;
 /// Version of the trace format this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 
-/// Bytes of one frame beyond its payload values, at most (postcard fields, CRC).
+/// Bytes of one record frame beyond its payload values, at most: run and sequence
+/// (5 + 5), variant (1), point (1), layer (3), head (4), position (3), precision (1),
+/// scale (4), payload length (5), CRC (4) = 36.
 const RECORD_OVERHEAD: usize = 40;
 
 /// A decoded frame: which run it belongs to, its place in the run, and what it says.
@@ -98,15 +100,16 @@ impl Record<'_> {
         self.data.is_empty()
     }
 
-    /// Value `i` of the payload as f32.
+    /// Value `i` of the payload as f32 (NaN for `i >= self.len()`).
     pub fn value(&self, i: usize) -> f32 {
-        let d = self.data;
+        let n = self.precision.bytes_per_value();
+        let Some(d) = i.checked_mul(n).and_then(|at| self.data.get(at..at + n)) else {
+            return f32::NAN;
+        };
         match self.precision {
-            Precision::F32 => {
-                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
-            }
-            Precision::F16 => half::f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
-            Precision::Int8 => (d[i] as i8) as f32 * self.scale,
+            Precision::F32 => f32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            Precision::F16 => half::f16::from_le_bytes([d[0], d[1]]).to_f32(),
+            Precision::Int8 => (d[0] as i8) as f32 * self.scale,
         }
     }
 
@@ -236,25 +239,33 @@ pub fn decode_frame(frame: &mut [u8]) -> Result<Frame<'_>, Error> {
                 supported: FORMAT_VERSION,
             });
         }
+        // A recorder writes only validated configs: anything else is corrupt content
+        // that passed the CRC, and sizes computed from it could not be trusted.
+        if h.config.validate().is_err() {
+            return Err(Error::CorruptFrame);
+        }
     }
     Ok(f)
 }
 
 /// Size of a frame buffer that holds any frame a run of a model with `cfg` writes.
 pub const fn frame_buffer_len(cfg: &Config) -> usize {
-    let d_model = cfg.d_model as usize;
+    // The widest value a hook hands over: a residual vector, the logits, one row of
+    // attention scores, or one head's q/k/v/z.
     let mut widest = cfg.d_vocab_out as usize;
-    if d_model > widest {
-        widest = d_model;
+    let others = [cfg.d_model, cfg.n_ctx, cfg.d_head];
+    let mut i = 0;
+    while i < others.len() {
+        if others[i] as usize > widest {
+            widest = others[i] as usize;
+        }
+        i += 1;
     }
-    if cfg.n_ctx as usize > widest {
-        widest = cfg.n_ctx as usize;
-    }
-    let record = widest * 4 + RECORD_OVERHEAD;
+    let record = widest.saturating_mul(4).saturating_add(RECORD_OVERHEAD);
     let header = MAX_PROBES * 12 + 96;
     let raw = if record > header { record } else { header };
     // COBS adds one byte per 254 and the delimiter.
-    raw + raw / 254 + 2
+    raw.saturating_add(raw / 254 + 2)
 }
 
 /// Where trace bytes go: a UART, a semihosting channel, a file, a ring buffer.
@@ -332,7 +343,7 @@ impl<const N: usize> Sink for RingSink<N> {
                     break;
                 }
             }
-            self.dropped_frames += 1;
+            self.dropped_frames = self.dropped_frames.saturating_add(1);
         }
         for &b in frame {
             // Room was made above.
@@ -399,6 +410,12 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
     ) -> Result<Self, Error> {
         let cfg = model.config();
         probes.validate(cfg)?;
+        // The header carries the probe set, and a receiver reads at most MAX_PROBES.
+        if probes.len() > MAX_PROBES {
+            return Err(Error::TooManyProbes {
+                capacity: MAX_PROBES,
+            });
+        }
         let needed = frame_buffer_len(cfg);
         if frame_buf.len() < needed {
             return Err(Error::BufferTooSmall {
@@ -509,16 +526,16 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
             },
         });
         match self.emit(frame) {
-            Ok(()) => self.records += 1,
+            Ok(()) => self.records = self.records.saturating_add(1),
             Err(e) => {
-                self.dropped += 1;
+                self.dropped = self.dropped.saturating_add(1);
                 self.note(e);
             }
         }
     }
 
     fn token(&mut self, pos: u16, token: u32) {
-        self.positions = self.positions.max(pos as u32 + 1);
+        self.positions = self.positions.max(u32::from(pos) + 1);
         if let Err(e) = self.emit(BodyOut::Token { pos, token }) {
             self.note(e);
         }

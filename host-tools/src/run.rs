@@ -100,15 +100,22 @@ pub fn parse_hook_name(name: &str) -> Result<(HookPoint, u16)> {
 /// Builds the probe set for a list of patterns.
 pub fn probe_set(model: &Model<'_>, patterns: &[String]) -> Result<ProbeSet<HOST_PROBES>> {
     let mut ps = ProbeSet::new();
+    let c = model.config();
     for p in patterns {
+        let before = ps.len();
         ps.add_pattern(p)
             .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
+        if ps.probes()[before..]
+            .iter()
+            .any(|probe| probe.validate(c).is_err())
+        {
+            return Err(Error::Argument(format!(
+                "probe `{p}` names a layer, head, position or hook this model does not have \
+                 ({} layers, {} heads, n_ctx {}, normalization {:?})",
+                c.n_layers, c.n_heads, c.n_ctx, c.normalization
+            )));
+        }
     }
-    ps.validate(model.config()).map_err(|_| {
-        Error::Argument(
-            "a probe names a layer, head, position or hook this model does not have".into(),
-        )
-    })?;
     Ok(ps)
 }
 
@@ -134,6 +141,15 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
         .into());
     }
     let heads: Vec<HeadRef> = opts.ablate.iter().map(|(h, _)| *h).collect();
+    if let Some((l, h)) = heads
+        .iter()
+        .find(|(l, h)| u32::from(*l) >= cfg.n_layers || u32::from(*h) >= cfg.n_heads)
+    {
+        return Err(Error::Argument(format!(
+            "--ablate {l}.{h}: the model has {} layers of {} heads",
+            cfg.n_layers, cfg.n_heads
+        )));
+    }
     let mean = opts.ablate.iter().any(|(_, m)| *m == AblateMode::Mean);
     if mean && opts.ablate.iter().any(|(_, m)| *m == AblateMode::Zero) {
         return Err(Error::Argument(

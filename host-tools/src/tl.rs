@@ -295,8 +295,27 @@ fn refuse_features(
     Ok(())
 }
 
-/// Refuses configs whose tensors could not even be indexed.
+/// Refuses configs whose tensors could not even be indexed, and dimensions beyond what
+/// the tinylens core accepts (before reading any weights: a config with a billion layers
+/// must not make the reader list a billion layers' tensors).
 fn check_sizes(c: &ModelConfig) -> Result<()> {
+    use tinylens_core::config::limits;
+    let dims = [
+        ("n_layers", c.n_layers, limits::MAX_LAYERS),
+        ("n_heads", c.n_heads, limits::MAX_HEADS),
+        ("d_model", c.d_model, limits::MAX_DIM),
+        ("d_head", c.d_head, limits::MAX_DIM),
+        ("n_ctx", c.n_ctx, limits::MAX_CTX),
+        ("d_vocab", c.d_vocab, limits::MAX_VOCAB),
+        ("d_vocab_out", c.d_vocab_out, limits::MAX_VOCAB),
+    ];
+    for (name, v, max) in dims {
+        if v > max as usize {
+            return Err(Error::Config(format!(
+                "`{name}` = {v} is too large (tinylens supports at most {max})"
+            )));
+        }
+    }
     let products = [
         c.d_vocab.checked_mul(c.d_model),
         c.n_ctx.checked_mul(c.d_model),

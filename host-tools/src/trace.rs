@@ -93,7 +93,9 @@ impl Run {
         let mut out = BTreeSet::new();
         let positions = self.positions();
         for point in HookPoint::ALL {
-            if point.needs_ln() && c.normalization == Normalization::None {
+            if (point.needs_ln() && c.normalization == Normalization::None)
+                || !self.probes.iter().any(|p| p.point == point)
+            {
                 continue;
             }
             let layers = if point.per_layer() { c.n_layers } else { 1 };
@@ -198,6 +200,38 @@ impl Run {
     }
 }
 
+/// Most values a run's cache may hold (1 GiB of f32). A header whose probes would select
+/// more at full context is not believed: it is corrupt content that passed the CRC (a
+/// device cannot produce such a run), and decoding it would exhaust memory.
+pub const MAX_CACHE_VALUES: u64 = 1 << 28;
+
+/// Values of the cache of a run of `cfg` that records `probes` at every position.
+fn cache_len(cfg: &Config, probes: &[Probe]) -> u64 {
+    let (l, h, dh, dm) = (
+        u64::from(cfg.n_layers),
+        u64::from(cfg.n_heads),
+        u64::from(cfg.d_head),
+        u64::from(cfg.d_model),
+    );
+    let p = u64::from(cfg.n_ctx);
+    HookPoint::ALL
+        .iter()
+        .filter(|point| probes.iter().any(|pr| pr.point == **point))
+        .map(|point| {
+            let per_position = match point {
+                HookPoint::Q | HookPoint::K | HookPoint::V | HookPoint::Z => h * dh,
+                HookPoint::Result => h * dm,
+                HookPoint::AttnScores | HookPoint::Pattern => h * p,
+                HookPoint::Ln1Scale | HookPoint::LnFinalScale => 1,
+                HookPoint::Logits => u64::from(cfg.d_vocab_out),
+                _ => dm,
+            };
+            let layers = if point.per_layer() { l } else { 1 };
+            layers.saturating_mul(p).saturating_mul(per_position)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// `blocks.1.attn.hook_z[2]@5`.
 pub fn describe(k: &Key) -> String {
     let name = k.0.name(k.1);
@@ -231,6 +265,12 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
                 continue;
             }
         };
+        if let Body::Header(h) = &frame.body {
+            if cache_len(&h.config, &h.probes) > MAX_CACHE_VALUES {
+                report.bad_frames += 1;
+                continue;
+            }
+        }
         report.frames_ok += 1;
         if let Body::Header(h) = &frame.body {
             let current = by_id.get(&frame.run).map(|&i| &mut runs[i]);
@@ -267,6 +307,10 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
         }
         match frame.body {
             Body::Token { pos, token } => {
+                if u32::from(pos) >= run.config.n_ctx || token >= run.config.d_vocab {
+                    report.bad_frames += 1;
+                    continue;
+                }
                 run.tokens.insert(pos, token);
             }
             Body::Record(r) => {
@@ -290,7 +334,13 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
                 positions,
                 records,
                 dropped,
-            } => run.end = Some((positions, records, dropped)),
+            } => {
+                if positions > run.config.n_ctx {
+                    report.bad_frames += 1;
+                    continue;
+                }
+                run.end = Some((positions, records, dropped))
+            }
             Body::Header(_) => {}
         }
     }

@@ -116,6 +116,14 @@ fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
         .into_iter()
         .next()
         .ok_or_else(|| Error::Trace(format!("{}: no run in this trace", path.display())))?;
+    // Without its end frame a run's length is unknown: its values would silently cover
+    // fewer positions than were recorded.
+    if !run.loss.end_seen {
+        return Err(Error::Trace(format!(
+            "{}: the run has no end frame (trace cut short?)",
+            path.display()
+        )));
+    }
     if run.model_crc != model.checksum() {
         eprintln!(
             "warning: {} was recorded with model {:08x}, this is {:08x}",
