@@ -143,7 +143,10 @@ const fn global_after(cfg: &Config) -> usize {
 
 /// Number of tensors (without the vocabulary) the format requires for `cfg`.
 pub const fn tensor_count(cfg: &Config) -> usize {
-    GLOBAL_BEFORE + cfg.n_layers as usize * per_layer(cfg) + global_after(cfg)
+    // Saturating: exact for a validated config, never an overflow for any other.
+    (cfg.n_layers as usize)
+        .saturating_mul(per_layer(cfg))
+        .saturating_add(GLOBAL_BEFORE + global_after(cfg))
 }
 
 /// The tensor that must stand at table index `index` for `cfg` (the vocabulary, when
@@ -161,7 +164,8 @@ pub fn slot(cfg: &Config, index: usize) -> Option<Slot> {
         rows,
         cols,
     };
-    let (dm, qkv) = (cfg.d_model, cfg.n_heads * cfg.d_head);
+    // (Products saturate for configs that did not pass `Config::validate`.)
+    let (dm, qkv) = (cfg.d_model, cfg.n_heads.saturating_mul(cfg.d_head));
     if index == n {
         return Some(s(TensorId::Vocab, 0, cfg.d_vocab, 0));
     }
@@ -175,7 +179,8 @@ pub fn slot(cfg: &Config, index: usize) -> Option<Slot> {
     }
     let i = index - GLOBAL_BEFORE;
     let pl = per_layer(cfg);
-    if i < cfg.n_layers as usize * pl {
+    let layers_end = (cfg.n_layers as usize).saturating_mul(pl);
+    if i < layers_end {
         let (l, mut k) = (i / pl, i % pl);
         if pl == 10 {
             match k {
@@ -188,14 +193,14 @@ pub fn slot(cfg: &Config, index: usize) -> Option<Slot> {
             0 => s(TensorId::W_Q, l, qkv, dm),
             1 => s(TensorId::W_K, l, qkv, dm),
             2 => s(TensorId::W_V, l, qkv, dm),
-            3 => s(TensorId::W_O, l, cfg.n_heads * dm, cfg.d_head),
+            3 => s(TensorId::W_O, l, cfg.n_heads.saturating_mul(dm), cfg.d_head),
             4 => s(TensorId::b_Q, l, 1, qkv),
             5 => s(TensorId::b_K, l, 1, qkv),
             6 => s(TensorId::b_V, l, 1, qkv),
             _ => s(TensorId::b_O, l, 1, dm),
         });
     }
-    let mut k = i - cfg.n_layers as usize * pl;
+    let mut k = i - layers_end;
     if global_after(cfg) == 4 {
         match k {
             0 => return Some(s(TensorId::ln_final_w, 0, 1, dm)),
@@ -634,8 +639,12 @@ pub mod write {
         e
     }
 
-    /// Writes the total length and the CRC into a complete blob.
+    /// Writes the total length and the CRC into a complete blob (a slice shorter than
+    /// the header is left as it is).
     pub fn finish(blob: &mut [u8]) {
+        if blob.len() < HEADER_LEN {
+            return;
+        }
         let total = blob.len() as u32;
         blob[12..16].copy_from_slice(&total.to_le_bytes());
         let crc = CRC.checksum(&blob[CRC_START..]);

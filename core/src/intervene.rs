@@ -6,6 +6,13 @@ use crate::config::Config;
 use crate::hooks::{HookPoint, Hooks, Site};
 use crate::Error;
 
+/// The product of buffer dimensions, saturating: no slice has `usize::MAX` elements,
+/// so a saturated size is refused as a length mismatch instead of overflowing (e.g. a
+/// `len` of `usize::MAX`, or sizes beyond 32-bit `usize` on a microcontroller).
+fn product(factors: &[usize]) -> usize {
+    factors.iter().fold(1, |p, f| p.saturating_mul(*f))
+}
+
 /// A head, as `(layer, head)`.
 pub type HeadRef = (u16, u16);
 
@@ -38,7 +45,11 @@ impl<'a> Ablation<'a> {
         {
             return Err(Error::InvalidProbe);
         }
-        let per_model = cfg.n_layers as usize * cfg.n_heads as usize * cfg.d_model as usize;
+        let per_model = product(&[
+            cfg.n_layers as usize,
+            cfg.n_heads as usize,
+            cfg.d_model as usize,
+        ]);
         if let AblationMode::Mean(m) = mode {
             if m.len() != per_model {
                 return Err(Error::InterventionShape {
@@ -94,7 +105,7 @@ pub struct FreezePatterns<'a> {
 
 impl<'a> FreezePatterns<'a> {
     pub fn new(cfg: &Config, patterns: &'a [f32], len: usize) -> Result<Self, Error> {
-        let expected = cfg.n_layers as usize * cfg.n_heads as usize * len * len;
+        let expected = product(&[cfg.n_layers as usize, cfg.n_heads as usize, len, len]);
         if patterns.len() != expected || len > cfg.n_ctx as usize {
             return Err(Error::InterventionShape {
                 expected,
@@ -144,7 +155,7 @@ pub struct FreezeScales<'a> {
 
 impl<'a> FreezeScales<'a> {
     pub fn new(cfg: &Config, scales: &'a [f32], len: usize) -> Result<Self, Error> {
-        let expected = (cfg.n_layers as usize + 1) * len;
+        let expected = product(&[cfg.n_layers as usize + 1, len]);
         if scales.len() != expected || len > cfg.n_ctx as usize {
             return Err(Error::InterventionShape {
                 expected,
@@ -223,7 +234,7 @@ impl<'a> Patch<'a> {
             _ => cfg.d_model as usize,
         };
         let heads = if point.per_head() { n_heads } else { 1 };
-        let expected = len * heads * width;
+        let expected = product(&[len, heads, width]);
         if values.len() != expected {
             return Err(Error::InterventionShape {
                 expected,

@@ -107,18 +107,18 @@ impl<'a> Tensor<'a> {
     /// scales; `None` when `data` is too short.
     pub fn from_data(kind: StorageKind, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
         let values_len = kind.values_len(rows, cols)?;
-        let scales_len = kind.scales_count(rows, cols)? * 2;
+        let scales_len = kind.scales_count(rows, cols)?.checked_mul(2)?;
         let scales_at = if scales_len == 0 {
             values_len
         } else {
-            values_len.next_multiple_of(4)
+            values_len.checked_next_multiple_of(4)?
         };
         Some(Tensor {
             kind,
             rows,
             cols,
             values: data.get(..values_len)?,
-            scales: data.get(scales_at..scales_at + scales_len)?,
+            scales: data.get(scales_at..scales_at.checked_add(scales_len)?)?,
         })
     }
 

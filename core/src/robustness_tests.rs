@@ -199,6 +199,80 @@ fn sizes_of_unvalidated_configs_saturate() {
     assert_eq!(big.kv_cache_len(), 1024 * limits::MAX_DIM as usize);
 }
 
+#[test]
+fn layout_functions_take_any_config() {
+    let huge = Config {
+        n_layers: u32::MAX,
+        n_heads: u32::MAX,
+        d_model: u32::MAX,
+        d_head: u32::MAX,
+        ..config(8, 4, 2, Normalization::LN)
+    };
+    let n = blob::tensor_count(&huge);
+    for i in [
+        0,
+        1,
+        2,
+        5,
+        11,
+        12,
+        n.saturating_sub(1),
+        n,
+        n.saturating_add(1),
+        usize::MAX,
+    ] {
+        let _ = blob::slot(&huge, i);
+    }
+    // A valid config's table is exact.
+    let cfg = config(8, 4, 2, Normalization::LN);
+    assert_eq!(blob::tensor_count(&cfg), 2 + 10 + 4);
+    assert!(blob::slot(&cfg, blob::tensor_count(&cfg) + 1).is_none());
+    // `finish` leaves a slice shorter than a header alone.
+    let mut short = [7u8; 30];
+    write::finish(&mut short);
+    assert_eq!(short, [7u8; 30]);
+    // Tensor views of absurd shapes are refused, not overflowed.
+    for kind in [
+        StorageKind::F32,
+        StorageKind::F16,
+        StorageKind::Int8,
+        StorageKind::Int4,
+        StorageKind::Bytes,
+    ] {
+        for (rows, cols) in [(usize::MAX, 2), (2, usize::MAX), (usize::MAX / 2 + 1, 1)] {
+            assert!(Tensor::from_data(kind, rows, cols, &[0u8; 64]).is_none());
+        }
+    }
+}
+
+#[test]
+fn intervention_sizes_never_overflow() {
+    let cfg = config(8, 4, 2, Normalization::LN);
+    let v = [0.0f32; 4];
+    for len in [3, usize::MAX / 2, usize::MAX] {
+        assert!(FreezePatterns::new(&cfg, &v, len).is_err());
+        assert!(FreezeScales::new(&cfg, &v, len).is_err());
+        for point in HookPoint::ALL {
+            assert!(Patch::new(&cfg, point, 0, None, &v, len).is_err());
+        }
+    }
+    // Unvalidated configs: sizes saturate and are refused.
+    let huge = Config {
+        n_layers: u32::MAX,
+        n_heads: u32::MAX,
+        d_model: u32::MAX,
+        n_ctx: u32::MAX,
+        ..cfg
+    };
+    assert!(matches!(
+        Ablation::new(&huge, &[(0, 0)], AblationMode::Mean(&v)),
+        Err(Error::InterventionShape { .. })
+    ));
+    assert!(FreezePatterns::new(&huge, &v, 1 << 20).is_err());
+    assert!(FreezeScales::new(&huge, &v, 1 << 20).is_err());
+    assert!(Patch::new(&huge, HookPoint::Pattern, 0, None, &v, 1 << 40).is_err());
+}
+
 // ---- Tensor views and kernels --------------------------------------------------------------
 
 #[test]
@@ -453,7 +527,7 @@ fn record_all(cfg: &Config, precision: Precision) -> (crate::trace::Summary, Vec
 #[test]
 fn frame_buffer_holds_every_record_whatever_dimension_is_widest() {
     // d_head wider than d_model, d_vocab_out and n_ctx: q/k/v/z records are the widest.
-    let wide_head = config(4, 64, 1, Normalization::LN);
+    let wide_head = config(4, 200, 1, Normalization::LN);
     // n_ctx widest (attention rows), d_vocab_out widest (logits), d_model widest.
     let long_ctx = Config {
         n_ctx: 70,
