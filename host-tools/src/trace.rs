@@ -87,35 +87,35 @@ impl Run {
             .collect()
     }
 
-    /// Every site the probe set selects for this run's positions.
+    /// Every site the probe set selects for this run's positions (what
+    /// [`Probe::matches`] selects, enumerated per probe so that the work is that of the
+    /// selection, not of every site of the model).
     pub fn expected(&self) -> BTreeSet<Key> {
         let c = &self.config;
         let mut out = BTreeSet::new();
-        let positions = self.positions();
-        for point in HookPoint::ALL {
-            if (point.needs_ln() && c.normalization == Normalization::None)
-                || !self.probes.iter().any(|p| p.point == point)
-            {
+        let positions = self.positions().min(c.n_ctx as usize);
+        for p in &self.probes {
+            let point = p.point;
+            if point.needs_ln() && c.normalization == Normalization::None {
                 continue;
             }
-            let layers = if point.per_layer() { c.n_layers } else { 1 };
-            let heads: Vec<Option<u16>> = if point.per_head() {
-                (0..c.n_heads as u16).map(Some).collect()
-            } else {
-                vec![None]
+            let layers: Vec<u16> = match (point.per_layer(), p.layer) {
+                (false, _) => vec![0],
+                (true, None) => (0..c.n_layers as u16).collect(),
+                (true, Some(l)) if u32::from(l) < c.n_layers => vec![l],
+                (true, Some(_)) => vec![],
             };
-            for layer in 0..layers as u16 {
+            let heads: Vec<Option<u16>> = match (point.per_head(), p.head) {
+                (false, _) => vec![None],
+                (true, None) => (0..c.n_heads as u16).map(Some).collect(),
+                (true, Some(h)) if u32::from(h) < c.n_heads => vec![Some(h)],
+                (true, Some(_)) => vec![],
+            };
+            let end = p.pos_end.map_or(positions, |e| (e as usize).min(positions));
+            for &layer in &layers {
                 for &head in &heads {
-                    for pos in 0..positions as u16 {
-                        let site = Site {
-                            point,
-                            layer,
-                            head,
-                            pos,
-                        };
-                        if self.probes.iter().any(|p| p.matches(&site)) {
-                            out.insert(key(&site));
-                        }
+                    for pos in p.pos_start as usize..end {
+                        out.insert((point, layer, head, pos as u16));
                     }
                 }
             }
@@ -200,36 +200,48 @@ impl Run {
     }
 }
 
-/// Most values a run's cache may hold (1 GiB of f32). A header whose probes would select
-/// more at full context is not believed: it is corrupt content that passed the CRC (a
-/// device cannot produce such a run), and decoding it would exhaust memory.
+/// Most values a run's cache may hold (1 GiB of f32), and most records a run may be
+/// expected to hold. A header whose probes would select more at full context is not
+/// believed: it is corrupt content that passed the CRC (no device writes such a run),
+/// and decoding it would exhaust memory.
 pub const MAX_CACHE_VALUES: u64 = 1 << 28;
+pub const MAX_EXPECTED_RECORDS: u64 = 1 << 22;
 
-/// Values of the cache of a run of `cfg` that records `probes` at every position.
-fn cache_len(cfg: &Config, probes: &[Probe]) -> u64 {
+/// Upper bounds of the values of the cache and of the records expected for a run of
+/// `cfg` that records `probes` at every position.
+fn run_size(cfg: &Config, probes: &[Probe]) -> (u64, u64) {
     let (l, h, dh, dm) = (
         u64::from(cfg.n_layers),
         u64::from(cfg.n_heads),
         u64::from(cfg.d_head),
         u64::from(cfg.d_model),
     );
-    let p = u64::from(cfg.n_ctx);
-    HookPoint::ALL
-        .iter()
-        .filter(|point| probes.iter().any(|pr| pr.point == **point))
-        .map(|point| {
-            let per_position = match point {
-                HookPoint::Q | HookPoint::K | HookPoint::V | HookPoint::Z => h * dh,
-                HookPoint::Result => h * dm,
-                HookPoint::AttnScores | HookPoint::Pattern => h * p,
-                HookPoint::Ln1Scale | HookPoint::LnFinalScale => 1,
-                HookPoint::Logits => u64::from(cfg.d_vocab_out),
-                _ => dm,
-            };
-            let layers = if point.per_layer() { l } else { 1 };
-            layers.saturating_mul(p).saturating_mul(per_position)
-        })
-        .fold(0u64, u64::saturating_add)
+    let n_ctx = u64::from(cfg.n_ctx);
+    let (mut values, mut records) = (0u64, 0u64);
+    for p in probes {
+        let per_position = match p.point {
+            HookPoint::Q | HookPoint::K | HookPoint::V | HookPoint::Z => h * dh,
+            HookPoint::Result => h * dm,
+            HookPoint::AttnScores | HookPoint::Pattern => h * n_ctx,
+            HookPoint::Ln1Scale | HookPoint::LnFinalScale => 1,
+            HookPoint::Logits => u64::from(cfg.d_vocab_out),
+            _ => dm,
+        };
+        let layers = match (p.point.per_layer(), p.layer) {
+            (true, None) => l,
+            _ => 1,
+        };
+        let heads = match (p.point.per_head(), p.head) {
+            (true, None) => h,
+            _ => 1,
+        };
+        let end = p.pos_end.map_or(n_ctx, |e| u64::from(e).min(n_ctx));
+        let positions = end.saturating_sub(u64::from(p.pos_start));
+        // The cache holds whole arrays for every (hook, layer) a probe names.
+        values = values.saturating_add(layers * n_ctx * per_position);
+        records = records.saturating_add(layers * heads * positions);
+    }
+    (values, records)
 }
 
 /// `blocks.1.attn.hook_z[2]@5`.
@@ -266,7 +278,8 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
             }
         };
         if let Body::Header(h) = &frame.body {
-            if cache_len(&h.config, &h.probes) > MAX_CACHE_VALUES {
+            let (values, records) = run_size(&h.config, &h.probes);
+            if values > MAX_CACHE_VALUES || records > MAX_EXPECTED_RECORDS {
                 report.bad_frames += 1;
                 continue;
             }
