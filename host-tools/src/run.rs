@@ -125,7 +125,7 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
     if opts.tokens.is_empty() {
         return Err(Error::Argument("no tokens given".into()));
     }
-    if opts.tokens.len() + opts.generate > cfg.n_ctx as usize {
+    if opts.tokens.len().saturating_add(opts.generate) > cfg.n_ctx as usize {
         return Err(Error::Argument(format!(
             "{} prompt tokens + {} generated exceed the model's context of {} positions",
             opts.tokens.len(),

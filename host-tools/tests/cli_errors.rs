@@ -1,8 +1,8 @@
 //! Hostile input for every `tinylens` subcommand, table-driven: missing files, wrong
 //! formats, mismatched shapes, NaN/Inf weights, out-of-vocabulary tokens, prompts longer
 //! than `n_ctx`, empty inputs, corrupt blobs, bad probe patterns and bad --ablate specs.
-//! Every case must exit non-zero with ONE line on stderr that starts with `error:` and
-//! names the problem, and never panic or print a backtrace.
+//! Every case must exit non-zero with ONE line on stderr (no warning before it either)
+//! that starts with `error:` and names the problem, and never panic or print a backtrace.
 //!
 //! (This test lives in host-tools because only the tests of the crate that defines the
 //! binary get `CARGO_BIN_EXE_tinylens`, which cargo guarantees is built and current.)
@@ -471,7 +471,59 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         &["demo", "--save-model", &p("no-such-dir/demo.tlm")],
         "no-such-dir",
     );
+
+    // Numbers at the end of their type.
+    let max = u64::MAX.to_string();
+    add(
+        &["run", &model, "--tokens", "1", "--generate", &max],
+        "generated",
+    );
+    for cmd in ["heads", "attribute", "paths", "report", "ablate"] {
+        add(
+            &[cmd, &model, "--repeated", &max],
+            &format!("--repeated {max}"),
+        );
+    }
+    for cmd in ["heads", "ablate"] {
+        add(
+            &[cmd, &model, "--repeated", "4", "--batch", &max],
+            "too large",
+        );
+    }
+    add(&["decode", &trace, "--run", &max], &format!("no run {max}"));
+    add(
+        &["heads", &model, "--trace", &trace, "--run", &max],
+        &format!("no run {max}"),
+    );
     t
+}
+
+/// Hostile but valid arguments: they must succeed (and not panic).
+fn accepted(f: &Files) -> Vec<Vec<String>> {
+    let model = f.path("model.tlm");
+    let max = u64::MAX.to_string();
+    [
+        vec!["circuits", &model, "--top", &max, "--baseline-samples", "0"],
+        vec!["paths", &model, "--tokens", "1,2", "--top", &max],
+        vec![
+            "run",
+            &model,
+            "--tokens",
+            "1",
+            "--top-k",
+            &max,
+            "--seed",
+            &max,
+            "--sample-top-k",
+            &max,
+            "--generate",
+            "3",
+        ],
+        vec!["heads", &model, "--repeated", "4", "--seed", &max],
+    ]
+    .iter()
+    .map(|a| strings(a))
+    .collect()
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -494,10 +546,7 @@ fn check(args: &[String], expect: &str) -> Result<(), String> {
         .output()
         .map_err(|e| format!("could not start {BIN}: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("warning: "))
-        .collect();
+    let lines: Vec<&str> = stderr.lines().collect();
     let problem = if out.status.success() {
         Some("exited with status 0".to_string())
     } else if stderr.contains("panicked") || stderr.contains("stack backtrace") {
@@ -567,4 +616,26 @@ fn hostile_input_gives_one_line_errors_for_every_subcommand() {
         failures.join("\n")
     );
     eprintln!("{} hostile-input cases passed", cases.len());
+}
+
+#[test]
+fn hostile_but_valid_numbers_are_accepted() {
+    let present = subcommands();
+    for args in accepted(files()) {
+        if !present.contains(&args[0]) {
+            continue;
+        }
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "tinylens {}: {:?}\n{stderr}",
+            args.join(" "),
+            out.status
+        );
+    }
 }

@@ -66,6 +66,9 @@ pub fn parse_data(text: &str, d_vocab: u32, n_ctx: u32) -> Result<Vec<Prompt>> {
     Ok(out)
 }
 
+/// Most sequences [`repeated_dataset`] makes (they are all held in memory).
+pub const MAX_BATCH: usize = 1 << 20;
+
 /// `batch` prompts of `n` random tokens repeated twice (seeds `seed..seed+batch`), each
 /// after `bos` if given; tokens are drawn from `1..d_vocab` with a BOS, else `0..d_vocab`.
 pub fn repeated_dataset(
@@ -76,7 +79,7 @@ pub fn repeated_dataset(
     d_vocab: u32,
     n_ctx: u32,
 ) -> Result<Vec<Prompt>> {
-    let len = 2 * n + bos.is_some() as usize;
+    let len = n.saturating_mul(2).saturating_add(bos.is_some() as usize);
     if n == 0 {
         return Err(Error::Argument("--repeated N needs N >= 1".into()));
     }
@@ -89,9 +92,14 @@ pub fn repeated_dataset(
     if low >= d_vocab || batch == 0 {
         return Err(Error::Argument("no tokens to draw from".into()));
     }
+    if batch > MAX_BATCH {
+        return Err(Error::Argument(format!(
+            "a batch of {batch} sequences is too large (at most {MAX_BATCH})"
+        )));
+    }
     Ok((0..batch as u64)
         .map(|i| Prompt {
-            tokens: repeated_random_tokens(n, low, d_vocab, seed + i, bos),
+            tokens: repeated_random_tokens(n, low, d_vocab, seed.wrapping_add(i), bos),
             // The first token of the second copy is not predictable; from the next one on.
             repeat_from: Some(len - n),
         })

@@ -309,7 +309,7 @@ pub fn composition_baseline(
     seed: u64,
 ) -> CompositionBaseline {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut values = Vec::with_capacity(samples);
+    let mut values = Vec::with_capacity(samples.min(1 << 20));
     for _ in 0..samples {
         let l = LowRank::new(
             gaussian(&mut rng, d_model, d_head),

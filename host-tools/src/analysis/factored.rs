@@ -217,7 +217,8 @@ impl<K: Ord + Copy> TopK<K> {
     fn new(k: usize) -> Self {
         TopK {
             k,
-            items: Vec::with_capacity(k + 1),
+            // (A capacity hint only: `k` may come from the command line.)
+            items: Vec::with_capacity(k.saturating_add(1).min(1024)),
         }
     }
 

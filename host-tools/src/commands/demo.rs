@@ -178,7 +178,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
     let loss_set = repeated_dataset(
         repeat_len,
         opts.loss_sequences,
-        seed + 1000,
+        seed.wrapping_add(1000),
         Some(0),
         cfg.d_vocab,
         cfg.n_ctx,

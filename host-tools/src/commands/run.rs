@@ -124,6 +124,12 @@ fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
             path.display()
         )));
     }
+    if run.config != *model.config() {
+        return Err(Error::Trace(format!(
+            "{}: recorded with a model of another shape",
+            path.display()
+        )));
+    }
     if run.model_crc != model.checksum() {
         eprintln!(
             "warning: {} was recorded with model {:08x}, this is {:08x}",
@@ -131,12 +137,6 @@ fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
             run.model_crc,
             model.checksum()
         );
-    }
-    if run.config != *model.config() {
-        return Err(Error::Trace(format!(
-            "{}: recorded with a model of another shape",
-            path.display()
-        )));
     }
     Ok(run)
 }
