@@ -259,8 +259,15 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         &["run", &model, "--tokens", "1,2", "--generate", "23"],
         "context",
     );
+    let huge = p("huge_logits.tlm");
+    for cmd in ["run", "heads", "attribute", "paths", "report"] {
+        add(
+            &[cmd, &huge, "--tokens", "1,2"],
+            "NaN or infinity in the logits",
+        );
+    }
     add(
-        &["run", &p("huge_logits.tlm"), "--tokens", "1"],
+        &["ablate", &huge, "--repeated", "4"],
         "NaN or infinity in the logits",
     );
 
