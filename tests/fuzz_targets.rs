@@ -416,14 +416,8 @@ pub fn tl_safetensors(data: &[u8]) {
     } else {
         tl::Processing::NONE
     };
-    let Ok(applied) = tl::process(&mut w, processing) else {
+    let Ok(p) = tl::process(&mut w, processing) else {
         return;
-    };
-    let p = tinylens_core::Processing {
-        fold_ln: applied.fold_ln,
-        center_writing_weights: applied.center_writing_weights,
-        center_unembed: applied.center_unembed,
-        fold_value_biases: applied.fold_value_biases,
     };
     if let Ok((bytes, _)) = convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None) {
         Model::from_bytes(&bytes).expect("written blob loads");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tinylens_core::{Processing, StorageKind};
+use tinylens_core::StorageKind;
 use tinylens_host::{convert, tl};
 
 pub mod fuzz_targets;
@@ -85,13 +85,7 @@ pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> V
     let dir = fixture(name);
     let mut w = tl::load_files(&dir.join("model.safetensors"), &dir.join("config.json"))
         .expect("fixture loads");
-    let applied = tl::process(&mut w, processing).expect("processing");
-    let p = Processing {
-        fold_ln: applied.fold_ln,
-        center_writing_weights: applied.center_writing_weights,
-        center_unembed: applied.center_unembed,
-        fold_value_biases: applied.fold_value_biases,
-    };
+    let p = tl::process(&mut w, processing).expect("processing");
     convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None)
         .expect("blob")
         .0

@@ -38,6 +38,22 @@ pub struct Processing {
 }
 
 impl Processing {
+    /// All four steps (TransformerLens's `from_pretrained` defaults).
+    pub const ALL: Processing = Processing {
+        fold_ln: true,
+        center_writing_weights: true,
+        center_unembed: true,
+        fold_value_biases: true,
+    };
+
+    /// No processing (`from_pretrained_no_processing`).
+    pub const NONE: Processing = Processing {
+        fold_ln: false,
+        center_writing_weights: false,
+        center_unembed: false,
+        fold_value_biases: false,
+    };
+
     pub const fn to_bits(self) -> u32 {
         self.fold_ln as u32
             | (self.center_writing_weights as u32) << 1

@@ -750,31 +750,10 @@ pub fn save_state_dict(w: &Weights) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 
 /// Which of TL's weight-processing steps to apply ([`process`]'s request) or were applied
-/// (its result). TL's `from_pretrained` defaults are all four ([`Processing::ALL`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Processing {
-    pub fold_ln: bool,
-    pub center_writing_weights: bool,
-    pub center_unembed: bool,
-    pub fold_value_biases: bool,
-}
-
-impl Processing {
-    /// All four steps (TL's `from_pretrained` defaults).
-    pub const ALL: Processing = Processing {
-        fold_ln: true,
-        center_writing_weights: true,
-        center_unembed: true,
-        fold_value_biases: true,
-    };
-    /// No processing (`from_pretrained_no_processing`).
-    pub const NONE: Processing = Processing {
-        fold_ln: false,
-        center_writing_weights: false,
-        center_unembed: false,
-        fold_value_biases: false,
-    };
-}
+/// (its result): the core's record of processing, which the blob stores, so the request,
+/// the result and the blob header are one type. TL's `from_pretrained` defaults are all
+/// four ([`Processing::ALL`]).
+pub use tinylens_core::Processing;
 
 /// TL 3.9 folds `ln_final` into `W_U` along the wrong axis when `d_vocab_out == d_model`.
 fn tl_misfolds_ln_final(c: &ModelConfig) -> bool {

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tinylens_core::Processing;
 
 use crate::convert::{write_blob, QuantPlan};
 use crate::{cli, tl, Result};
@@ -56,29 +55,23 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         center_unembed: a.center_unembed,
         fold_value_biases: a.fold_value_biases,
     };
-    let applied = tl::process(&mut w, requested)?;
-    let processing = Processing {
-        fold_ln: applied.fold_ln,
-        center_writing_weights: applied.center_writing_weights,
-        center_unembed: applied.center_unembed,
-        fold_value_biases: applied.fold_value_biases,
-    };
+    let processing = tl::process(&mut w, requested)?;
     let (blob, reports) = write_blob(&w, plan, processing, vocab.as_deref())?;
     cli::write_output(&a.output, &blob)?;
     let params: usize = reports.iter().map(|r| r.shape[0] * r.shape[1]).sum();
     let skipped: Vec<&str> = [
-        ("fold_ln", requested.fold_ln && !applied.fold_ln),
+        ("fold_ln", requested.fold_ln && !processing.fold_ln),
         (
             "center_writing_weights",
-            requested.center_writing_weights && !applied.center_writing_weights,
+            requested.center_writing_weights && !processing.center_writing_weights,
         ),
         (
             "center_unembed",
-            requested.center_unembed && !applied.center_unembed,
+            requested.center_unembed && !processing.center_unembed,
         ),
         (
             "fold_value_biases",
-            requested.fold_value_biases && !applied.fold_value_biases,
+            requested.fold_value_biases && !processing.fold_value_biases,
         ),
     ]
     .iter()
