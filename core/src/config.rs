@@ -177,6 +177,15 @@ impl Config {
             )
             .saturating_add(qkv) // q for all heads at this position
             .saturating_add(widest.div_ceil(4)) // int8-quantized activations, four per word
+            .saturating_add(widest.div_ceil(4) * 2) // the same as 16-bit pairs (DSP kernel)
+    }
+
+    /// Longest vector quantized to int8 for a matrix-vector product: the widest of
+    /// `d_model`, `n_heads * d_head` and `d_head`.
+    pub const fn quantized_input_len(&self) -> usize {
+        let d_model = self.d_model as u64;
+        let qkv = self.n_heads as u64 * self.d_head as u64;
+        to_usize(max(max(d_model, qkv), self.d_head as u64))
     }
 
     /// `n_heads * d_head`.

@@ -29,6 +29,8 @@ pub struct Session<'m, 'w> {
     attn_out: &'w mut [f32],
     logits: &'w mut [f32],
     xq: &'w mut [i8],
+    /// `xq` laid out for the DSP int8 kernel ([`kernels::arrange_pairs`]).
+    pairs: &'w mut [u32],
 }
 
 fn take<'w>(buf: &mut &'w mut [f32], n: usize) -> &'w mut [f32] {
@@ -71,9 +73,14 @@ impl<'m, 'w> Session<'m, 'w> {
             attn_out: take(&mut buf, d_model),
             logits: take(&mut buf, cfg.d_vocab_out as usize),
             xq: &mut [],
+            pairs: &mut [],
         };
-        // The int8 activations share the f32 region, four to a word.
-        s.xq = bytemuck::cast_slice_mut::<f32, i8>(buf);
+        // The int8 activations share the f32 region, four to a word, followed by their
+        // DSP layout, two 16-bit lanes to a word (see `Config::workspace_len`).
+        let q_words = cfg.quantized_input_len().div_ceil(4);
+        let (q, pairs) = buf.split_at_mut(q_words.min(buf.len()));
+        s.xq = bytemuck::cast_slice_mut::<f32, i8>(q);
+        s.pairs = bytemuck::cast_slice_mut::<f32, u32>(pairs);
         Ok(s)
     }
 
@@ -197,6 +204,7 @@ impl<'m, 'w> Session<'m, 'w> {
         let input = prepare(
             self.normed,
             self.xq,
+            self.pairs,
             kernels::needs_quantized_input(w_u.kind),
         );
         kernels::matvec(&w_u, &input, self.logits);
@@ -238,15 +246,19 @@ impl<'m, 'w> Session<'m, 'w> {
 
         // Values read the normalized residual; with shortformer positions, queries and
         // keys read it plus W_pos, so V is computed first and W_pos added in place after.
-        let scale = prepare_scale(self.normed, self.xq, quantized(&lt.w_v));
+        // All heads in one product (each row's sum is the same however the rows are
+        // grouped), into `q` (free until W_Q's turn), then into each head's cache row.
+        let scale = prepare_scale(self.normed, self.xq, self.pairs, quantized(&lt.w_v));
+        let input = Input {
+            x: self.normed,
+            q: self.xq,
+            scale,
+            pairs: self.pairs,
+        };
+        kernels::matvec(&lt.w_v, &input, self.q);
         for h in 0..n_heads {
-            let input = Input {
-                x: self.normed,
-                q: self.xq,
-                scale,
-            };
             let out = &mut self.v_cache[slot(h, p)..slot(h, p) + d_head];
-            kernels::matvec(&lt.w_v.rows(h * d_head, d_head), &input, out);
+            out.copy_from_slice(&self.q[h * d_head..(h + 1) * d_head]);
             add_bias(&lt.b_v, h * d_head, out);
         }
         let mut requantize = quantized(&lt.w_v);
@@ -258,7 +270,7 @@ impl<'m, 'w> Session<'m, 'w> {
         }
         let need_q = quantized(&lt.w_q) || quantized(&lt.w_k);
         let scale = if need_q && !requantize {
-            prepare_scale(self.normed, self.xq, true)
+            prepare_scale(self.normed, self.xq, self.pairs, true)
         } else {
             scale
         };
@@ -266,14 +278,17 @@ impl<'m, 'w> Session<'m, 'w> {
             x: self.normed,
             q: self.xq,
             scale,
+            pairs: self.pairs,
         };
-        kernels::matvec(&lt.w_q, &input, self.q);
-        lt.b_q.add_row_to(0, self.q);
+        // K first, through `q` as V went, then Q itself.
+        kernels::matvec(&lt.w_k, &input, self.q);
         for h in 0..n_heads {
             let out = &mut self.k_cache[slot(h, p)..slot(h, p) + d_head];
-            kernels::matvec(&lt.w_k.rows(h * d_head, d_head), &input, out);
+            out.copy_from_slice(&self.q[h * d_head..(h + 1) * d_head]);
             add_bias(&lt.b_k, h * d_head, out);
         }
+        kernels::matvec(&lt.w_q, &input, self.q);
+        lt.b_q.add_row_to(0, self.q);
         for (point, h) in [HookPoint::Q, HookPoint::K, HookPoint::V]
             .into_iter()
             .flat_map(|pt| (0..n_heads).map(move |h| (pt, h)))
@@ -304,20 +319,11 @@ impl<'m, 'w> Session<'m, 'w> {
             if active(hooks, HookPoint::Pattern) {
                 hooks.hook(site(HookPoint::Pattern, h), scores);
             }
-            self.z.fill(0.0);
-            for (j, &a) in scores.iter().enumerate() {
-                for (z, v) in self
-                    .z
-                    .iter_mut()
-                    .zip(&self.v_cache[slot(h, j)..slot(h, j) + d_head])
-                {
-                    *z += a * v;
-                }
-            }
+            weighted_sum(scores, &self.v_cache[slot(h, 0)..], d_head, self.z);
             if active(hooks, HookPoint::Z) {
                 hooks.hook(site(HookPoint::Z, h), self.z);
             }
-            let input = prepare(self.z, self.xq, quantize_z);
+            let input = prepare(self.z, self.xq, self.pairs, quantize_z);
             kernels::matvec(&lt.w_o.rows(h * d_model, d_model), &input, self.result);
             if active(hooks, HookPoint::Result) {
                 hooks.hook(site(HookPoint::Result, h), self.result);
@@ -335,34 +341,76 @@ impl<'m, 'w> Session<'m, 'w> {
 
 /// `false` only in the benchmark build with feature `strip-hooks`, which compiles every
 /// hook call out: the figure that shows [`NoHooks`] costs nothing is measured against it.
-const HOOKS_COMPILED: bool = !cfg!(feature = "strip-hooks");
+/// Public so that a benchmark can say which build it measured.
+pub const HOOKS_COMPILED: bool = !cfg!(feature = "strip-hooks");
 
 #[inline(always)]
 fn active<H: Hooks>(hooks: &H, point: HookPoint) -> bool {
     HOOKS_COMPILED && hooks.wants(point)
 }
 
-fn prepare_scale(x: &[f32], xq: &mut [i8], quantize: bool) -> f32 {
-    if quantize {
-        kernels::quantize_input(x, &mut xq[..x.len()])
-    } else {
-        0.0
+/// Quantizes `x` into `xq` when a quantized weight will read it (and, with the DSP
+/// kernel, lays it out in `pairs` too); returns its scale.
+fn prepare_scale(x: &[f32], xq: &mut [i8], pairs: &mut [u32], quantize: bool) -> f32 {
+    if !quantize {
+        return 0.0;
+    }
+    let n = x.len().min(xq.len());
+    let scale = kernels::quantize_input(&x[..n], &mut xq[..n]);
+    if kernels::DSP {
+        kernels::arrange_pairs(&xq[..n], pairs);
+    }
+    scale
+}
+
+fn prepare<'x>(x: &'x [f32], xq: &'x mut [i8], pairs: &'x mut [u32], quantize: bool) -> Input<'x> {
+    let scale = prepare_scale(x, xq, pairs, quantize);
+    Input {
+        x,
+        q: xq,
+        scale,
+        pairs,
     }
 }
 
-fn prepare<'x>(x: &'x [f32], xq: &'x mut [i8], quantize: bool) -> Input<'x> {
-    let scale = prepare_scale(x, xq, quantize);
-    Input { x, q: xq, scale }
+/// `z = Σ_j a[j] · v_j`, `v_j = values[j * d_head..][..d_head]`: each element summed from
+/// 0.0 in key order, as the plain loop over keys then elements would, but eight
+/// elements at a time over all keys, so that the sums stay in registers.
+fn weighted_sum(a: &[f32], values: &[f32], d_head: usize, z: &mut [f32]) {
+    let mut i = 0;
+    while i + 8 <= z.len() {
+        let mut acc = [0.0f32; 8];
+        for (j, &w) in a.iter().enumerate() {
+            let Some(v) = values.get(j * d_head + i..j * d_head + i + 8) else {
+                break;
+            };
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = &mut acc;
+            *a0 += w * v[0];
+            *a1 += w * v[1];
+            *a2 += w * v[2];
+            *a3 += w * v[3];
+            *a4 += w * v[4];
+            *a5 += w * v[5];
+            *a6 += w * v[6];
+            *a7 += w * v[7];
+        }
+        z[i..i + 8].copy_from_slice(&acc);
+        i += 8;
+    }
+    for (k, zk) in z.iter_mut().enumerate().skip(i) {
+        let mut acc = 0.0f32;
+        for (j, &w) in a.iter().enumerate() {
+            if let Some(v) = values.get(j * d_head + k) {
+                acc += w * v;
+            }
+        }
+        *zk = acc;
+    }
 }
 
 /// `out[i] += b[offset + i]` for a one-row bias.
 fn add_bias(b: &Tensor<'_>, offset: usize, out: &mut [f32]) {
-    let n = out.len();
-    b.for_each_in_row(0, |c, v| {
-        if c >= offset && c < offset + n {
-            out[c - offset] += v;
-        }
-    });
+    b.add_range_to(offset, out);
 }
 
 /// TransformerLens's LayerNorm / LayerNormPre (or a copy for `normalization = None`):
@@ -406,14 +454,19 @@ fn layer_norm<H: Hooks>(
         );
     }
     if let Some((w, b)) = wb {
-        w.for_each_in_row(0, |c, wv| out[c] *= wv);
+        w.zip_row(0, out, |o, wv| *o *= wv);
         b.add_row_to(0, out);
     }
 }
 
 /// Softmax in place, with the maximum subtracted first.
 fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    // The maximum, NaN ignored (as `f32::max` does); a plain comparison rather than
+    // `f32::max`, which is a library call on Cortex-M. Only `v - m` uses `m`, where
+    // the sign of a zero maximum cannot change a result.
+    let m = x
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     if m == f32::NEG_INFINITY {
         // Every key masked (possible only when a hook masks them): TransformerLens turns
         // the resulting NaNs into zeros.
@@ -422,7 +475,7 @@ fn softmax(x: &mut [f32]) {
     }
     let mut sum = 0.0;
     for v in x.iter_mut() {
-        *v = libm::expf(*v - m);
+        *v = kernels::expf(*v - m);
         sum += *v;
     }
     for v in x.iter_mut() {

@@ -9,7 +9,7 @@
 //!   vector) with exact integer accumulation; floats enter only per row (int8) or per
 //!   group of 32 (int4), in index order.
 
-use crate::quant::{int4_at, StorageKind, Tensor, INT4_GROUP};
+use crate::quant::{f16_le_to_f32, int4_at, StorageKind, Tensor, INT4_GROUP};
 
 /// Largest quantized activation magnitude.
 const QMAX: f32 = 127.0;
@@ -24,18 +24,58 @@ fn reduce8(a: [f32; 8]) -> f32 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
+    // Eight named lanes rather than an array: they stay in registers even where the
+    // compiler does not unroll a loop over an array (the firmware's opt-level "s").
+    let (mut a0, mut a1, mut a2, mut a3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let (mut a4, mut a5, mut a6, mut a7) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
     let mut ac = a.chunks_exact(8);
     let mut bc = b.chunks_exact(8);
     for (x, y) in (&mut ac).zip(&mut bc) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
+        a0 += x[0] * y[0];
+        a1 += x[1] * y[1];
+        a2 += x[2] * y[2];
+        a3 += x[3] * y[3];
+        a4 += x[4] * y[4];
+        a5 += x[5] * y[5];
+        a6 += x[6] * y[6];
+        a7 += x[7] * y[7];
+    }
+    let (x, y) = (ac.remainder(), bc.remainder());
+    if !x.is_empty() {
+        // The last `n % 8` elements into lanes 0.. (out of line: rare).
+        let p = tail_products(x, y);
+        let k = x.len();
+        a0 += p[0];
+        if k > 1 {
+            a1 += p[1];
+        }
+        if k > 2 {
+            a2 += p[2];
+        }
+        if k > 3 {
+            a3 += p[3];
+        }
+        if k > 4 {
+            a4 += p[4];
+        }
+        if k > 5 {
+            a5 += p[5];
+        }
+        if k > 6 {
+            a6 += p[6];
         }
     }
-    for (j, (x, y)) in ac.remainder().iter().zip(bc.remainder()).enumerate() {
-        acc[j] += x * y;
+    reduce8([a0, a1, a2, a3, a4, a5, a6, a7])
+}
+
+/// `x[j] * y[j]` for the (at most 7) elements of a dot product's tail.
+#[inline(never)]
+fn tail_products(x: &[f32], y: &[f32]) -> [f32; 7] {
+    let mut p = [0.0f32; 7];
+    for ((p, x), y) in p.iter_mut().zip(x).zip(y) {
+        *p = x * y;
     }
-    reduce8(acc)
+    p
 }
 
 /// Dot product of little-endian f32 weights with `x`, in the same order as [`dot`].
@@ -61,6 +101,87 @@ fn dot_f32_le(w: &[u8], x: &[f32]) -> f32 {
     reduce8(acc)
 }
 
+/// Rows handled together by the float kernels: on 64-bit hosts four rows share each
+/// load of `x` and give the adder four independent chains; on 32-bit microcontrollers
+/// (32 single-precision registers) one row keeps the eight accumulators in registers.
+#[cfg(target_pointer_width = "64")]
+const FLOAT_ROWS: usize = 4;
+#[cfg(not(target_pointer_width = "64"))]
+const FLOAT_ROWS: usize = 1;
+
+/// [`dot_f32_le`] of `R` rows at once (`w` holds `R` rows of `x.len()` weights): each
+/// row's sum is formed in exactly the order of [`dot_f32_le`], so the results are the
+/// same bits; only independent rows are interleaved.
+#[inline(always)]
+fn dot_rows_f32_le<const R: usize>(w: &[u8], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let mut rows: [core::slice::ChunksExact<'_, u8>; R] =
+        core::array::from_fn(|r| w[r * cols * 4..(r + 1) * cols * 4].chunks_exact(32));
+    let mut acc = [[0.0f32; 8]; R];
+    let mut xc = x.chunks_exact(8);
+    for xb in &mut xc {
+        for r in 0..R {
+            let Some(wb) = rows[r].next() else { return };
+            for j in 0..8 {
+                let b = &wb[4 * j..4 * j + 4];
+                acc[r][j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xb[j];
+            }
+        }
+    }
+    for r in 0..R {
+        for (j, (b, xv)) in rows[r]
+            .remainder()
+            .chunks_exact(4)
+            .zip(xc.remainder())
+            .enumerate()
+        {
+            acc[r][j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
+        }
+        out[r] = reduce8(acc[r]);
+    }
+}
+
+/// [`dot_f16_le`] of `R` rows at once, each in exactly its order (see [`dot_rows_f32_le`]).
+#[inline(always)]
+fn dot_rows_f16_le<const R: usize>(w: &[u8], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let mut rows: [core::slice::ChunksExact<'_, u8>; R] =
+        core::array::from_fn(|r| w[r * cols * 2..(r + 1) * cols * 2].chunks_exact(16));
+    let mut acc = [[0.0f32; 8]; R];
+    let mut xc = x.chunks_exact(8);
+    for xb in &mut xc {
+        for r in 0..R {
+            let Some(wb) = rows[r].next() else { return };
+            let wf = halves8(wb);
+            for j in 0..8 {
+                acc[r][j] += wf[j] * xb[j];
+            }
+        }
+    }
+    for r in 0..R {
+        for (j, (b, xv)) in rows[r]
+            .remainder()
+            .chunks_exact(2)
+            .zip(xc.remainder())
+            .enumerate()
+        {
+            acc[r][j] += f16_le_to_f32([b[0], b[1]]) * xv;
+        }
+        out[r] = reduce8(acc[r]);
+    }
+}
+
+/// Eight little-endian halves (16 bytes) as f32, in a form the compiler vectorizes.
+#[inline(always)]
+fn halves8(b: &[u8]) -> [f32; 8] {
+    let b: &[u8; 16] = b.try_into().unwrap_or(&[0; 16]);
+    let mut h = [0u16; 8];
+    for (j, v) in h.iter_mut().enumerate() {
+        *v = u16::from_le_bytes([b[2 * j], b[2 * j + 1]]);
+    }
+    h.map(|v| f16_le_to_f32(v.to_le_bytes()))
+}
+
 /// Dot product of little-endian IEEE half weights with `x`, in the same order as [`dot`].
 #[inline]
 fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
@@ -69,7 +190,7 @@ fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
     let mut xc = x.chunks_exact(8);
     for (wb, xb) in (&mut wc).zip(&mut xc) {
         for j in 0..8 {
-            acc[j] += half::f16::from_le_bytes([wb[2 * j], wb[2 * j + 1]]).to_f32() * xb[j];
+            acc[j] += f16_le_to_f32([wb[2 * j], wb[2 * j + 1]]) * xb[j];
         }
     }
     for (j, (b, xv)) in wc
@@ -78,7 +199,7 @@ fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
         .zip(xc.remainder())
         .enumerate()
     {
-        acc[j] += half::f16::from_le_bytes([b[0], b[1]]).to_f32() * xv;
+        acc[j] += f16_le_to_f32([b[0], b[1]]) * xv;
     }
     reduce8(acc)
 }
@@ -96,24 +217,36 @@ pub fn dot_i8(w: &[u8], x: &[i8]) -> i32 {
 /// Exact integer dot product of one int4 group (`x.len()` columns from column `c0`).
 #[inline]
 fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
-    let mut s = 0i32;
-    let mut c = c0;
-    let mut i = 0;
-    // Whole bytes (two nibbles) when the group starts at an even column, which it always
-    // does since INT4_GROUP is even.
-    while i + 1 < x.len() {
-        let b = row[c / 2];
-        let lo = ((b << 4) as i8 >> 4) as i32;
-        let hi = (b as i8 >> 4) as i32;
-        s += lo * x[i] as i32 + hi * x[i + 1] as i32;
-        i += 2;
-        c += 2;
-    }
-    if i < x.len() {
-        s += int4_at(row, c) as i32 * x[i] as i32;
+    // Whole bytes (two nibbles): groups start at even columns, as INT4_GROUP is even.
+    // Integer addition is associative, so the pairing below changes nothing.
+    let pairs = x.len() / 2;
+    let bytes = &row[c0 / 2..c0 / 2 + pairs];
+    let mut s: i32 = bytes
+        .iter()
+        .zip(x.chunks_exact(2))
+        .map(|(&b, xs)| {
+            let lo = ((b << 4) as i8 >> 4) as i32;
+            let hi = (b as i8 >> 4) as i32;
+            lo * xs[0] as i32 + hi * xs[1] as i32
+        })
+        .sum();
+    if x.len() % 2 == 1 {
+        s += int4_at(row, c0 + x.len() - 1) as i32 * x[x.len() - 1] as i32;
     }
     s
 }
+
+/// The Armv7E-M DSP int8 kernel (Cortex-M4/M7 only). It is the crate's one module with
+/// `unsafe` code (inline assembly; see `lib.rs`), so it alone is allowed it; the
+/// portable [`dot_i8`] stays the reference it is tested against bit for bit.
+#[cfg(tinylens_dsp)]
+#[allow(unsafe_code)]
+mod dsp;
+
+/// Whether int8 matrix-vector products in this build use the DSP kernel (Armv7E-M
+/// targets: `SXTB16`/`SMLAD`; see `kernels/dsp.rs`). The results are the same bits
+/// either way.
+pub const DSP: bool = cfg!(tinylens_dsp);
 
 /// An input vector prepared for a matrix-vector product: the floats, and (when any
 /// weight it meets is int8/int4) its int8 quantization with one scale.
@@ -121,30 +254,175 @@ pub struct Input<'x> {
     pub x: &'x [f32],
     pub q: &'x [i8],
     pub scale: f32,
+    /// `q` laid out for the DSP kernel by [`arrange_pairs`] (only read when [`DSP`];
+    /// may be empty, and then the portable kernel runs).
+    pub pairs: &'x [u32],
+}
+
+/// Words [`arrange_pairs`] writes for `n` activations: two per group of four.
+pub const fn pairs_len(n: usize) -> usize {
+    n.div_ceil(4) * 2
+}
+
+/// Lays int8 activations out as the DSP kernel reads them: per group of four
+/// `q[4g..4g + 4]`, word `2g` holds `q[4g]` (low half) and `q[4g + 2]` (high half) as
+/// i16, word `2g + 1` holds `q[4g + 1]` and `q[4g + 3]` (the lanes `SXTB16` makes of a
+/// word of weights and of that word rotated by 8). Missing activations of the last
+/// group are 0. Writes [`pairs_len`]`(q.len())` words (fewer if `pairs` is shorter).
+pub fn arrange_pairs(q: &[i8], pairs: &mut [u32]) {
+    let lane = |v: i8| v as i16 as u16 as u32;
+    let mut groups = q.chunks_exact(4);
+    let mut out = pairs.chunks_exact_mut(2);
+    for (g, o) in (&mut groups).zip(&mut out) {
+        o[0] = lane(g[0]) | lane(g[2]) << 16;
+        o[1] = lane(g[1]) | lane(g[3]) << 16;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        if let Some(o) = out.next() {
+            let at = |i: usize| rest.get(i).copied().unwrap_or(0);
+            o[0] = lane(at(0)) | lane(at(2)) << 16;
+            o[1] = lane(at(1)) | lane(at(3)) << 16;
+        }
+    }
 }
 
 /// Quantizes `x` to int8 with one symmetric scale `max|x| / 127`; returns the scale
 /// (0 for an all-zero vector, whose products are then exactly 0; NaN when `x` holds a
 /// NaN or infinity, so that it reaches the outputs instead of quantizing to 0).
 pub fn quantize_input(x: &[f32], q: &mut [i8]) -> f32 {
-    // `f32::max` ignores NaN: keep it explicitly.
-    let amax = x.iter().fold(0.0f32, |m, v| {
-        let a = libm::fabsf(*v);
-        if m.is_nan() || a.is_nan() {
-            f32::NAN
-        } else {
-            m.max(a)
-        }
-    });
+    // max |x| on the bit patterns: with the sign cleared, the order of the patterns as
+    // integers is the order of the magnitudes, and every NaN pattern is above
+    // infinity's, so a NaN anywhere gives a NaN `amax` (as `f32::max` would not).
+    let amax = f32::from_bits(x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)));
     if amax == 0.0 || !amax.is_finite() {
         q.fill(0);
         return if amax == 0.0 { 0.0 } else { f32::NAN };
     }
     let inv = QMAX / amax;
-    for (o, v) in q.iter_mut().zip(x) {
-        *o = libm::roundf(v * inv).clamp(-QMAX, QMAX) as i8;
+    if inv.is_finite() {
+        for (o, v) in q.iter_mut().zip(x) {
+            // No clamp needed: multiplying by `inv > 0` is monotonic, so |v * inv| is
+            // largest for |v| = amax, where it is 127 within a few ulps: it rounds to 127.
+            *o = round_half_away(v * inv) as i8;
+        }
+    } else {
+        // amax below 127 / f32::MAX: `v * inv` is infinite or NaN for some v.
+        for (o, v) in q.iter_mut().zip(x) {
+            *o = round_clamp_i8(v * inv);
+        }
     }
     amax / QMAX
+}
+
+/// `libm::roundf(y).clamp(-127, 127) as i8` (round half away from zero) for any `y`,
+/// without the call: `t = trunc(2y)` (doubling is exact), then
+/// `(t ± 1) / 2` truncated, the sign that of `t`. For `y >= 0` that is
+/// `floor((floor(2y) + 1) / 2) = floor(y + 1/2)`, and symmetrically below 0; no
+/// rounding happens anywhere. A test compares it with libm over a sweep of floats.
+#[inline(always)]
+pub fn round_clamp_i8(y: f32) -> i8 {
+    // Any float: NaN converts to 0 and rounds to 0 (as `NaN as i8`); the saturated
+    // conversion of infinities and huge values is first brought within range.
+    let t = ((y * 2.0) as i32).clamp(-512, 512);
+    ((t + 1 + (t >> 31)) >> 1).clamp(-127, 127) as i8
+}
+
+/// `libm::roundf(y) as i32` for a finite `y` with `|y| < 2^30` (see [`round_clamp_i8`]):
+/// `t = trunc(2y)`, then `(t + 1 + (t >> 31)) >> 1`, which is `(t + 1) / 2` for
+/// `t >= 0` and `floor(t / 2) = trunc((t - 1) / 2)` below.
+#[inline(always)]
+fn round_half_away(y: f32) -> i32 {
+    let t = (y * 2.0) as i32;
+    (t + 1 + (t >> 31)) >> 1
+}
+
+/// `libm::expf`, operation for operation (FreeBSD's `e_expf.c` with libm's `scalbnf`),
+/// so the result is bit-identical on every platform, but inlined: the softmax's
+/// exponentials then overlap instead of waiting on one call each. A test compares it
+/// with `libm::expf` over a sweep of every range of f32.
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    const HALF: [f32; 2] = [0.5, -0.5];
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 6.9314575195e-01
+    const LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 1.4286067653e-06
+    const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b); // 1.4426950216e+00
+    const P1: f32 = f32::from_bits(0x3e2a_aa8f); // 0xaaaa8f.0p-26
+    const P2: f32 = f32::from_bits(0xbb35_5215); // -0xb55215.0p-32
+    let mut x = x;
+    let x1p127 = f32::from_bits(0x7f00_0000);
+    let mut hx = x.to_bits();
+    let sign = (hx >> 31) as i32;
+    let signb = sign != 0;
+    hx &= 0x7fff_ffff;
+    if hx >= 0x42ae_ac50 {
+        if hx > 0x7f80_0000 {
+            return x; // NaN
+        }
+        if hx >= 0x42b1_7218 && !signb {
+            return x * x1p127; // overflow
+        }
+        if signb && hx >= 0x42cf_f1b5 {
+            return 0.0; // underflow
+        }
+    }
+    let k: i32;
+    let hi: f32;
+    let lo: f32;
+    if hx > 0x3eb1_7218 {
+        if hx > 0x3f85_1592 {
+            k = (INV_LN2 * x + HALF[sign as usize]) as i32;
+        } else {
+            k = 1 - sign - sign;
+        }
+        let kf = k as f32;
+        hi = x - kf * LN2_HI;
+        lo = kf * LN2_LO;
+        x = hi - lo;
+    } else if hx > 0x3900_0000 {
+        k = 0;
+        hi = x;
+        lo = 0.0;
+    } else {
+        return 1.0 + x;
+    }
+    let xx = x * x;
+    let c = x - xx * (P1 + xx * P2);
+    let y = 1.0 + (x * c / (2.0 - c) - lo + hi);
+    if k == 0 {
+        y
+    } else {
+        scalbnf(y, k)
+    }
+}
+
+/// libm's `scalbnf`: `x * 2^n` with the same pre-scaling steps.
+#[inline(always)]
+fn scalbnf(mut x: f32, mut n: i32) -> f32 {
+    let two127 = f32::from_bits(0x7f00_0000);
+    let two_m102 = f32::from_bits((127 - 102) << 23); // 2^-126 * 2^24
+    if n > 127 {
+        x *= two127;
+        n -= 127;
+        if n > 127 {
+            x *= two127;
+            n -= 127;
+            if n > 127 {
+                n = 127;
+            }
+        }
+    } else if n < -126 {
+        x *= two_m102;
+        n += 102;
+        if n < -126 {
+            x *= two_m102;
+            n += 102;
+            if n < -126 {
+                n = -126;
+            }
+        }
+    }
+    x * f32::from_bits(((127 + n) as u32) << 23)
 }
 
 /// Whether products with this tensor use the quantized input.
@@ -160,6 +438,28 @@ pub fn needs_quantized_input(kind: StorageKind) -> bool {
 /// than the shape says) are set to NaN, so that they reach the logits as
 /// [`crate::Error::NonFiniteLogits`] rather than as a plausible value.
 pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
+    // The DSP kernel first, with as little as possible around it (the calls are many
+    // and some matrices small); anything it does not take goes the general way.
+    #[cfg(tinylens_dsp)]
+    if w.kind == StorageKind::Int8
+        && out.len() == w.rows
+        && input.x.len() >= w.cols
+        && input.q.len() >= w.cols
+        && dsp::matvec_i8(w.values, w.scales, w.cols, input.pairs, input.scale, out)
+    {
+        return;
+    }
+    matvec_with(w, input, out);
+}
+
+/// [`matvec`] with the portable kernels only, whatever the target: the reference the
+/// DSP kernel is tested against (and measured against) on the device.
+pub fn matvec_portable(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
+    matvec_with(w, input, out);
+}
+
+#[inline(never)]
+fn matvec_with(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
     let cols = w.cols;
     let quantized = needs_quantized_input(w.kind);
     let (Some(x), Some(q)) = (
@@ -183,22 +483,57 @@ pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
     let rows = out.len().min(w.rows);
     let (out, rest) = out.split_at_mut(rows);
     rest.fill(f32::NAN);
-    let mut row_chunks = w.values.chunks_exact(row_len.max(1));
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = match (row_len, row_chunks.next()) {
-            (0, _) => &[][..],
-            (_, Some(row)) => row,
-            (_, None) => {
-                *o = f32::NAN;
-                continue;
+    if row_len == 0 {
+        // No columns (or no values): every sum is empty.
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = match w.kind {
+                StorageKind::Int8 => 0.0 * (w.scale(r) * input.scale),
+                StorageKind::Int4 => 0.0 * input.scale,
+                _ => 0.0,
+            };
+        }
+        return;
+    }
+    // Rows the weights really hold; the others are NaN.
+    let held = rows.min(w.values.len() / row_len);
+    let (out, missing) = out.split_at_mut(held);
+    missing.fill(f32::NAN);
+    let values = &w.values[..held * row_len];
+    match w.kind {
+        StorageKind::F32 | StorageKind::F16 => {
+            // FLOAT_ROWS rows at a time, the rest one by one; the same sums either way.
+            let grouped = held / FLOAT_ROWS * FLOAT_ROWS;
+            let (head, tail) = out.split_at_mut(grouped);
+            let stride = row_len * FLOAT_ROWS;
+            for (o, wr) in head
+                .chunks_exact_mut(FLOAT_ROWS)
+                .zip(values.chunks_exact(stride))
+            {
+                if w.kind == StorageKind::F32 {
+                    dot_rows_f32_le::<FLOAT_ROWS>(wr, x, o);
+                } else {
+                    dot_rows_f16_le::<FLOAT_ROWS>(wr, x, o);
+                }
             }
-        };
-        *o = match w.kind {
-            StorageKind::F32 => dot_f32_le(row, x),
-            StorageKind::F16 => dot_f16_le(row, x),
-            StorageKind::Int8 => dot_i8(row, q) as f32 * (w.scale(r) * input.scale),
-            StorageKind::Int4 => {
-                let groups = cols.div_ceil(INT4_GROUP);
+            for (o, row) in tail
+                .iter_mut()
+                .zip(values[grouped * row_len..].chunks_exact(row_len))
+            {
+                *o = if w.kind == StorageKind::F32 {
+                    dot_f32_le(row, x)
+                } else {
+                    dot_f16_le(row, x)
+                };
+            }
+        }
+        StorageKind::Int8 => {
+            for (r, (o, row)) in out.iter_mut().zip(values.chunks_exact(row_len)).enumerate() {
+                *o = dot_i8(row, q) as f32 * (w.scale(r) * input.scale);
+            }
+        }
+        StorageKind::Int4 => {
+            let groups = cols.div_ceil(INT4_GROUP);
+            for (r, (o, row)) in out.iter_mut().zip(values.chunks_exact(row_len)).enumerate() {
                 let mut acc = 0.0f32;
                 for g in 0..groups {
                     let c0 = g * INT4_GROUP;
@@ -206,10 +541,10 @@ pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
                     let s = dot_i4_group(row, c0, &q[c0..c1]);
                     acc += s as f32 * w.scale(r.saturating_mul(groups).saturating_add(g));
                 }
-                acc * input.scale
+                *o = acc * input.scale;
             }
-            StorageKind::Bytes => 0.0,
-        };
+        }
+        StorageKind::Bytes => out.fill(0.0),
     }
 }
 
@@ -252,6 +587,7 @@ mod tests {
             x: &x,
             q: &q,
             scale,
+            pairs: &[],
         };
         for (kind, tol) in [
             (StorageKind::F32, 1e-6),
@@ -292,6 +628,7 @@ mod tests {
                 x: &x,
                 q: &q,
                 scale,
+                pairs: &[],
             },
             &mut out,
         );
@@ -301,6 +638,172 @@ mod tests {
                 .sum();
             assert_eq!(out[r], isum as f32 * (t.scale(r) * scale));
         }
+    }
+
+    #[test]
+    fn multi_row_float_kernels_are_the_one_row_kernels() {
+        for cols in [1, 7, 8, 16, 37, 64] {
+            let rows = 9;
+            let w = data(rows * cols, 0.3);
+            let x = data(cols, 1.7);
+            for kind in [StorageKind::F32, StorageKind::F16] {
+                let buf = build(kind, rows, cols, &w);
+                let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
+                let mut out = vec![0.0; rows];
+                let input = Input {
+                    x: &x,
+                    q: &[],
+                    scale: 0.0,
+                    pairs: &[],
+                };
+                matvec(&t, &input, &mut out);
+                for r in 0..rows {
+                    let one = match kind {
+                        StorageKind::F32 => dot_f32_le(&t.values[r * cols * 4..][..cols * 4], &x),
+                        _ => dot_f16_le(&t.values[r * cols * 2..][..cols * 2], &x),
+                    };
+                    assert_eq!(
+                        out[r].to_bits(),
+                        one.to_bits(),
+                        "{kind:?} {cols} cols row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Bit patterns spread over every exponent and sign (and the special values).
+    fn sweep() -> impl Iterator<Item = f32> {
+        (0..=u32::MAX / 65_519)
+            .map(|i| f32::from_bits(i.wrapping_mul(65_519)))
+            .chain([
+                0.0,
+                -0.0,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                88.72284,
+                -87.33655,
+                -103.97208,
+            ])
+    }
+
+    #[test]
+    fn inline_expf_is_libm_expf() {
+        for x in sweep() {
+            let (a, b) = (expf(x), libm::expf(x));
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "expf({x:e}): {a:e} vs {b:e}"
+            );
+        }
+        // The softmax range, densely.
+        for i in 0..2_000_000 {
+            let x = -(i as f32) * 6.0e-5;
+            assert_eq!(expf(x).to_bits(), libm::expf(x).to_bits(), "expf({x:e})");
+        }
+    }
+
+    #[test]
+    fn rounding_is_libm_roundf() {
+        let check = |y: f32| {
+            let want = libm::roundf(y).clamp(-QMAX, QMAX) as i8;
+            assert_eq!(round_clamp_i8(y), want, "round({y:e})");
+        };
+        for y in sweep() {
+            check(y);
+        }
+        for i in -300_000..=300_000 {
+            let y = i as f32 * 0.000_5;
+            check(y);
+            check(f32::from_bits(y.to_bits().wrapping_add(1)));
+            check(f32::from_bits(y.to_bits().wrapping_sub(1)));
+        }
+    }
+
+    /// What `SXTB16 rd, rm, ROR #rot` leaves in rd: bytes 0 and 2 of the rotated word,
+    /// sign-extended to 16 bits.
+    fn sxtb16(w: u32, rot: u32) -> [i32; 2] {
+        let r = w.rotate_right(rot);
+        [(r as u8 as i8) as i32, ((r >> 16) as u8 as i8) as i32]
+    }
+
+    /// `SMLAD acc, a, b, acc` with a's lanes given as values.
+    fn smlad(acc: i32, a: [i32; 2], b: u32) -> i32 {
+        acc.wrapping_add(a[0] * (b as u16 as i16) as i32)
+            .wrapping_add(a[1] * ((b >> 16) as u16 as i16) as i32)
+    }
+
+    /// The DSP kernel's arithmetic, instruction for instruction, on the host: the
+    /// layout of `arrange_pairs` feeds SXTB16/SMLAD the right activations for every
+    /// byte of every weight word (QEMU runs the real instructions against the portable
+    /// kernel in `firmware-examples/kernels`).
+    #[test]
+    fn pair_layout_matches_the_dsp_lanes() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for cols in (1..=72).chain([128, 136]) {
+            let w: Vec<u8> = (0..cols).map(|_| next() as u8).collect();
+            let q: Vec<i8> = (0..cols).map(|_| next() as i8).collect();
+            let mut pairs = vec![0xdead_beef_u32; pairs_len(cols) + 3];
+            arrange_pairs(&q, &mut pairs);
+            assert!(pairs[pairs_len(cols)..].iter().all(|p| *p == 0xdead_beef));
+            // Whole words of weights, the last one padded with zeros.
+            let mut acc = 0i32;
+            for (g, chunk) in w.chunks(4).enumerate() {
+                let mut b = [0u8; 4];
+                b[..chunk.len()].copy_from_slice(chunk);
+                let word = u32::from_le_bytes(b);
+                acc = smlad(acc, sxtb16(word, 0), pairs[2 * g]);
+                acc = smlad(acc, sxtb16(word, 8), pairs[2 * g + 1]);
+            }
+            assert_eq!(acc, dot_i8(&w, &q), "{cols} columns");
+        }
+    }
+
+    /// `quantize_input` is the libm formula it replaced: `roundf(v * (127 / amax))`
+    /// clamped to ±127, on vectors with every kind of magnitude spread.
+    #[test]
+    fn quantize_input_is_the_libm_formula() {
+        let mut seed = 99u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for case in 0..20_000 {
+            let n = 1 + (next() % 70) as usize;
+            let x: Vec<f32> = (0..n)
+                .map(|_| match case % 3 {
+                    0 => f32::from_bits(next() & 0xbfff_ffff), // any finite magnitude
+                    1 => (next() % 1000) as f32 * 0.5 - 250.0, // exact halves
+                    _ => (next() as f32 / u32::MAX as f32 - 0.5) * 3.0,
+                })
+                .collect();
+            let mut q = vec![0i8; n];
+            let scale = quantize_input(&x, &mut q);
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            if amax == 0.0 {
+                assert_eq!(scale, 0.0);
+                continue;
+            }
+            assert_eq!(scale, amax / 127.0);
+            let inv = 127.0 / amax;
+            for (v, q) in x.iter().zip(&q) {
+                let want = libm::roundf(v * inv).clamp(-127.0, 127.0) as i8;
+                assert_eq!(*q, want, "{v:e} in a vector with max {amax:e}");
+            }
+        }
+        let mut q = [0i8; 3];
+        assert!(quantize_input(&[1.0, f32::NAN, 2.0], &mut q).is_nan());
+        assert!(quantize_input(&[1.0, f32::INFINITY], &mut q[..2]).is_nan());
+        assert_eq!(q, [0, 0, 0]);
     }
 
     #[test]

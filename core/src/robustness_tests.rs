@@ -327,6 +327,7 @@ fn tensor_rows_out_of_range_are_cut_off() {
                 x: &x,
                 q: &q,
                 scale: 1.0,
+                pairs: &[],
             },
             &mut out,
         );
@@ -354,6 +355,7 @@ fn matvec_with_mismatched_buffers_gives_nan_not_a_panic() {
             x: &x,
             q: &q,
             scale,
+            pairs: &[],
         };
         // More outputs than rows: the extra ones are NaN, the others computed.
         let mut out = vec![0.0f32; rows + 2];
@@ -372,6 +374,7 @@ fn matvec_with_mismatched_buffers_gives_nan_not_a_panic() {
             x: &x[..cols - 1],
             q: &q[..cols - 1],
             scale,
+            pairs: &[],
         };
         let mut out = vec![0.0f32; rows];
         kernels::matvec(&t, &short, &mut out);

@@ -190,7 +190,7 @@ impl Serialize for Payload<'_> {
                     }
                 }
                 Precision::Int8 => {
-                    let q = libm::roundf(v * self.inv_scale).clamp(-127.0, 127.0) as i8;
+                    let q = quantize_payload(*v, self.inv_scale);
                     seq.serialize_element(&(q as u8))?;
                 }
             }
@@ -223,6 +223,265 @@ fn encode<'b>(frame: &FrameOut<'_>, buf: &'b mut [u8]) -> Result<&'b mut [u8], E
         CRC.digest(),
     );
     postcard::serialize_with_flavor(frame, flavor).map_err(|_| too_large)
+}
+
+/// [`CRC`] of `bytes`. On hosts `crc32fast` computes the same CRC (the zlib one) with
+/// carry-less multiplication where the CPU has it (about 10x a table); bare-metal
+/// targets keep the 1 KiB table.
+#[cfg(not(target_os = "none"))]
+#[inline]
+fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+#[cfg(target_os = "none")]
+#[inline]
+fn crc32(bytes: &[u8]) -> u32 {
+    crc32_slice4(bytes)
+}
+
+/// The four tables of slicing-by-4 for the reflected CRC-32 polynomial 0xEDB88320
+/// (4 KiB of flash): `TABLES[0]` is the classic byte table, `TABLES[k][b]` the CRC of
+/// byte `b` followed by `k` zero bytes.
+const CRC_TABLES: [[u32; 256]; 4] = {
+    let mut t = [[0u32; 256]; 4];
+    let mut b = 0;
+    while b < 256 {
+        let mut c = b as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[0][b] = c;
+        b += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 1;
+        while k < 4 {
+            let prev = t[k - 1][b];
+            t[k][b] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// [`CRC`] (CRC-32/ISO-HDLC) four bytes per step ("slicing-by-4"): about a third of
+/// the instructions of the one-table loop on a Cortex-M, for 3 KiB more table.
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+fn crc32_slice4(bytes: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
+    let mut c = !0u32;
+    let mut words = bytes.chunks_exact(4);
+    for w in &mut words {
+        c ^= u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        c = t[3][(c & 0xff) as usize]
+            ^ t[2][((c >> 8) & 0xff) as usize]
+            ^ t[1][((c >> 16) & 0xff) as usize]
+            ^ t[0][(c >> 24) as usize];
+    }
+    for &b in words.remainder() {
+        c = (c >> 8) ^ t[0][((c ^ b as u32) & 0xff) as usize];
+    }
+    !c
+}
+
+/// Raw frames up to this size are COBS-encoded from offset 1 (see `encode_record`).
+const SMALL_FRAME: usize = 1024;
+
+/// Moves `buf[src..src + len]` down to `buf[dst..]` (`dst <= src`; the ranges may
+/// overlap). In pieces of `src - dst` bytes, each copied to where the previous one
+/// was (so no piece overlaps its destination) when that gap is large; byte by byte
+/// when it is small.
+#[inline]
+fn move_down(buf: &mut [u8], src: usize, dst: usize, len: usize) {
+    let gap = src.saturating_sub(dst);
+    if gap == 0 || len == 0 || src.saturating_add(len) > buf.len() {
+        return;
+    }
+    if gap < 16 {
+        for k in 0..len {
+            buf[dst + k] = buf[src + k];
+        }
+        return;
+    }
+    let mut done = 0;
+    while done < len {
+        let n = gap.min(len - done);
+        let (lo, hi) = buf.split_at_mut(src + done);
+        lo[dst + done..dst + done + n].copy_from_slice(&hi[..n]);
+        done += n;
+    }
+}
+
+/// Writes `v` as a postcard (LEB128) varint at `out[*at..]`.
+#[inline(always)]
+fn put_varint(out: &mut [u8], at: &mut usize, mut v: u32) {
+    while v >= 0x80 {
+        out[*at] = (v as u8) | 0x80;
+        *at += 1;
+        v >>= 7;
+    }
+    out[*at] = v as u8;
+    *at += 1;
+}
+
+/// Largest postcard prefix of a record frame: run, seq (5 + 5), body and point (1 + 1),
+/// layer (3), head (1 + 3), pos (3), precision (1), scale (4), data length (5).
+const RECORD_PREFIX_MAX: usize = 32;
+
+/// Encodes a record frame into `buf`, byte for byte what [`encode`] writes for the same
+/// [`FrameOut`] (a test checks it on random records), without going through serde one
+/// byte at a time: the postcard bytes are laid out at the end of `buf`, checksummed in
+/// one call, and COBS-encoded in place towards the start. `None` when `buf` might be
+/// too small for that (the caller then takes the serde path, which knows exactly).
+fn encode_record<'b>(
+    run: u32,
+    seq: u32,
+    rec: &RecordOut<'_>,
+    buf: &'b mut [u8],
+) -> Option<&'b mut [u8]> {
+    let mut prefix = [0u8; RECORD_PREFIX_MAX];
+    let mut n = 0;
+    put_varint(&mut prefix, &mut n, run);
+    put_varint(&mut prefix, &mut n, seq);
+    put_varint(&mut prefix, &mut n, 2); // Body::Record
+    put_varint(&mut prefix, &mut n, rec.point as u32);
+    put_varint(&mut prefix, &mut n, rec.layer as u32);
+    match rec.head {
+        None => put_varint(&mut prefix, &mut n, 0),
+        Some(h) => {
+            put_varint(&mut prefix, &mut n, 1);
+            put_varint(&mut prefix, &mut n, h as u32);
+        }
+    }
+    put_varint(&mut prefix, &mut n, rec.pos as u32);
+    put_varint(&mut prefix, &mut n, rec.precision as u32);
+    prefix[n..n + 4].copy_from_slice(&rec.scale.to_bits().to_le_bytes());
+    n += 4;
+    let values = rec.data.values;
+    let data_len = values.len() * rec.precision.bytes_per_value();
+    put_varint(&mut prefix, &mut n, u32::try_from(data_len).ok()?);
+
+    // Postcard bytes and CRC, `raw` in all, go at `buf[off..]`; the COBS output, at most
+    // `raw + raw / 254 + 2` bytes, is written from `buf[0]` on and never overtakes them
+    // (every 254-byte block without a zero moves it one byte closer; `off` is one more
+    // than the number of such blocks can be).
+    let raw = n + data_len + 4;
+    // Small frames start right after the first code byte, so that blocks ending in a
+    // zero need no move at all; large ones leave room for all the code bytes that
+    // 254-byte blocks can add, so that nothing ever moves up (see `cobs_in_place`).
+    let off = if raw <= SMALL_FRAME { 1 } else { 1 + raw / 254 };
+    if buf.len() < 2 + raw + raw / 254 {
+        return None;
+    }
+    let body = &mut buf[off..off + raw];
+    body[..n].copy_from_slice(&prefix[..n]);
+    let data = &mut body[n..n + data_len];
+    match rec.precision {
+        Precision::F32 => {
+            for (o, v) in data.chunks_exact_mut(4).zip(values) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Precision::F16 => {
+            for (o, v) in data.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        Precision::Int8 => {
+            for (o, v) in data.iter_mut().zip(values) {
+                *o = quantize_payload(*v, rec.data.inv_scale) as u8;
+            }
+        }
+    }
+    let crc = crc32(&body[..raw - 4]);
+    body[raw - 4..].copy_from_slice(&crc.to_le_bytes());
+    let len = cobs_in_place(buf, off, raw);
+    Some(&mut buf[..len])
+}
+
+/// The int8 payload value of `v` (as the serde path writes it).
+#[inline(always)]
+fn quantize_payload(v: f32, inv_scale: f32) -> i8 {
+    libm::roundf(v * inv_scale).clamp(-127.0, 127.0) as i8
+}
+
+/// Index of the first zero byte of `s`, a word at a time.
+#[inline(always)]
+fn first_zero(s: &[u8]) -> Option<usize> {
+    const W: usize = core::mem::size_of::<usize>();
+    const LO: usize = usize::MAX / 255; // 0x0101...
+    const HI: usize = LO << 7; // 0x8080...
+    let mut words = s.chunks_exact(W);
+    let mut base = 0;
+    for w in &mut words {
+        let v = usize::from_le_bytes(w.try_into().unwrap_or([0xff; W]));
+        // Non-zero exactly when some byte of v is zero.
+        if v.wrapping_sub(LO) & !v & HI != 0 {
+            return w.iter().position(|b| *b == 0).map(|i| base + i);
+        }
+        base += W;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|b| *b == 0)
+        .map(|i| base + i)
+}
+
+/// COBS-encodes `buf[off..off + raw]` into `buf[0..]` and appends the `0x00` delimiter;
+/// returns the frame's length. Identical to postcard's `Cobs` flavor, which starts a new
+/// block after every 254 non-zero bytes, even at the very end. `buf` must hold
+/// `2 + raw + raw / 254` bytes and `off >= 1`.
+///
+/// Each block's data moves down by `d = i - (w + 1)` (read position minus the write
+/// position after the code byte), which stays the same across blocks that end in a
+/// zero (the zero's place becomes the next code byte) and shrinks by one after a full
+/// block of 254 non-zero bytes (its next code byte is new). With `off = 1`, `d` starts
+/// at 0: nothing moves until a full block, and then, instead, the rest of the data
+/// moves up one byte to make room for the code byte (cheap for small frames).
+fn cobs_in_place(buf: &mut [u8], off: usize, raw: usize) -> usize {
+    let mut end = off + raw;
+    let (mut w, mut i) = (0, off);
+    loop {
+        let lim = end.min(i + 254);
+        match first_zero(&buf[i..lim]) {
+            Some(len) => {
+                move_down(buf, i, w + 1, len);
+                buf[w] = len as u8 + 1;
+                w += len + 1;
+                i += len + 1;
+            }
+            None => {
+                let len = lim - i;
+                if len == 254 && w + 1 == i {
+                    // Room for the next code byte: the rest moves up by one.
+                    buf.copy_within(lim..end, lim + 1);
+                    end += 1;
+                    buf[w] = 0xff;
+                    w = lim;
+                    i = lim + 1;
+                    continue;
+                }
+                move_down(buf, i, w + 1, len);
+                buf[w] = len as u8 + 1;
+                w += len + 1;
+                i = lim;
+                if len < 254 {
+                    break;
+                }
+            }
+        }
+    }
+    buf[w] = 0;
+    w + 1
 }
 
 /// Decodes one frame in place. `frame` is the bytes between two `0x00` delimiters
@@ -508,7 +767,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
             Precision::Int8 => int8_scale(value),
             _ => 1.0,
         };
-        let frame = BodyOut::Record(RecordOut {
+        let record = RecordOut {
             point: site.point,
             layer: if site.point.per_layer() {
                 site.layer
@@ -524,8 +783,15 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
                 precision,
                 inv_scale: 1.0 / scale,
             },
-        });
-        match self.emit(frame) {
+        };
+        let written = match encode_record(self.run, self.seq, &record, self.buf) {
+            Some(bytes) => {
+                self.seq = self.seq.wrapping_add(1);
+                self.sink.write_frame(bytes)
+            }
+            None => self.emit(BodyOut::Record(record)),
+        };
+        match written {
             Ok(()) => self.records = self.records.saturating_add(1),
             Err(e) => {
                 self.dropped = self.dropped.saturating_add(1);
@@ -538,6 +804,200 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
         self.positions = self.positions.max(u32::from(pos) + 1);
         if let Err(e) = self.emit(BodyOut::Token { pos, token }) {
             self.note(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Rng;
+
+    /// The fast record encoder writes exactly the bytes of the serde path, for every
+    /// precision, head form, varint width and payload length (across the 254-byte COBS
+    /// blocks), with payloads from no zero bytes to nothing but zeros.
+    #[test]
+    fn fast_record_encoding_matches_postcard() {
+        let mut rng = Rng::new(42);
+        let mut fast_buf = [0u8; 4200];
+        let mut slow_buf = [0u8; 4200];
+        let mut values = [0.0f32; 1000];
+        for case in 0..4000 {
+            let len = match case % 4 {
+                0 => (rng.next_u64() % 8) as usize,
+                1 => (rng.next_u64() % 140) as usize,
+                _ => (rng.next_u64() % 1000) as usize,
+            };
+            let zeros = rng.next_f32();
+            for v in values[..len].iter_mut() {
+                *v = if rng.next_f32() < zeros {
+                    0.0
+                } else {
+                    match rng.next_u64() % 4 {
+                        // Exact small integers and powers of two have zero low bytes.
+                        0 => (rng.next_u64() % 5) as f32,
+                        1 => f32::from_bits(rng.next_u64() as u32 & 0xff80_0000),
+                        _ => (rng.next_f32() - 0.5) * 100.0,
+                    }
+                };
+            }
+            let precision = [Precision::F32, Precision::F16, Precision::Int8][case % 3];
+            let big = |r: &mut Rng| match r.next_u64() % 3 {
+                0 => (r.next_u64() % 128) as u32,
+                1 => (r.next_u64() % 20_000) as u32,
+                _ => r.next_u64() as u32,
+            };
+            let run = big(&mut rng);
+            let seq = big(&mut rng);
+            let scale = match precision {
+                Precision::Int8 => int8_scale(&values[..len]),
+                _ => 1.0,
+            };
+            let rec = || RecordOut {
+                point: HookPoint::ALL[case % HookPoint::ALL.len()],
+                layer: (big(&mut Rng::new(case as u64)) % 65_536) as u16,
+                head: if case % 5 == 0 {
+                    None
+                } else {
+                    Some((case * 37 % 70_000) as u16)
+                },
+                pos: (case * 7919 % 65_536) as u16,
+                precision,
+                scale,
+                data: Payload {
+                    values: &values[..len],
+                    precision,
+                    inv_scale: 1.0 / scale,
+                },
+            };
+            let slow = encode(
+                &FrameOut {
+                    run,
+                    seq,
+                    body: BodyOut::Record(rec()),
+                },
+                &mut slow_buf,
+            )
+            .unwrap()
+            .to_vec();
+            let fast = encode_record(run, seq, &rec(), &mut fast_buf).unwrap();
+            assert_eq!(fast, &slow[..], "case {case}, {len} values, {precision:?}");
+        }
+    }
+
+    #[test]
+    fn fast_encoding_declines_a_buffer_it_might_not_fit() {
+        let values = [1.5f32; 300];
+        let rec = RecordOut {
+            point: HookPoint::Z,
+            layer: 0,
+            head: Some(0),
+            pos: 0,
+            precision: Precision::F32,
+            scale: 1.0,
+            data: Payload {
+                values: &values,
+                precision: Precision::F32,
+                inv_scale: 1.0,
+            },
+        };
+        let mut small = [0u8; 1200];
+        assert!(encode_record(0, 0, &rec, &mut small).is_none());
+        let mut enough = [0u8; 1300];
+        assert!(encode_record(0, 0, &rec, &mut enough).is_some());
+    }
+
+    /// postcard's COBS flavor, byte by byte (cobs' `EncoderState`), for comparison.
+    fn cobs_reference(raw: &[u8]) -> std::vec::Vec<u8> {
+        let mut out = std::vec![0u8];
+        let mut state = cobs::EncoderState::default();
+        for &b in raw {
+            match state.push(b) {
+                cobs::PushResult::AddSingle(n) => out.push(n),
+                cobs::PushResult::ModifyFromStartAndSkip((i, m)) => {
+                    out[i] = m;
+                    out.push(0);
+                }
+                cobs::PushResult::ModifyFromStartAndPushAndSkip((i, m, n)) => {
+                    out[i] = m;
+                    out.push(n);
+                    out.push(0);
+                }
+            }
+        }
+        let (i, m) = state.finalize();
+        out[i] = m;
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn cobs_in_place_matches_postcard_at_block_edges() {
+        for len in 0..800usize {
+            for zero_at in [
+                None,
+                Some(0),
+                Some(252),
+                Some(253),
+                Some(254),
+                Some(len.saturating_sub(1)),
+            ] {
+                let mut raw: std::vec::Vec<u8> = (0..len).map(|i| (i % 255) as u8 + 1).collect();
+                if let Some(z) = zero_at.filter(|z| *z < len) {
+                    raw[z] = 0;
+                }
+                for off in [1, 1 + len / 254] {
+                    let mut buf = std::vec![0xaau8; 2 + len + len / 254];
+                    buf[off..].fill(0);
+                    buf[off..off + len].copy_from_slice(&raw);
+                    let n = cobs_in_place(&mut buf, off, len);
+                    assert_eq!(
+                        &buf[..n],
+                        &cobs_reference(&raw)[..],
+                        "len {len} zero {zero_at:?} off {off}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crc32_is_the_blob_crc() {
+        let mut rng = Rng::new(3);
+        let bytes: std::vec::Vec<u8> = (0..5004).map(|_| rng.next_u64() as u8).collect();
+        for len in (0..70).chain([255, 1000, 4999, 5000]) {
+            for start in 0..4 {
+                let b = &bytes[start..start + len];
+                assert_eq!(crc32(b), CRC.checksum(b));
+                assert_eq!(crc32_slice4(b), CRC.checksum(b));
+            }
+        }
+    }
+
+    #[test]
+    fn move_down_handles_every_overlap() {
+        for len in 0..80 {
+            for gap in (0..9).chain([15, 16, 17, 40]) {
+                let src = 5 + gap;
+                let mut buf: std::vec::Vec<u8> = (0..200u8).collect();
+                let want: std::vec::Vec<u8> = buf[src..src + len].to_vec();
+                move_down(&mut buf, src, 5, len);
+                assert_eq!(&buf[5..5 + len], &want[..], "len {len} gap {gap}");
+            }
+        }
+    }
+
+    #[test]
+    fn first_zero_finds_every_position() {
+        for len in 0..40 {
+            for z in 0..=len {
+                let mut s = [7u8; 40];
+                if z < len {
+                    s[z] = 0;
+                }
+                let want = (z < len).then_some(z);
+                assert_eq!(first_zero(&s[..len]), want, "len {len} zero at {z}");
+            }
         }
     }
 }

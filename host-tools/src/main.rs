@@ -39,6 +39,8 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// The bundled two-layer demo model end to end: find its induction circuit, write report.html.
     Demo(commands::demo::DemoArgs),
+    /// Measure prompt-processing and decoding tokens/s, probes off and all hooks recorded.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() {
@@ -63,6 +65,7 @@ fn main() {
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Report(a) => commands::report::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

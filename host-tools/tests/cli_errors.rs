@@ -219,8 +219,9 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         (&p("corrupt.tlm"), "checksum"),
     ];
     let prompt = ["--tokens", "1,2,3"];
-    let blob_commands: [(&str, &[&str]); 8] = [
+    let blob_commands: [(&str, &[&str]); 9] = [
         ("info", &[]),
+        ("bench", &["--seconds", "0.01"]),
         ("run", &prompt),
         ("circuits", &[]),
         ("heads", &prompt),
@@ -270,6 +271,19 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         &["ablate", &huge, "--repeated", "4"],
         "NaN or infinity in the logits",
     );
+    add(
+        &["bench", &huge, "--seconds", "0.01"],
+        "NaN or infinity in the logits",
+    );
+    for (arg, expect) in [
+        ("--prompt-tokens=0", "--prompt-tokens"),
+        ("--prompt-tokens=25", "--prompt-tokens"),
+        ("--seconds=0", "--seconds"),
+        ("--seconds=inf", "--seconds"),
+        ("--seconds=nan", "--seconds"),
+    ] {
+        add(&["bench", &model, arg], expect);
+    }
 
     // Probes.
     for (probe, expect) in [

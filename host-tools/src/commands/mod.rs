@@ -2,6 +2,7 @@
 
 pub mod ablate;
 pub mod attribute;
+pub mod bench;
 pub mod circuits;
 pub mod convert;
 pub mod decode;

@@ -1,0 +1,306 @@
+//! Kernel self-test and micro-benchmarks on QEMU `mps2-an386` (Cortex-M4F).
+//!
+//! 1. **Self-test**: the DSP int8 kernel (`tinylens_core::kernels::matvec`, which uses
+//!    `SXTB16`/`SMLAD` on Armv7E-M) against the portable reference
+//!    (`kernels::matvec_portable`) on many random matrices: every byte value as a
+//!    weight, every int8 activation, lengths of 1 to 136 columns, rows starting at
+//!    every alignment (the kernel takes 4-byte-aligned rows whose length is a multiple
+//!    of 8 and leaves the others to the portable kernel), and matrices quantized from
+//!    random floats as the converter makes them. Outputs must be the same bits; any
+//!    difference is printed and the firmware exits with status 1.
+//! 2. **Micro-benchmarks**: one matrix-vector product per storage kind at the demo
+//!    model's shapes, and the input preparation, each between two calls of
+//!    `tinylens_icount_mark` so that `run-qemu.sh --icount` counts its executed
+//!    instructions exactly. Before each pair the firmware prints
+//!    `region <n> <label> macs=<m>` on stdout; `scripts/bench_firmware.sh` joins these
+//!    lines with the counts of the regions.
+//!
+//! `./run-qemu.sh --icount target/thumbv7em-none-eabihf/release/kernels`
+#![no_std]
+#![no_main]
+
+use core::hint::black_box;
+
+// The critical-section implementation (single core) that semihosting printing needs.
+use cortex_m as _;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::{debug, heprintln, hprintln};
+use tinylens_core::kernels::{self, Input};
+use tinylens_core::quant::{quantize, Tensor};
+use tinylens_core::StorageKind;
+
+/// Largest matrix of the tests and benches (in elements) and widest input.
+const MAX_ELEMS: usize = 64 * 64;
+const MAX_COLS: usize = 160;
+
+static MARKS: AtomicU32 = AtomicU32::new(0);
+
+/// Instruction-count marker (same contract as `tinylens_fw::tinylens_icount_mark`:
+/// `run-qemu.sh --icount` finds it by name and the plugin records the running count
+/// each time it is entered).
+#[inline(never)]
+#[no_mangle]
+pub extern "C" fn tinylens_icount_mark(id: u32) {
+    MARKS.store(
+        MARKS.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+    black_box(id);
+}
+
+/// xorshift32: deterministic test data.
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        self.next() % n
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+}
+
+struct Buffers {
+    bytes: [u8; MAX_ELEMS * 4 + 64],
+    floats: [f32; MAX_ELEMS],
+    x: [f32; MAX_COLS],
+    q: [i8; MAX_COLS],
+    pairs: [u32; kernels::pairs_len(MAX_COLS)],
+    out: [f32; 64],
+    reference: [f32; 64],
+}
+
+#[entry]
+fn main() -> ! {
+    static mut BUF: Buffers = Buffers {
+        bytes: [0; MAX_ELEMS * 4 + 64],
+        floats: [0.0; MAX_ELEMS],
+        x: [0.0; MAX_COLS],
+        q: [0; MAX_COLS],
+        pairs: [0; kernels::pairs_len(MAX_COLS)],
+        out: [0.0; 64],
+        reference: [0.0; 64],
+    };
+    let b: &'static mut Buffers = BUF;
+    hprintln!(
+        "kernels: DSP int8 kernel {}",
+        if kernels::DSP { "on" } else { "off (portable build)" }
+    );
+    let failures = self_test(b);
+    if failures > 0 {
+        heprintln!("self-test FAILED: {} mismatching outputs", failures);
+        debug::exit(debug::EXIT_FAILURE);
+    }
+    benches(b);
+    debug::exit(debug::EXIT_SUCCESS);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// Compares `matvec` (DSP on this target) with `matvec_portable`, bit for bit; returns
+/// the number of differing outputs.
+fn self_test(b: &mut Buffers) -> usize {
+    let mut rng = Rng(0x1234_5678);
+    let (mut failures, mut outputs, mut dsp_rows) = (0usize, 0usize, 0usize);
+    const TRIALS: usize = 3000;
+    for trial in 0..TRIALS {
+        let cols = match rng.below(4) {
+            0 => 1 + rng.below(40) as usize,
+            1 => 8 * (1 + rng.below(17) as usize),
+            2 => [16, 64][rng.below(2) as usize],
+            _ => 1 + rng.below(MAX_COLS as u32) as usize,
+        };
+        let rows = 1 + rng.below(6) as usize;
+        // Mostly aligned (the DSP path), sometimes not (the fallback).
+        let offset = if rng.below(4) == 0 {
+            1 + rng.below(3) as usize
+        } else {
+            0
+        };
+        let realistic = trial % 5 == 0;
+        let kind = StorageKind::Int8;
+        let len = kind.data_len(rows, cols).unwrap_or(0);
+        let data = &mut b.bytes[offset..offset + len];
+        if realistic {
+            // As the converter makes them: quantized from floats.
+            for v in b.floats[..rows * cols].iter_mut() {
+                *v = rng.unit() * 3.0;
+            }
+            if !quantize(kind, rows, cols, &b.floats[..rows * cols], data) {
+                heprintln!("quantize failed");
+                return usize::MAX;
+            }
+            for v in b.x[..cols].iter_mut() {
+                *v = rng.unit() * 10.0;
+            }
+        } else {
+            // Every byte value as a weight, finite positive f16 scales.
+            let values = rows * cols;
+            for v in data[..values].iter_mut() {
+                *v = rng.next() as u8;
+            }
+            let scales_at = values.next_multiple_of(4);
+            for s in data[scales_at..].chunks_exact_mut(2) {
+                let bits = 0x2c00u16 + rng.below(0x2000) as u16;
+                s.copy_from_slice(&bits.to_le_bytes());
+            }
+            for v in b.x[..cols].iter_mut() {
+                *v = rng.unit();
+            }
+        }
+        let Some(t) = Tensor::from_data(kind, rows, cols, data) else {
+            heprintln!("tensor view failed");
+            return usize::MAX;
+        };
+        let mut scale = kernels::quantize_input(&b.x[..cols], &mut b.q[..cols]);
+        if !realistic {
+            // Every activation value, -128 included (the kernels accept any i8).
+            for q in b.q[..cols].iter_mut() {
+                *q = rng.next() as i8;
+            }
+            scale = 0.001 + rng.unit().abs() * 0.1;
+        }
+        kernels::arrange_pairs(&b.q[..cols], &mut b.pairs);
+        let input = Input {
+            x: &b.x[..cols],
+            q: &b.q[..cols],
+            scale,
+            pairs: &b.pairs,
+        };
+        kernels::matvec(&t, &input, &mut b.out[..rows]);
+        kernels::matvec_portable(&t, &input, &mut b.reference[..rows]);
+        for r in 0..rows {
+            outputs += 1;
+            if cols % 8 == 0 && (offset + r * cols) % 4 == 0 {
+                dsp_rows += 1;
+            }
+            if b.out[r].to_bits() != b.reference[r].to_bits() {
+                failures += 1;
+                if failures <= 10 {
+                    heprintln!(
+                        "mismatch: trial {} ({} x {}, offset {}) row {}: dsp {:#010x} portable {:#010x}",
+                        trial,
+                        rows,
+                        cols,
+                        offset,
+                        r,
+                        b.out[r].to_bits(),
+                        b.reference[r].to_bits()
+                    );
+                }
+            }
+        }
+    }
+    hprintln!(
+        "self-test: {} matrices, {} outputs ({} rows on the DSP path), {} mismatches",
+        TRIALS,
+        outputs,
+        dsp_rows,
+        failures
+    );
+    failures
+}
+
+/// Prints the label of the next region; the caller then runs it between two marks.
+fn region(n: &mut u32, label: &str, kind: &str, rows: usize, cols: usize) {
+    *n += 1;
+    hprintln!(
+        "region {} {}_{}_{}x{} macs={}",
+        *n,
+        label,
+        kind,
+        rows,
+        cols,
+        rows * cols
+    );
+}
+
+fn benches(b: &mut Buffers) {
+    let mut rng = Rng(99);
+    let mut n = 0u32;
+    n += 1;
+    hprintln!("region {} empty macs=0", n);
+    tinylens_icount_mark(1);
+    tinylens_icount_mark(2);
+
+    for v in b.x.iter_mut() {
+        *v = rng.unit() * 2.0;
+    }
+    region(&mut n, "quantize_input", "int8", 1, 64);
+    tinylens_icount_mark(1);
+    let scale = kernels::quantize_input(black_box(&b.x[..64]), &mut b.q[..64]);
+    tinylens_icount_mark(2);
+    region(&mut n, "arrange_pairs", "int8", 1, 64);
+    tinylens_icount_mark(1);
+    kernels::arrange_pairs(black_box(&b.q[..64]), &mut b.pairs);
+    tinylens_icount_mark(2);
+
+    // The demo model's matrix shapes: W_Q (all heads) and W_U; one head's W_K/W_V; one
+    // head's W_O.
+    for (label, rows, cols) in [("qkv_all_heads", 64, 64), ("one_head_kv", 16, 64), ("one_head_o", 64, 16)] {
+        for v in b.floats[..rows * cols].iter_mut() {
+            *v = rng.unit();
+        }
+        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8, StorageKind::Int4] {
+            let len = kind.data_len(rows, cols).unwrap_or(0);
+            let data = &mut b.bytes[..len];
+            if !quantize(kind, rows, cols, &b.floats[..rows * cols], data) {
+                heprintln!("quantize failed");
+                debug::exit(debug::EXIT_FAILURE);
+            }
+            let t = Tensor::from_data(kind, rows, cols, data).expect("tensor view");
+            let scale = kernels::quantize_input(&b.x[..cols], &mut b.q[..cols]);
+            kernels::arrange_pairs(&b.q[..cols], &mut b.pairs);
+            let input = Input {
+                x: &b.x[..cols],
+                q: &b.q[..cols],
+                scale,
+                pairs: &b.pairs,
+            };
+            if kind == StorageKind::Int8 {
+                region(&mut n, label, "int8_portable", rows, cols);
+                tinylens_icount_mark(1);
+                kernels::matvec_portable(black_box(&t), black_box(&input), &mut b.out[..rows]);
+                tinylens_icount_mark(2);
+                black_box(&b.out);
+            }
+            let name = match kind {
+                StorageKind::Int8 if kernels::DSP => "int8_dsp",
+                k => k.name(),
+            };
+            region(&mut n, label, name, rows, cols);
+            tinylens_icount_mark(1);
+            kernels::matvec(black_box(&t), black_box(&input), &mut b.out[..rows]);
+            tinylens_icount_mark(2);
+            black_box(&b.out);
+        }
+    }
+    black_box(scale);
+    hprintln!("benches: {} regions", n);
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    heprintln!("kernels firmware {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+// cortex-m-rt requires exception handlers to be `unsafe fn`.
+#[exception]
+unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
+    heprintln!("kernels firmware HardFault: pc={:#010x}", ef.pc());
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
