@@ -281,6 +281,7 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         ("--seconds=0", "--seconds"),
         ("--seconds=inf", "--seconds"),
         ("--seconds=nan", "--seconds"),
+        ("--seconds=1e300", "--seconds 1e300"),
     ] {
         add(&["bench", &model, arg], expect);
     }

@@ -228,12 +228,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !(a.seconds.is_finite() && a.seconds > 0.0) {
         return Err(Error::Argument("--seconds must be positive".into()));
     }
+    let budget = Duration::try_from_secs_f64(a.seconds)
+        .map_err(|_| Error::Argument(format!("--seconds {:e} is too large", a.seconds)))?;
     let decode = n_ctx - prompt_len;
     let prompt = bench_prompt(cfg.d_vocab, prompt_len);
     let plan = Plan {
         prompt: &prompt,
         decode,
-        budget: Duration::from_secs_f64(a.seconds),
+        budget,
         min_samples: a.min_samples.max(1),
     };
 
