@@ -133,7 +133,7 @@ def bench_tl(model: HookedTransformer, prompt, decode: int, seconds: float, min_
     with torch.inference_mode():
         p, d, n = timed_samples(sample, seconds, min_samples)
     P = len(prompt)
-    return {"prefill_tokens_per_s": P / p, "decode_tokens_per_s": decode / d if decode else None,
+    return {"prefill_tokens_per_s": P / p, "decode_tokens_per_s": decode / d if decode else 0.0,
             "prefill_ns_per_token": p * 1e9 / P, "decode_ns_per_token": d * 1e9 / max(decode, 1),
             "samples": n}
 
@@ -196,6 +196,8 @@ def main():
             for hk, tk in [("", "plain"), ("_all_hooks", "all_hooks")]:
                 ty = o[f"{phase}_tokens_per_s{hk}"]
                 tt = tl[tk][f"{phase}_tokens_per_s"]
+                if not tt:
+                    continue  # no decoding when the prompt fills the context
                 rows.append({"blob": kind, "phase": phase,
                              "hooks": "all" if hk else "off", "tinylens_tokens_per_s": ty,
                              "transformerlens_tokens_per_s": tt, "ratio": ty / tt,
@@ -235,6 +237,10 @@ def main():
     print("TL all hooks with use_attn_result=True: prefill "
           f"{tl['all_hooks_attn_result']['prefill_tokens_per_s']:,.0f} tok/s, decode "
           f"{tl['all_hooks_attn_result']['decode_tokens_per_s']:,.0f} tok/s")
+    for o in ours:
+        print(f"tinylens {'+'.join(o['storage_kinds'])}: trace {o['trace_bytes_per_token']:,.0f} bytes/token "
+              f"with every hook; workspace {o['workspace_bytes']:,} bytes "
+              f"(minimum {o['minimum_bytes']:,}); blob {o['blob_bytes']:,} bytes")
 
 
 if __name__ == "__main__":

@@ -201,7 +201,17 @@ impl Serialize for Payload<'_> {
 
 /// Symmetric int8 scale of a payload (1 for an all-zero or non-finite one).
 fn int8_scale(values: &[f32]) -> f32 {
-    let amax = values.iter().fold(0.0f32, |m, v| m.max(libm::fabsf(*v)));
+    // max |v| ignoring NaN (as `f32::max` does), on the bit patterns: with the sign
+    // cleared their order is that of the magnitudes, and NaN patterns lie above
+    // infinity's (no library call for `fmaxf` on a Cortex-M).
+    let amax = f32::from_bits(values.iter().fold(0u32, |m, v| {
+        let b = v.to_bits() & 0x7fff_ffff;
+        if b <= 0x7f80_0000 {
+            m.max(b)
+        } else {
+            m
+        }
+    }));
     if amax > 0.0 && amax.is_finite() {
         amax / 127.0
     } else {
@@ -276,18 +286,22 @@ const CRC_TABLES: [[u32; 256]; 4] = {
 /// the instructions of the one-table loop on a Cortex-M, for 3 KiB more table.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 fn crc32_slice4(bytes: &[u8]) -> u32 {
-    let t = &CRC_TABLES;
+    // Four separate statics: each lookup is then one load from a base in a register.
+    static T0: [u32; 256] = CRC_TABLES[0];
+    static T1: [u32; 256] = CRC_TABLES[1];
+    static T2: [u32; 256] = CRC_TABLES[2];
+    static T3: [u32; 256] = CRC_TABLES[3];
     let mut c = !0u32;
     let mut words = bytes.chunks_exact(4);
     for w in &mut words {
         c ^= u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        c = t[3][(c & 0xff) as usize]
-            ^ t[2][((c >> 8) & 0xff) as usize]
-            ^ t[1][((c >> 16) & 0xff) as usize]
-            ^ t[0][(c >> 24) as usize];
+        c = T3[(c & 0xff) as usize]
+            ^ T2[((c >> 8) & 0xff) as usize]
+            ^ T1[((c >> 16) & 0xff) as usize]
+            ^ T0[(c >> 24) as usize];
     }
     for &b in words.remainder() {
-        c = (c >> 8) ^ t[0][((c ^ b as u32) & 0xff) as usize];
+        c = (c >> 8) ^ T0[((c ^ b as u32) & 0xff) as usize];
     }
     !c
 }
@@ -347,44 +361,31 @@ fn encode_record<'b>(
     rec: &RecordOut<'_>,
     buf: &'b mut [u8],
 ) -> Option<&'b mut [u8]> {
-    let mut prefix = [0u8; RECORD_PREFIX_MAX];
-    let mut n = 0;
-    put_varint(&mut prefix, &mut n, run);
-    put_varint(&mut prefix, &mut n, seq);
-    put_varint(&mut prefix, &mut n, 2); // Body::Record
-    put_varint(&mut prefix, &mut n, rec.point as u32);
-    put_varint(&mut prefix, &mut n, rec.layer as u32);
-    match rec.head {
-        None => put_varint(&mut prefix, &mut n, 0),
-        Some(h) => {
-            put_varint(&mut prefix, &mut n, 1);
-            put_varint(&mut prefix, &mut n, h as u32);
-        }
-    }
-    put_varint(&mut prefix, &mut n, rec.pos as u32);
-    put_varint(&mut prefix, &mut n, rec.precision as u32);
-    prefix[n..n + 4].copy_from_slice(&rec.scale.to_bits().to_le_bytes());
-    n += 4;
     let values = rec.data.values;
     let data_len = values.len() * rec.precision.bytes_per_value();
-    put_varint(&mut prefix, &mut n, u32::try_from(data_len).ok()?);
-
-    // Postcard bytes and CRC, `raw` in all, go at `buf[off..]`; the COBS output, at most
-    // `raw + raw / 254 + 2` bytes, is written from `buf[0]` on and never overtakes them
-    // (every 254-byte block without a zero moves it one byte closer; `off` is one more
-    // than the number of such blocks can be).
-    let raw = n + data_len + 4;
-    // Small frames start right after the first code byte, so that blocks ending in a
-    // zero need no move at all; large ones leave room for all the code bytes that
-    // 254-byte blocks can add, so that nothing ever moves up (see `cobs_in_place`).
-    let off = if raw <= SMALL_FRAME { 1 } else { 1 + raw / 254 };
-    if buf.len() < 2 + raw + raw / 254 {
-        return None;
-    }
-    let body = &mut buf[off..off + raw];
-    body[..n].copy_from_slice(&prefix[..n]);
-    let data = &mut body[n..n + data_len];
-    match rec.precision {
+    let data_len_u32 = u32::try_from(data_len).ok()?;
+    let prefix = |out: &mut [u8]| {
+        let mut n = 0;
+        put_varint(out, &mut n, run);
+        put_varint(out, &mut n, seq);
+        put_varint(out, &mut n, 2); // Body::Record
+        put_varint(out, &mut n, rec.point as u32);
+        put_varint(out, &mut n, rec.layer as u32);
+        match rec.head {
+            None => put_varint(out, &mut n, 0),
+            Some(h) => {
+                put_varint(out, &mut n, 1);
+                put_varint(out, &mut n, h as u32);
+            }
+        }
+        put_varint(out, &mut n, rec.pos as u32);
+        put_varint(out, &mut n, rec.precision as u32);
+        out[n..n + 4].copy_from_slice(&rec.scale.to_bits().to_le_bytes());
+        n += 4;
+        put_varint(out, &mut n, data_len_u32);
+        n
+    };
+    encode_fast::<RECORD_PREFIX_MAX>(prefix, data_len, buf, |data| match rec.precision {
         Precision::F32 => {
             for (o, v) in data.chunks_exact_mut(4).zip(values) {
                 o.copy_from_slice(&v.to_le_bytes());
@@ -400,17 +401,68 @@ fn encode_record<'b>(
                 *o = quantize_payload(*v, rec.data.inv_scale) as u8;
             }
         }
+    })
+}
+
+/// A token frame, as [`encode`] writes it for `Body::Token` (see [`encode_record`]).
+fn encode_token(run: u32, seq: u32, pos: u16, token: u32, buf: &mut [u8]) -> Option<&mut [u8]> {
+    let prefix = |out: &mut [u8]| {
+        let mut n = 0;
+        put_varint(out, &mut n, run);
+        put_varint(out, &mut n, seq);
+        put_varint(out, &mut n, 1); // Body::Token
+        put_varint(out, &mut n, pos as u32);
+        put_varint(out, &mut n, token);
+        n
+    };
+    encode_fast::<20>(prefix, 0, buf, |_| {})
+}
+
+/// The frame of the postcard bytes `prefix` writes (at most `P`; it returns how many),
+/// followed by `data_len` bytes that `fill` writes: laid out in `buf`, checksummed in
+/// one call and COBS-encoded in place. `None` when `buf` might be too small for that
+/// (the caller then takes the serde path, which knows exactly).
+#[inline(always)]
+fn encode_fast<const P: usize>(
+    prefix: impl Fn(&mut [u8]) -> usize,
+    data_len: usize,
+    buf: &mut [u8],
+    fill: impl FnOnce(&mut [u8]),
+) -> Option<&mut [u8]> {
+    // Postcard bytes and CRC, `raw` in all, go at `buf[off..]`; the COBS output, at most
+    // `raw + raw / 254 + 2` bytes, is written from `buf[0]` on. Small frames start right
+    // after the first code byte (the prefix is written there directly), so that blocks
+    // ending in a zero need no move at all; large ones leave room for all the code bytes
+    // that 254-byte blocks can add, so that nothing ever moves up (see `cobs_in_place`).
+    let small = P + data_len + 4 <= SMALL_FRAME;
+    let (off, n, raw) = if small && buf.len() > P + 1 {
+        let n = prefix(&mut buf[1..1 + P]);
+        (1, n, n + data_len + 4)
+    } else {
+        let mut tmp = [0u8; P];
+        let n = prefix(&mut tmp);
+        let raw = n + data_len + 4;
+        let off = 1 + raw / 254;
+        if buf.len() >= off + n {
+            buf[off..off + n].copy_from_slice(&tmp[..n]);
+        }
+        (off, n, raw)
+    };
+    if buf.len() < 2 + raw + raw / 254 || buf.len() < off + raw + 1 {
+        return None;
     }
+    let body = &mut buf[off..off + raw];
+    fill(&mut body[n..n + data_len]);
     let crc = crc32(&body[..raw - 4]);
     body[raw - 4..].copy_from_slice(&crc.to_le_bytes());
-    let len = cobs_in_place(buf, off, raw);
+    let len = cobs_in_place(buf, off, raw, n);
     Some(&mut buf[..len])
 }
 
-/// The int8 payload value of `v` (as the serde path writes it).
 #[inline(always)]
 fn quantize_payload(v: f32, inv_scale: f32) -> i8 {
-    libm::roundf(v * inv_scale).clamp(-127.0, 127.0) as i8
+    // `libm::roundf(v * inv_scale).clamp(-127.0, 127.0) as i8`, without the call.
+    crate::kernels::round_clamp_i8(v * inv_scale)
 }
 
 /// Index of the first zero byte of `s`, a word at a time.
@@ -439,7 +491,8 @@ fn first_zero(s: &[u8]) -> Option<usize> {
 /// COBS-encodes `buf[off..off + raw]` into `buf[0..]` and appends the `0x00` delimiter;
 /// returns the frame's length. Identical to postcard's `Cobs` flavor, which starts a new
 /// block after every 254 non-zero bytes, even at the very end. `buf` must hold
-/// `2 + raw + raw / 254` bytes and `off >= 1`.
+/// `2 + raw + raw / 254` bytes and `off >= 1`; `head` is how many leading bytes are
+/// better looked at one by one (the frame's postcard fields).
 ///
 /// Each block's data moves down by `d = i - (w + 1)` (read position minus the write
 /// position after the code byte), which stays the same across blocks that end in a
@@ -447,7 +500,10 @@ fn first_zero(s: &[u8]) -> Option<usize> {
 /// block of 254 non-zero bytes (its next code byte is new). With `off = 1`, `d` starts
 /// at 0: nothing moves until a full block, and then, instead, the rest of the data
 /// moves up one byte to make room for the code byte (cheap for small frames).
-fn cobs_in_place(buf: &mut [u8], off: usize, raw: usize) -> usize {
+fn cobs_in_place(buf: &mut [u8], off: usize, raw: usize, head: usize) -> usize {
+    if off == 1 {
+        return cobs_from_one(buf, raw, head);
+    }
     let mut end = off + raw;
     let (mut w, mut i) = (0, off);
     loop {
@@ -482,6 +538,47 @@ fn cobs_in_place(buf: &mut [u8], off: usize, raw: usize) -> usize {
     }
     buf[w] = 0;
     w + 1
+}
+
+/// [`cobs_in_place`] for data at `buf[1..1 + raw]`: every block that ends in a zero is
+/// already where it belongs (the zero's place takes the next block's code byte), so the
+/// encoding only writes code bytes, found by a scan a word at a time; a full block of
+/// 254 non-zero bytes moves the rest of the data up one byte.
+fn cobs_from_one(buf: &mut [u8], raw: usize, head: usize) -> usize {
+    let mut end = 1 + raw;
+    let mut code = 0; // where the current block's code byte goes
+                      // The first `head` bytes (a frame's postcard fields, often zero) one by one: a
+                      // zero costs a few instructions here, a restart of the word scan below. No block
+                      // can fill up in fewer than 254 bytes.
+    let head = head.min(raw).min(253);
+    for k in 1..1 + head {
+        if buf[k] == 0 {
+            buf[code] = (k - code) as u8;
+            code = k;
+        }
+    }
+    let mut k = 1 + head; // next byte to look at
+    loop {
+        let lim = end.min(code + 255);
+        k += first_zero(&buf[k..lim]).unwrap_or(lim - k);
+        if k < lim {
+            // A zero: it becomes the next block's code byte.
+            buf[code] = (k - code) as u8;
+            code = k;
+            k += 1;
+        } else if k == code + 255 {
+            // 254 non-zero bytes: a new block starts here, in a byte of its own.
+            buf[code] = 0xff;
+            buf.copy_within(k..end, k + 1);
+            end += 1;
+            code = k;
+            k += 1;
+        } else {
+            buf[code] = (end - code) as u8;
+            buf[end] = 0;
+            return end + 1;
+        }
+    }
 }
 
 /// Decodes one frame in place. `frame` is the bytes between two `0x00` delimiters
@@ -802,7 +899,14 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
 
     fn token(&mut self, pos: u16, token: u32) {
         self.positions = self.positions.max(u32::from(pos) + 1);
-        if let Err(e) = self.emit(BodyOut::Token { pos, token }) {
+        let written = match encode_token(self.run, self.seq, pos, token, self.buf) {
+            Some(bytes) => {
+                self.seq = self.seq.wrapping_add(1);
+                self.sink.write_frame(bytes)
+            }
+            None => self.emit(BodyOut::Token { pos, token }),
+        };
+        if let Err(e) = written {
             self.note(e);
         }
     }
@@ -886,6 +990,55 @@ mod tests {
     }
 
     #[test]
+    fn fast_token_encoding_matches_postcard() {
+        let mut rng = Rng::new(5);
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        for _ in 0..20_000 {
+            let wide = |r: &mut Rng| match r.next_u64() % 3 {
+                0 => (r.next_u64() % 200) as u32,
+                1 => (r.next_u64() % 70_000) as u32,
+                _ => r.next_u64() as u32,
+            };
+            let (run, seq, token) = (wide(&mut rng), wide(&mut rng), wide(&mut rng));
+            let pos = rng.next_u64() as u16;
+            let slow = encode(
+                &FrameOut {
+                    run,
+                    seq,
+                    body: BodyOut::Token { pos, token },
+                },
+                &mut a,
+            )
+            .unwrap();
+            let fast = encode_token(run, seq, pos, token, &mut b).unwrap();
+            assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn int8_scale_ignores_nan_like_f32_max() {
+        let reference = |v: &[f32]| {
+            let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if amax > 0.0 && amax.is_finite() {
+                amax / 127.0
+            } else {
+                1.0
+            }
+        };
+        for v in [
+            &[1.0, -3.0, 2.0][..],
+            &[f32::NAN, 2.0, -0.5],
+            &[0.0, -0.0],
+            &[f32::NAN],
+            &[1.0, f32::INFINITY],
+            &[-f32::NAN, 1e-40, -7.5],
+            &[],
+        ] {
+            assert_eq!(int8_scale(v).to_bits(), reference(v).to_bits(), "{v:?}");
+        }
+    }
+
+    #[test]
     fn fast_encoding_declines_a_buffer_it_might_not_fit() {
         let values = [1.5f32; 300];
         let rec = RecordOut {
@@ -950,7 +1103,7 @@ mod tests {
                     let mut buf = std::vec![0xaau8; 2 + len + len / 254];
                     buf[off..].fill(0);
                     buf[off..off + len].copy_from_slice(&raw);
-                    let n = cobs_in_place(&mut buf, off, len);
+                    let n = cobs_in_place(&mut buf, off, len, len % 40);
                     assert_eq!(
                         &buf[..n],
                         &cobs_reference(&raw)[..],

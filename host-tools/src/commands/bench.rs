@@ -203,7 +203,9 @@ fn bench_all_hooks(
 }
 
 fn per_s(tokens: usize, d: Duration) -> f64 {
-    if d.is_zero() {
+    if tokens == 0 {
+        0.0
+    } else if d.is_zero() {
         f64::INFINITY
     } else {
         tokens as f64 / d.as_secs_f64()
