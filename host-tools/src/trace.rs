@@ -256,13 +256,16 @@ pub fn describe(k: &Key) -> String {
 /// Decodes a whole stream (any number of runs, any damage).
 ///
 /// Frames go to their run by the run id every frame carries, so a lost header costs that
-/// run's frames (reported as orphans), never a mix-up with another run. A second header
+/// run's frames (reported as orphans), never a mix-up with another run; frames that
+/// arrive before their header are kept until it comes. A second header
 /// with the id of a run that has not ended is a duplicate; after the run's end frame
 /// it starts a new run (a device that restarted its numbering).
 pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
     let mut report = StreamReport::default();
     let mut runs: Vec<Run> = Vec::new();
     let mut by_id: BTreeMap<u32, usize> = BTreeMap::new();
+    // Frames that came before their run's header (reordered on the way), kept until it comes.
+    let mut pending: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
     let mut buf = Vec::new();
     for chunk in bytes.split(|b| *b == 0) {
         if chunk.is_empty() {
@@ -305,61 +308,70 @@ pub fn decode_stream(bytes: &[u8]) -> (Vec<Run>, StreamReport) {
                         seqs: BTreeSet::from([frame.seq]),
                         loss: Loss::default(),
                     });
+                    let run = runs.last_mut().expect("just pushed");
+                    for mut early in pending.remove(&frame.run).unwrap_or_default() {
+                        if let Ok(f) = decode_frame(&mut early) {
+                            add_frame(run, f, &mut report);
+                        }
+                    }
                 }
             }
             continue;
         }
-        let Some(&i) = by_id.get(&frame.run) else {
-            report.orphan_frames += 1;
-            continue;
-        };
-        let run = &mut runs[i];
-        if !run.seqs.insert(frame.seq) {
-            run.loss.duplicate_frames += 1;
-            continue;
-        }
-        match frame.body {
-            Body::Token { pos, token } => {
-                if u32::from(pos) >= run.config.n_ctx || token >= run.config.d_vocab {
-                    report.bad_frames += 1;
-                    continue;
-                }
-                run.tokens.insert(pos, token);
-            }
-            Body::Record(r) => {
-                let c = &run.config;
-                let site = r.site();
-                // A record that does not fit the run's shape is corrupt content that
-                // passed the CRC by chance: never data.
-                let plausible = (!site.point.per_layer() || (site.layer as u32) < c.n_layers)
-                    && site.head.is_none_or(|h| (h as u32) < c.n_heads)
-                    && (site.pos as u32) < c.n_ctx
-                    && r.data.len() % r.precision.bytes_per_value() == 0;
-                if !plausible {
-                    report.bad_frames += 1;
-                    continue;
-                }
-                let mut v = vec![0.0; r.len()];
-                r.values_into(&mut v);
-                run.records.entry(key(&site)).or_insert(v);
-            }
-            Body::End {
-                positions,
-                records,
-                dropped,
-            } => {
-                if positions > run.config.n_ctx {
-                    report.bad_frames += 1;
-                    continue;
-                }
-                run.end = Some((positions, records, dropped))
-            }
-            Body::Header(_) => {}
+        match by_id.get(&frame.run) {
+            Some(&i) => add_frame(&mut runs[i], frame, &mut report),
+            None => pending.entry(frame.run).or_default().push(chunk.to_vec()),
         }
     }
+    report.orphan_frames += pending.values().map(Vec::len).sum::<usize>();
     for run in &mut runs {
         run.finish();
     }
     report.runs = runs.len();
     (runs, report)
+}
+
+/// Adds one non-header frame to its run: deduplicated by sequence number, checked
+/// against the run's shape (content that does not fit is corrupt, never data).
+fn add_frame(run: &mut Run, frame: tinylens_core::trace::Frame<'_>, report: &mut StreamReport) {
+    if !run.seqs.insert(frame.seq) {
+        run.loss.duplicate_frames += 1;
+        return;
+    }
+    match frame.body {
+        Body::Token { pos, token } => {
+            if u32::from(pos) >= run.config.n_ctx || token >= run.config.d_vocab {
+                report.bad_frames += 1;
+                return;
+            }
+            run.tokens.insert(pos, token);
+        }
+        Body::Record(r) => {
+            let c = &run.config;
+            let site = r.site();
+            let plausible = (!site.point.per_layer() || (site.layer as u32) < c.n_layers)
+                && site.head.is_none_or(|h| (h as u32) < c.n_heads)
+                && (site.pos as u32) < c.n_ctx
+                && r.data.len() % r.precision.bytes_per_value() == 0;
+            if !plausible {
+                report.bad_frames += 1;
+                return;
+            }
+            let mut v = vec![0.0; r.len()];
+            r.values_into(&mut v);
+            run.records.entry(key(&site)).or_insert(v);
+        }
+        Body::End {
+            positions,
+            records,
+            dropped,
+        } => {
+            if positions > run.config.n_ctx {
+                report.bad_frames += 1;
+                return;
+            }
+            run.end = Some((positions, records, dropped))
+        }
+        Body::Header(_) => {}
+    }
 }

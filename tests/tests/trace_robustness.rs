@@ -231,8 +231,15 @@ fn each_kind_of_damage_is_reported() {
     let (runs, _) = decode_stream(&bytes[..bytes.len() * 2 / 3]);
     assert!(!runs[0].loss.end_seen);
     assert!(!runs[0].records.is_empty());
-    // Reordered frames decode to the same records.
+    // Reordered frames decode to the same records, even one that overtook the header.
     let mut swapped = frames.clone();
     swapped.swap(10, 20);
     assert_eq!(records(&swapped.concat()), records(&frames.concat()));
+    let mut early = frames.clone();
+    let overtaking = early.remove(10);
+    early.insert(0, overtaking);
+    let (runs, report) = decode_stream(&early.concat());
+    assert_eq!(report.orphan_frames, 0);
+    assert!(runs[0].loss.missing_records.is_empty());
+    assert_eq!(records(&early.concat()), records(&frames.concat()));
 }
