@@ -137,7 +137,9 @@ if [[ $icount == 1 ]]; then
     if [[ ! -f "$plugin" ]]; then
         "$root/scripts/qemu/build-plugin.sh" "$(dirname "$plugin")" >/dev/null
     fi
-    mark="$(readelf -sW "$elf" | awk '$8 == "tinylens_icount_mark" { print "0x" $2; exit }')"
+    # awk reads to the end: an early `exit` could kill readelf with SIGPIPE, which
+    # pipefail and errexit would turn into this script's status (141).
+    mark="$(readelf -sW "$elf" | awk '$8 == "tinylens_icount_mark" && !m { m = "0x" $2 } END { print m }')"
     popt="$plugin"
     if [[ -n "$mark" ]]; then
         popt+=",mark=$mark"

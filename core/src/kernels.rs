@@ -81,24 +81,39 @@ fn tail_products(x: &[f32], y: &[f32]) -> [f32; 7] {
 /// Dot product of little-endian f32 weights with `x`, in the same order as [`dot`].
 #[inline]
 fn dot_f32_le(w: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    // Named lanes (see `dot`): registers rather than a stack array on a Cortex-M.
+    let (mut a0, mut a1, mut a2, mut a3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let (mut a4, mut a5, mut a6, mut a7) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let f = |b: &[u8], j: usize| {
+        f32::from_le_bytes([b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]])
+    };
     let mut wc = w.chunks_exact(32);
     let mut xc = x.chunks_exact(8);
     for (wb, xb) in (&mut wc).zip(&mut xc) {
-        for j in 0..8 {
-            let b = &wb[4 * j..4 * j + 4];
-            acc[j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xb[j];
-        }
+        a0 += f(wb, 0) * xb[0];
+        a1 += f(wb, 1) * xb[1];
+        a2 += f(wb, 2) * xb[2];
+        a3 += f(wb, 3) * xb[3];
+        a4 += f(wb, 4) * xb[4];
+        a5 += f(wb, 5) * xb[5];
+        a6 += f(wb, 6) * xb[6];
+        a7 += f(wb, 7) * xb[7];
     }
-    for (j, (b, xv)) in wc
-        .remainder()
-        .chunks_exact(4)
-        .zip(xc.remainder())
-        .enumerate()
-    {
-        acc[j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
+    let mut acc = [a0, a1, a2, a3, a4, a5, a6, a7];
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    if !xr.is_empty() {
+        acc = tail_f32_le(acc, wr, xr);
     }
     reduce8(acc)
+}
+
+/// The last `n % 8` columns of [`dot_f32_le`] into lanes `0..` (out of line: rare).
+#[inline(never)]
+fn tail_f32_le(mut acc: [f32; 8], w: &[u8], x: &[f32]) -> [f32; 8] {
+    for (j, (b, xv)) in w.chunks_exact(4).zip(x).enumerate() {
+        acc[j] += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
+    }
+    acc
 }
 
 /// Rows handled together by the float kernels: on 64-bit hosts four rows share each
@@ -185,23 +200,36 @@ fn halves8(b: &[u8]) -> [f32; 8] {
 /// Dot product of little-endian IEEE half weights with `x`, in the same order as [`dot`].
 #[inline]
 fn dot_f16_le(w: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    let (mut a0, mut a1, mut a2, mut a3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let (mut a4, mut a5, mut a6, mut a7) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
     let mut wc = w.chunks_exact(16);
     let mut xc = x.chunks_exact(8);
     for (wb, xb) in (&mut wc).zip(&mut xc) {
-        for j in 0..8 {
-            acc[j] += f16_le_to_f32([wb[2 * j], wb[2 * j + 1]]) * xb[j];
-        }
+        let h = halves8(wb);
+        a0 += h[0] * xb[0];
+        a1 += h[1] * xb[1];
+        a2 += h[2] * xb[2];
+        a3 += h[3] * xb[3];
+        a4 += h[4] * xb[4];
+        a5 += h[5] * xb[5];
+        a6 += h[6] * xb[6];
+        a7 += h[7] * xb[7];
     }
-    for (j, (b, xv)) in wc
-        .remainder()
-        .chunks_exact(2)
-        .zip(xc.remainder())
-        .enumerate()
-    {
-        acc[j] += f16_le_to_f32([b[0], b[1]]) * xv;
+    let mut acc = [a0, a1, a2, a3, a4, a5, a6, a7];
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    if !xr.is_empty() {
+        acc = tail_f16_le(acc, wr, xr);
     }
     reduce8(acc)
+}
+
+/// The last `n % 8` columns of [`dot_f16_le`] into lanes `0..` (out of line: rare).
+#[inline(never)]
+fn tail_f16_le(mut acc: [f32; 8], w: &[u8], x: &[f32]) -> [f32; 8] {
+    for (j, (b, xv)) in w.chunks_exact(2).zip(x).enumerate() {
+        acc[j] += f16_le_to_f32([b[0], b[1]]) * xv;
+    }
+    acc
 }
 
 /// Exact integer dot product of int8 weights and int8 activations.
@@ -502,7 +530,11 @@ fn matvec_with(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
     match w.kind {
         StorageKind::F32 | StorageKind::F16 => {
             // FLOAT_ROWS rows at a time, the rest one by one; the same sums either way.
-            let grouped = held / FLOAT_ROWS * FLOAT_ROWS;
+            let grouped = if FLOAT_ROWS > 1 {
+                held / FLOAT_ROWS * FLOAT_ROWS
+            } else {
+                0
+            };
             let (head, tail) = out.split_at_mut(grouped);
             let stride = row_len * FLOAT_ROWS;
             for (o, wr) in head

@@ -73,44 +73,57 @@ pub(super) fn matvec_i8(
 
 /// One instantiation per row length: the row's `cols / 8` blocks unrolled (the first
 /// with `SMUAD`, which starts the sum), then the activation pointer back to the row
-/// start, the sum stored, the next row.
+/// start and the sum stored; two rows per pass of the loop (an odd count enters the
+/// first pass at its second row).
 macro_rules! rows_fixed {
     ($name:ident, $cols:literal) => {
+        rows_fixed!(@impl $name, $cols, [
+            "ldm {w}!, {{r4, r5}}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "sxtb16 {t}, r4",
+            "smuad {acc}, {t}, r8",
+            "sxtb16 {t}, r4, ror #8",
+            "smlad {acc}, {t}, r9, {acc}",
+            "sxtb16 {t}, r5",
+            "smlad {acc}, {t}, r10, {acc}",
+            "sxtb16 {t}, r5, ror #8",
+            "smlad {acc}, {t}, r11, {acc}",
+            ".rept {more}",
+            "ldm {w}!, {{r4, r5}}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "sxtb16 {t}, r4",
+            "smlad {acc}, {t}, r8, {acc}",
+            "sxtb16 {t}, r4, ror #8",
+            "smlad {acc}, {t}, r9, {acc}",
+            "sxtb16 {t}, r5",
+            "smlad {acc}, {t}, r10, {acc}",
+            "sxtb16 {t}, r5, ror #8",
+            "smlad {acc}, {t}, r11, {acc}",
+            ".endr",
+            "subw {x}, {x}, #{back}",
+            "str {acc}, [{o}], #4"
+        ]);
+    };
+    (@impl $name:ident, $cols:literal, [$($row:literal),*]) => {
         /// Integer row sums for rows of this many columns (see [`rows_fixed`]).
         #[inline(never)]
         fn $name(w: *const u8, x: *const u32, out: *mut f32, rows: usize) {
-            // SAFETY: `matvec_i8` checked that `w` is 4-byte aligned and holds
-            // `rows * cols` bytes, that `x` holds `cols / 2` words (the pointer comes
-            // back to its start after each row) and that `out` holds `rows` words, the
-            // only memory written (one word per row). Only declared registers change;
-            // `subs` sets the flags, which are not declared preserved.
+            // SAFETY: `matvec_i8` checked that `rows >= 1`, that `w` is 4-byte aligned
+            // and holds `rows * cols` bytes, that `x` holds `cols / 2` words (the
+            // pointer comes back to its start after each row) and that `out` holds
+            // `rows` words, the only memory written (one word per row). Only declared
+            // registers change; `lsrs`, `adds` and `subs` set the flags, which are not
+            // declared preserved.
             unsafe {
                 asm!(
+                    "lsrs {n}, {n}, #1",
+                    "bcc 2f",
+                    "adds {n}, {n}, #1",
+                    "b 3f",
                     "2:",
-                    "ldm {w}!, {{r4, r5}}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "sxtb16 {t}, r4",
-                    "smuad {acc}, {t}, r8",
-                    "sxtb16 {t}, r4, ror #8",
-                    "smlad {acc}, {t}, r9, {acc}",
-                    "sxtb16 {t}, r5",
-                    "smlad {acc}, {t}, r10, {acc}",
-                    "sxtb16 {t}, r5, ror #8",
-                    "smlad {acc}, {t}, r11, {acc}",
-                    ".rept {more}",
-                    "ldm {w}!, {{r4, r5}}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "sxtb16 {t}, r4",
-                    "smlad {acc}, {t}, r8, {acc}",
-                    "sxtb16 {t}, r4, ror #8",
-                    "smlad {acc}, {t}, r9, {acc}",
-                    "sxtb16 {t}, r5",
-                    "smlad {acc}, {t}, r10, {acc}",
-                    "sxtb16 {t}, r5, ror #8",
-                    "smlad {acc}, {t}, r11, {acc}",
-                    ".endr",
-                    "subw {x}, {x}, #{back}",
-                    "str {acc}, [{o}], #4",
+                    $($row,)*
+                    "3:",
+                    $($row,)*
                     "subs {n}, {n}, #1",
                     "bne 2b",
                     more = const $cols / 8 - 1,
@@ -236,44 +249,66 @@ fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     let rows = out.len();
     let mut o = out.as_mut_ptr();
     let mut s = scales.as_ptr();
-    // Four rows at a time when the scales are word-aligned (LDRD needs it).
-    let quads = if (s as usize) % 4 == 0 { rows / 4 } else { 0 };
-    if quads > 0 {
-        // SAFETY: reads and writes `4 * quads <= rows` words at `o` (`out` holds
-        // `rows`), reads `8 * quads` bytes at `s` (`scales` holds `2 * rows`, checked
+    // Eight rows at a time when the scales are word-aligned (LDM needs it): the loads,
+    // the store and the loop are then shared by eight rows.
+    let octs = if (s as usize) % 4 == 0 { rows / 8 } else { 0 };
+    if octs > 0 {
+        // SAFETY: reads and writes `8 * octs <= rows` words at `o` (`out` holds
+        // `rows`), reads `16 * octs` bytes at `s` (`scales` holds `2 * rows`, checked
         // by `matvec_i8`; 4-byte aligned as checked above). Only declared registers
-        // change; `subs` sets the flags.
+        // change (s16..s20 are callee-saved: the compiler saves them around this);
+        // `subs` sets the flags.
         unsafe {
             asm!(
-                "vmov s10, {k}",
+                "vmov s20, {k}",
                 "2:",
-                "vldmia {o}, {{s0, s1, s2, s3}}",
-                "ldrd {a}, {b}, [{s}], #8",
-                "vmov s4, s5, {a}, {b}",
+                "vldmia {o}, {{s0, s1, s2, s3, s4, s5, s6, s7}}",
+                // Fixed registers: LDM fills its list in register-number order.
+                "ldm {s}!, {{r8, r9, r10, r11}}",
+                "vmov s8, s9, r8, r9",
+                "vmov s10, s11, r10, r11",
                 "vcvt.f32.s32 s0, s0",
                 "vcvt.f32.s32 s1, s1",
                 "vcvt.f32.s32 s2, s2",
                 "vcvt.f32.s32 s3, s3",
-                "vcvtb.f32.f16 s6, s4",
-                "vcvtt.f32.f16 s7, s4",
-                "vcvtb.f32.f16 s8, s5",
-                "vcvtt.f32.f16 s9, s5",
-                "vmul.f32 s6, s6, s10",
-                "vmul.f32 s7, s7, s10",
-                "vmul.f32 s8, s8, s10",
-                "vmul.f32 s9, s9, s10",
-                "vmul.f32 s0, s0, s6",
-                "vmul.f32 s1, s1, s7",
-                "vmul.f32 s2, s2, s8",
-                "vmul.f32 s3, s3, s9",
-                "vstmia {o}!, {{s0, s1, s2, s3}}",
+                "vcvt.f32.s32 s4, s4",
+                "vcvt.f32.s32 s5, s5",
+                "vcvt.f32.s32 s6, s6",
+                "vcvt.f32.s32 s7, s7",
+                "vcvtb.f32.f16 s12, s8",
+                "vcvtt.f32.f16 s13, s8",
+                "vcvtb.f32.f16 s14, s9",
+                "vcvtt.f32.f16 s15, s9",
+                "vcvtb.f32.f16 s16, s10",
+                "vcvtt.f32.f16 s17, s10",
+                "vcvtb.f32.f16 s18, s11",
+                "vcvtt.f32.f16 s19, s11",
+                "vmul.f32 s12, s12, s20",
+                "vmul.f32 s13, s13, s20",
+                "vmul.f32 s14, s14, s20",
+                "vmul.f32 s15, s15, s20",
+                "vmul.f32 s16, s16, s20",
+                "vmul.f32 s17, s17, s20",
+                "vmul.f32 s18, s18, s20",
+                "vmul.f32 s19, s19, s20",
+                "vmul.f32 s0, s0, s12",
+                "vmul.f32 s1, s1, s13",
+                "vmul.f32 s2, s2, s14",
+                "vmul.f32 s3, s3, s15",
+                "vmul.f32 s4, s4, s16",
+                "vmul.f32 s5, s5, s17",
+                "vmul.f32 s6, s6, s18",
+                "vmul.f32 s7, s7, s19",
+                "vstmia {o}!, {{s0, s1, s2, s3, s4, s5, s6, s7}}",
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 o = inout(reg) o,
                 s = inout(reg) s,
-                n = inout(reg) quads => _,
-                a = out(reg) _,
-                b = out(reg) _,
+                n = inout(reg) octs => _,
+                out("r8") _,
+                out("r9") _,
+                out("r10") _,
+                out("r11") _,
                 k = in(reg) in_scale.to_bits(),
                 out("s0") _,
                 out("s1") _,
@@ -286,11 +321,21 @@ fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
                 out("s8") _,
                 out("s9") _,
                 out("s10") _,
+                out("s11") _,
+                out("s12") _,
+                out("s13") _,
+                out("s14") _,
+                out("s15") _,
+                out("s16") _,
+                out("s17") _,
+                out("s18") _,
+                out("s19") _,
+                out("s20") _,
                 options(nostack),
             );
         }
     }
-    let rest = rows - 4 * quads;
+    let rest = rows - 8 * octs;
     if rest > 0 {
         // SAFETY: reads and writes the `rest` remaining words at `o` and reads `2 *
         // rest` bytes at `s` (LDRH may be unaligned on Armv7-M), within `out` and

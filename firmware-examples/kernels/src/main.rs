@@ -119,7 +119,7 @@ fn self_test(b: &mut Buffers) -> usize {
             2 => [16, 64][rng.below(2) as usize],
             _ => 1 + rng.below(MAX_COLS as u32) as usize,
         };
-        let rows = 1 + rng.below(6) as usize;
+        let rows = 1 + rng.below(20) as usize;
         // Mostly aligned (the DSP path), sometimes not (the fallback).
         let offset = if rng.below(4) == 0 {
             1 + rng.below(3) as usize
