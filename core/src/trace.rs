@@ -586,8 +586,13 @@ fn cobs_from_one(buf: &mut [u8], raw: usize, head: usize) -> usize {
 pub fn decode_frame(frame: &mut [u8]) -> Result<Frame<'_>, Error> {
     let n = cobs::decode_in_place(frame).map_err(|_| Error::CorruptFrame)?;
     let decoded = &frame[..n];
-    let f: Frame<'_> =
-        postcard::from_bytes_crc32(decoded, CRC.digest()).map_err(|_| Error::CorruptFrame)?;
+    // The CRC must be the frame's last four bytes: a frame followed by anything (e.g. two
+    // frames merged by a corrupted delimiter) is corrupt, not a frame plus ignored bytes.
+    let (f, rest): (Frame<'_>, _) =
+        postcard::take_from_bytes_crc32(decoded, CRC.digest()).map_err(|_| Error::CorruptFrame)?;
+    if !rest.is_empty() {
+        return Err(Error::CorruptFrame);
+    }
     if let Body::Header(h) = &f.body {
         if h.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {

@@ -226,6 +226,16 @@ fn each_kind_of_damage_is_reported() {
     let (runs, report) = decode_stream(&bytes);
     assert_eq!(report.bad_frames, 1);
     assert_eq!(runs[0].loss.missing_records.len(), 1);
+    // A corrupted delimiter merges two frames: both are lost, neither is half-believed.
+    let mut merged = frames.clone();
+    let last = merged[0].len() - 1;
+    merged[0][last] = 0x01;
+    let (runs, report) = decode_stream(&merged.concat());
+    assert!(
+        runs.is_empty(),
+        "a header merged with the next frame was believed"
+    );
+    assert_eq!(report.bad_frames, 1);
     // A truncated stream: the end frame is missing, and so is the rest.
     let bytes = frames.concat();
     let (runs, _) = decode_stream(&bytes[..bytes.len() * 2 / 3]);
