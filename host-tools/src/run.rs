@@ -6,7 +6,7 @@ use tinylens_core::intervene::{Ablation, AblationMode, FreezePatterns, HeadRef, 
 use tinylens_core::probe::ProbeSet;
 use tinylens_core::sample::{self, Rng};
 use tinylens_core::trace::{self, Recorder, Summary};
-use tinylens_core::{Error as CoreError, HookPoint, Hooks, Model, Session, Site};
+use tinylens_core::{Error as CoreError, HookPoint, Hooks, Model, Normalization, Session, Site};
 
 use crate::{Error, Result};
 
@@ -102,9 +102,19 @@ pub fn probe_set(model: &Model<'_>, patterns: &[String]) -> Result<ProbeSet<HOST
     let mut ps = ProbeSet::new();
     let c = model.config();
     for p in patterns {
-        let before = ps.len();
-        ps.add_pattern(p)
+        let mut one: ProbeSet<HOST_PROBES> = ProbeSet::new();
+        one.add_pattern(p)
             .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
+        let before = ps.len();
+        for probe in one.probes() {
+            // A wildcard means "every matching hook the model has": a model without
+            // LayerNorm has no LN hooks, so `*` skips them; an exact name is still refused.
+            if p.contains('*') && probe.point.needs_ln() && c.normalization == Normalization::None {
+                continue;
+            }
+            ps.push(*probe)
+                .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
+        }
         if ps.probes()[before..]
             .iter()
             .any(|probe| probe.validate(c).is_err())
