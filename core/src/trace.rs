@@ -642,6 +642,20 @@ impl<F: FnMut(&[u8]) -> Result<(), Error>> Sink for F {
     }
 }
 
+/// Frames to any [`embedded_io::Write`] writer (a HAL's UART, a USB CDC class):
+/// `Recorder::begin(&model, &probes, IoSink(uart), &mut frame_buf)`. A frame is written
+/// whole with `write_all`; a writer error is [`Error::SinkFailed`], and the recorder
+/// goes on counting what it could not write.
+#[cfg(feature = "embedded-io")]
+pub struct IoSink<W>(pub W);
+
+#[cfg(feature = "embedded-io")]
+impl<W: embedded_io::Write> Sink for IoSink<W> {
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.0.write_all(frame).map_err(|_| Error::SinkFailed)
+    }
+}
+
 /// A fixed-capacity in-memory ring of frames. When it is full, the oldest whole frames
 /// are dropped to make room, so what it holds is always a valid stream of the newest frames.
 pub struct RingSink<const N: usize> {
@@ -1157,5 +1171,19 @@ mod tests {
                 assert_eq!(first_zero(&s[..len]), want, "len {len} zero at {z}");
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "embedded-io"))]
+mod io_sink_tests {
+    use super::*;
+
+    #[test]
+    fn io_sink_writes_whole_frames_and_reports_a_full_writer() {
+        let mut storage = [0u8; 8];
+        let mut sink = IoSink(&mut storage[..]);
+        assert_eq!(sink.write_frame(&[1, 2, 3, 0]), Ok(()));
+        assert_eq!(sink.write_frame(&[4, 5, 6, 7, 0]), Err(Error::SinkFailed));
+        assert_eq!(&storage[..4], &[1, 2, 3, 0]);
     }
 }
