@@ -2,7 +2,10 @@
 //! tensors, and blobs converted from the fixtures' TransformerLens weights.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use tinylens_core::StorageKind;
 use tinylens_host::{convert, tl};
@@ -132,4 +135,48 @@ pub fn temp_dir(test: &str) -> PathBuf {
 /// The demo model's TransformerLens files (`models/demo/`).
 pub fn demo_dir() -> PathBuf {
     repo_root().join("models/demo")
+}
+
+/// What a child process left: exit status (None when killed by a signal), stdout, stderr.
+pub struct Output {
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (stdin closed), collecting stdout and stderr; kills it after `limit`.
+pub fn run_with_watchdog(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).map(|_| v)
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).map(|_| v)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: killed (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status: status.code(),
+        stdout: t_out.join().unwrap().unwrap(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap().unwrap()).into_owned(),
+    }
 }

@@ -8,12 +8,11 @@
 //! The ELF is built by the test command (`scripts/test.sh` builds the whole firmware
 //! workspace); a missing ELF is built here with cargo, except under `CI=true`.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tinylens_tests::repo_root;
+use tinylens_tests::{repo_root, run_with_watchdog};
 
 const TRIPLE: &str = "thumbv7em-none-eabihf";
 const QEMU_TIMEOUT_S: u64 = 60;
@@ -73,45 +72,22 @@ fn m4_dsp_int8_kernel_is_bit_identical_to_the_portable_kernel() {
     }
     let elf = kernels_elf();
     let defmt = std::env::temp_dir().join(format!("tinylens-kernels-{}.defmt", std::process::id()));
-    let mut child = Command::new(examples().join("run-qemu.sh"))
-        .arg("--timeout")
+    let mut cmd = Command::new(examples().join("run-qemu.sh"));
+    cmd.arg("--timeout")
         .arg(QEMU_TIMEOUT_S.to_string())
         .arg("--no-decode")
         .arg("--defmt-out")
         .arg(&defmt)
-        .arg(&elf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run-qemu.sh starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).map(|_| s)
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).map(|_| s)
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(QEMU_TIMEOUT_S + 15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the kernel self-test firmware hung: killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = t_out.join().unwrap().unwrap();
-    let stderr = t_err.join().unwrap().unwrap();
+        .arg(&elf);
+    let out = run_with_watchdog(cmd, Duration::from_secs(QEMU_TIMEOUT_S + 15));
+    let (status, stdout, stderr) = (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.stderr,
+    );
     let _ = std::fs::remove_file(&defmt);
     assert_eq!(
-        status.code(),
+        status,
         Some(0),
         "kernel self-test failed:\n{stdout}\n{stderr}"
     );

@@ -12,7 +12,7 @@
 //! fails the test. Every QEMU run is under `run-qemu.sh`'s timeout (and a watchdog
 //! here): a hang fails the test.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use tinylens_core::Model;
 use tinylens_host::export;
 use tinylens_host::run::{run, RunOptions};
 use tinylens_host::trace::{decode_stream, Run};
-use tinylens_tests::repo_root;
+use tinylens_tests::{repo_root, run_with_watchdog, Output};
 
 // The firmware's compiled-in settings (`firmware-examples/fw/src/lib.rs`: DEFAULT_*).
 // A change there without a change here fails `*_defaults_*` with a header or token diff.
@@ -99,49 +99,6 @@ fn scratch(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-struct Output {
-    status: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-/// Runs `cmd` (stdin closed), collecting stdout and stderr; kills it after `limit`.
-fn run_with_watchdog(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        out.read_to_end(&mut v).map(|_| v)
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        err.read_to_end(&mut v).map(|_| v)
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {limit:?}: killed (hang)");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status: status.code(),
-        stdout: t_out.join().unwrap().unwrap(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap().unwrap()).into_owned(),
-    }
 }
 
 fn require_tools() {
