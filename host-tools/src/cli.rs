@@ -76,3 +76,11 @@ pub fn token_label(vocab: Option<&[String]>, t: u32) -> String {
         None => format!("#{t}"),
     }
 }
+
+/// Prints a value as pretty JSON on standard output (the `--json` of every subcommand).
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Argument(format!("JSON output: {e}")))?;
+    println!("{s}");
+    Ok(())
+}

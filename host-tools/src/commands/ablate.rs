@@ -187,10 +187,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
         eprintln!("mean head results -> {}", p.display());
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        cli::print_json(&r)?;
         return Ok(());
     }
     println!(

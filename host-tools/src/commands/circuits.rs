@@ -403,10 +403,7 @@ fn print_compare(x: &Analyzed, y: &Analyzed, top: usize) -> Result<()> {
 pub fn run(a: CircuitsArgs) -> Result<()> {
     if a.json {
         let v = json(&a)?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        cli::print_json(&v)?;
         return Ok(());
     }
     let opts = options(&a);

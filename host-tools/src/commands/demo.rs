@@ -24,7 +24,7 @@ use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
 use crate::convert::weights_from_model;
-use crate::{cli, Error, Result};
+use crate::{cli, Result};
 
 /// The demo model as an int8 blob, made from `models/demo/` by
 /// `tinylens convert --weights models/demo/model.safetensors --config models/demo/config.json
@@ -448,10 +448,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     cli::write_output(&a.output, html.as_bytes())?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&f).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        cli::print_json(&f)?;
         return Ok(());
     }
     let c = model.config();

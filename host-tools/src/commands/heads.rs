@@ -265,10 +265,7 @@ pub fn top_heads(values: &[Vec<f64>], threshold: f64) -> Vec<(usize, usize, f64)
 pub fn run(a: HeadsArgs) -> Result<()> {
     let r = report(&a)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        cli::print_json(&r)?;
         return Ok(());
     }
     println!(

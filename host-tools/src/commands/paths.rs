@@ -126,10 +126,7 @@ pub fn run(a: PathsArgs) -> Result<()> {
         super::circuits::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
     };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        cli::print_json(&r)?;
         return Ok(());
     }
     let c = &r.sum_check;
