@@ -180,3 +180,70 @@ pub fn run_with_watchdog(mut cmd: Command, limit: Duration) -> Output {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap().unwrap()).into_owned(),
     }
 }
+
+/// Helpers of the tests that run firmware in QEMU.
+pub mod firmware {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    pub fn examples() -> PathBuf {
+        super::repo_root().join("firmware-examples")
+    }
+
+    /// Whether this is a CI run (`CI=true`): there, a missing tool or build is a failure.
+    pub fn ci() -> bool {
+        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    }
+
+    /// The release ELF of binary `bin` of firmware package `package` for `triple`; built
+    /// when missing, except under CI, where scripts/test.sh must have built it.
+    pub fn elf(package: &str, bin: &str, triple: &str) -> PathBuf {
+        let elf = examples()
+            .join("target")
+            .join(triple)
+            .join("release")
+            .join(bin);
+        if elf.is_file() {
+            return elf;
+        }
+        let how = format!(
+            "cd firmware-examples && cargo build --release -p {package} --target {triple} \
+             (scripts/test.sh does this before the tests)"
+        );
+        assert!(
+            !ci(),
+            "firmware ELF {} is missing; build it first: {how}",
+            elf.display()
+        );
+        eprintln!("building the firmware: {how}");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(examples())
+            .args(["build", "--release", "-p", package, "--target", triple])
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo: {e}; build the firmware by hand: {how}"));
+        assert!(
+            status.success() && elf.is_file(),
+            "building the firmware failed; needs `rustup target add {triple}`; {how}"
+        );
+        elf
+    }
+
+    /// QEMU and readelf (run-qemu.sh picks the machine and the marks with it).
+    pub fn require_tools() {
+        for tool in ["qemu-system-arm", "readelf"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                found,
+                "{tool} not found: apt-get install qemu-system-arm binutils (scripts/test.sh installs them)"
+            );
+        }
+    }
+}

@@ -8,69 +8,19 @@
 //! The ELF is built by the test command (`scripts/test.sh` builds the whole firmware
 //! workspace); a missing ELF is built here with cargo, except under `CI=true`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use tinylens_tests::{repo_root, run_with_watchdog};
+use tinylens_tests::firmware::{elf, examples, require_tools};
+use tinylens_tests::run_with_watchdog;
 
 const TRIPLE: &str = "thumbv7em-none-eabihf";
 const QEMU_TIMEOUT_S: u64 = 60;
 
-fn examples() -> PathBuf {
-    repo_root().join("firmware-examples")
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn kernels_elf() -> PathBuf {
-    let elf = examples()
-        .join("target")
-        .join(TRIPLE)
-        .join("release/kernels");
-    if elf.is_file() {
-        return elf;
-    }
-    let how = "cd firmware-examples && cargo build --release -p tinylens-fw-kernels \
-               (scripts/test.sh does this before the tests)";
-    assert!(
-        !ci(),
-        "kernel self-test ELF {} is missing; build it first: {how}",
-        elf.display()
-    );
-    eprintln!("building the kernel self-test firmware: {how}");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(examples())
-        .args(["build", "--release", "-p", "tinylens-fw-kernels"])
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo: {e}; {how}"));
-    assert!(
-        status.success() && elf.is_file(),
-        "building the kernel self-test failed (needs `rustup target add {TRIPLE}`); {how}"
-    );
-    elf
-}
-
 #[test]
 fn m4_dsp_int8_kernel_is_bit_identical_to_the_portable_kernel() {
-    for tool in ["qemu-system-arm", "readelf"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} not found (scripts/test.sh installs qemu-system-arm)"
-        );
-    }
-    let elf = kernels_elf();
+    require_tools();
+    let elf = elf("tinylens-fw-kernels", "kernels", TRIPLE);
     let defmt = std::env::temp_dir().join(format!("tinylens-kernels-{}.defmt", std::process::id()));
     let mut cmd = Command::new(examples().join("run-qemu.sh"));
     cmd.arg("--timeout")

@@ -14,7 +14,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,13 @@ use tinylens_core::Model;
 use tinylens_host::export;
 use tinylens_host::run::{run, RunOptions};
 use tinylens_host::trace::{decode_stream, Run};
+use tinylens_tests::firmware::{ci, examples, require_tools};
 use tinylens_tests::{repo_root, run_with_watchdog, Output};
+
+/// The QEMU firmware ELF for `triple`.
+fn firmware(triple: &str) -> PathBuf {
+    tinylens_tests::firmware::elf("tinylens-fw-qemu", "qemu", triple)
+}
 
 // The firmware's compiled-in settings (`firmware-examples/fw/src/lib.rs`: DEFAULT_*).
 // A change there without a change here fails `*_defaults_*` with a header or token diff.
@@ -41,53 +47,6 @@ const QEMU_TIMEOUT_S: u64 = 30;
 const M4: &str = "thumbv7em-none-eabihf";
 const M0: &str = "thumbv6m-none-eabi";
 
-fn examples() -> PathBuf {
-    repo_root().join("firmware-examples")
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// The QEMU firmware ELF for `triple`, built when missing (not under CI).
-fn firmware(triple: &str) -> PathBuf {
-    let elf = examples().join("target").join(triple).join("release/qemu");
-    if elf.is_file() {
-        return elf;
-    }
-    let how = format!(
-        "cd firmware-examples && cargo build --release -p tinylens-fw-qemu --target {triple} \
-         (scripts/test.sh does this before the tests)"
-    );
-    assert!(
-        !ci(),
-        "firmware ELF {} is missing; build it first: {how}",
-        elf.display()
-    );
-    eprintln!("building the firmware: {how}");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(examples())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "tinylens-fw-qemu",
-            "--target",
-            triple,
-        ])
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo: {e}; build the firmware by hand: {how}"));
-    assert!(
-        status.success() && elf.is_file(),
-        "building the firmware failed; needs `rustup target add {triple}`; {how}"
-    );
-    elf
-}
-
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -99,20 +58,6 @@ fn scratch(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn require_tools() {
-    for tool in ["qemu-system-arm", "readelf"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} not found: apt-get install qemu-system-arm binutils (scripts/test.sh installs them)"
-        );
-    }
 }
 
 /// Runs the firmware for `triple` in QEMU with `args`; returns (trace, stderr, status).
