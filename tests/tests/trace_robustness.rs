@@ -157,7 +157,8 @@ proptest! {
         // 3. When the header and the end frame arrived, the missing list is exactly what is gone.
         if arrived(&frames[0]) && arrived(frames.last().unwrap()) && report.orphan_frames == 0 {
             let missing: BTreeSet<String> = intact.keys().filter(|k| !decoded.contains_key(k)).map(describe).collect();
-            let reported: BTreeSet<String> = run.loss.missing_records.iter().cloned().collect();
+            let reported: BTreeSet<String> = run.loss.missing_records.iter().flat_map(|m| m.sites()).map(|k| describe(&k)).collect();
+            prop_assert_eq!(run.loss.missing_count, missing.len() as u64);
             prop_assert_eq!(missing, reported);
         }
     }
@@ -218,7 +219,14 @@ fn each_kind_of_damage_is_reported() {
     lost.remove(at);
     let (runs, _) = decode_stream(&lost.concat());
     assert_eq!(runs[0].loss.lost_frames, 1);
-    assert_eq!(runs[0].loss.missing_records, vec![describe(&gone)]);
+    let listed: Vec<String> = runs[0]
+        .loss
+        .missing_records
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(listed, vec![describe(&gone)]);
+    assert_eq!(runs[0].loss.missing_count, 1);
     // A corrupted byte costs that frame only.
     let mut bytes = frames.concat();
     let at = frames[..n / 3].iter().map(|f| f.len()).sum::<usize>() + 3;
