@@ -267,3 +267,86 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     }
     Cow::Owned(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tinylens-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A disk that fills up half-way, an error of the producer, an interruption: the
+    /// previous file stays as it was until the new one is complete.
+    #[test]
+    fn a_failing_write_leaves_the_previous_file_untouched() {
+        let d = dir("atomic");
+        let path = d.join("out.json");
+        std::fs::write(&path, b"the user's previous file").unwrap();
+        let full = |w: &mut dyn Write| -> io::Result<()> {
+            w.write_all(&[b'x'; 100_000])?;
+            Err(io::Error::from_raw_os_error(28)) // ENOSPC
+        };
+        let e = write_output_with(&path, full).unwrap_err().to_string();
+        assert!(e.contains("out.json") && e.contains("No space left"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"the user's previous file");
+        // While a write is under way, the target is still the old file.
+        write_output_with(&path, |w| {
+            w.write_all(b"new")?;
+            assert_eq!(std::fs::read(&path)?, b"the user's previous file");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // Nothing but the file is left in the directory.
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        // The seekable variant likewise.
+        let e = write_output_seekable(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("injected"))
+        });
+        assert!(e.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn replaced_files_keep_their_mode_and_links_are_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let real = d.join("real.bin");
+        std::fs::write(&real, b"old").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = d.join("link.bin");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_output(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // Not a regular file: written in place.
+        write_output(Path::new("/dev/null"), b"x").unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+
+    #[test]
+    fn escape_keeps_text_on_one_line() {
+        assert_eq!(escape("blocks.0.attn.W_Q"), "blocks.0.attn.W_Q");
+        assert_eq!(escape("héllo ✓"), "héllo ✓");
+        assert_eq!(
+            escape("evil\nname\r\nerror: fake\u{1b}[31m\t\u{7f}\u{2028}\u{202e}"),
+            "evil\\nname\\r\\nerror: fake\\u{1b}[31m\\t\\u{7f}\\u{2028}\\u{202e}"
+        );
+    }
+}
