@@ -249,6 +249,10 @@ impl Run {
 
     /// Whether a recorder of this run writes a record at `k` (given the positions).
     pub fn is_expected(&self, k: &Key) -> bool {
+        self.is_expected_within(k, self.positions())
+    }
+
+    fn is_expected_within(&self, k: &Key, positions: usize) -> bool {
         let site = Site {
             point: k.0,
             layer: k.1,
@@ -256,7 +260,7 @@ impl Run {
             pos: k.3,
         };
         self.exists(k.0)
-            && (k.3 as usize) < self.positions().min(self.config.n_ctx as usize)
+            && (k.3 as usize) < positions.min(self.config.n_ctx as usize)
             && self.probe_set.select(&site).is_some()
     }
 
@@ -359,14 +363,19 @@ impl Run {
     /// The missing records: their number and the first `limit` ranges, in site order.
     /// Work and memory follow the records held and `limit`, not the selection's size.
     pub fn missing(&self, limit: usize) -> (u64, Vec<Missing>) {
-        let present = self.records.keys().filter(|k| self.is_expected(k)).count() as u64;
+        let positions = self.positions();
+        let present = self
+            .records
+            .keys()
+            .filter(|k| self.is_expected_within(k, positions))
+            .count() as u64;
         let count = self.expected_count().saturating_sub(present);
         let mut listed = Vec::new();
         if count == 0 || limit == 0 {
             return (count, listed);
         }
         let c = &self.config;
-        let positions = self.positions().min(c.n_ctx as usize) as u32;
+        let positions = positions.min(c.n_ctx as usize) as u32;
         'points: for point in HookPoint::ALL {
             if !self.exists(point) || !self.probes.iter().any(|p| p.point == point) {
                 continue;
@@ -656,9 +665,15 @@ pub struct Decoder {
     scratch: Vec<u8>,
     runs: Vec<Run>,
     slots: BTreeMap<u32, Slot>,
-    /// Frames before their header, oldest first: (run id, raw chunk).
-    pending: VecDeque<(u32, Vec<u8>)>,
+    /// Frames before their header, by run id, each with its arrival number.
+    pending: BTreeMap<u32, VecDeque<(u64, Vec<u8>)>>,
+    /// Arrival order of the pending frames (run id, arrival number), oldest first, for
+    /// dropping the oldest; entries of frames already taken are skipped (and swept).
+    pending_order: VecDeque<(u32, u64)>,
+    pending_frames: usize,
     pending_bytes: usize,
+    pending_limit: usize,
+    arrivals: u64,
     events: Vec<Event>,
     report: StreamReport,
 }
@@ -673,10 +688,23 @@ impl Decoder {
             scratch: Vec::new(),
             runs: Vec::new(),
             slots: BTreeMap::new(),
-            pending: VecDeque::new(),
+            pending: BTreeMap::new(),
+            pending_order: VecDeque::new(),
+            pending_frames: 0,
             pending_bytes: 0,
+            pending_limit: MAX_PENDING_BYTES,
+            arrivals: 0,
             events: Vec::new(),
             report: StreamReport::default(),
+        }
+    }
+
+    /// A decoder that holds at most `bytes` of frames waiting for their header (instead
+    /// of [`MAX_PENDING_BYTES`]).
+    pub fn with_pending_limit(keep: Keep, bytes: usize) -> Decoder {
+        Decoder {
+            pending_limit: bytes,
+            ..Decoder::new(keep)
         }
     }
 
@@ -749,7 +777,7 @@ impl Decoder {
         if !self.chunk.is_empty() || self.overlong {
             self.report.bad_frames += 1;
         }
-        self.report.orphan_frames += self.pending.len();
+        self.report.orphan_frames += self.pending_frames;
         for run in &mut self.runs {
             run.loss = run.loss_now();
         }
@@ -857,31 +885,48 @@ impl Decoder {
         );
         self.events.push(Event::RunStarted { run: index });
         // Frames that came before their header, in the order they came.
-        let mut early = Vec::new();
-        self.pending.retain(|(pid, raw)| {
-            if *pid == id {
-                early.push(raw.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for raw in early {
+        for (_, raw) in self.pending.remove(&id).unwrap_or_default() {
+            self.pending_frames -= 1;
             self.pending_bytes -= raw.len();
             self.report.frames_ok -= 1; // counted again by `frame`
             self.frame(&raw);
         }
+        if self.pending_order.len() > 2 * self.pending_frames + 1024 {
+            let pending = &self.pending;
+            self.pending_order.retain(|(id, n)| {
+                pending
+                    .get(id)
+                    .and_then(|q| q.front())
+                    .is_some_and(|f| f.0 <= *n)
+            });
+        }
     }
 
     fn hold(&mut self, id: u32, raw: Vec<u8>) {
+        self.arrivals += 1;
         self.pending_bytes += raw.len();
-        self.pending.push_back((id, raw));
-        while self.pending_bytes > MAX_PENDING_BYTES {
-            let Some((_, old)) = self.pending.pop_front() else {
+        self.pending_frames += 1;
+        self.pending
+            .entry(id)
+            .or_default()
+            .push_back((self.arrivals, raw));
+        self.pending_order.push_back((id, self.arrivals));
+        while self.pending_bytes > self.pending_limit {
+            let Some((id, n)) = self.pending_order.pop_front() else {
                 break;
             };
-            self.pending_bytes -= old.len();
-            self.report.orphan_frames += 1;
+            let Some(q) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if q.front().is_some_and(|f| f.0 == n) {
+                let (_, old) = q.pop_front().expect("front exists");
+                if q.is_empty() {
+                    self.pending.remove(&id);
+                }
+                self.pending_frames -= 1;
+                self.pending_bytes -= old.len();
+                self.report.orphan_frames += 1;
+            }
         }
     }
 }
