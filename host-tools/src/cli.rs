@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use tinylens_core::StorageKind;
+use tinylens_core::{Model, StorageKind};
 
 use crate::{Error, Result};
 
@@ -220,6 +220,51 @@ fn write_file(path: &Path, write: impl FnOnce(&mut dyn WriteSeek) -> io::Result<
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(&target).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+/// A `[layer][head]` table as text.
+pub fn grid_text(title: &str, values: &[Vec<f64>], fmt: impl Fn(f64) -> String) -> String {
+    let nh = values.first().map_or(0, |r| r.len());
+    let mut s = format!("{title}\n      ");
+    for h in 0..nh {
+        s.push_str(&format!("{:>8}", format!("H{h}")));
+    }
+    s.push('\n');
+    for (l, row) in values.iter().enumerate() {
+        s.push_str(&format!("  L{l:<3}"));
+        for v in row {
+            s.push_str(&format!("{:>8}", fmt(*v)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Storage kinds of a blob's matrices, e.g. `int8` or `int4 (W_E, W_pos, W_U: int8)`.
+pub fn storage_summary(model: &Model<'_>) -> String {
+    let cfg = model.config();
+    let mut kinds: Vec<(String, &'static str)> = Vec::new();
+    for i in 0..model.tensor_count() {
+        let Some(slot) = tinylens_core::blob::slot(cfg, i) else {
+            continue;
+        };
+        if slot.rows > 1 {
+            kinds.push((slot.name.to_string(), model.tensor_at(i).kind.name()));
+        }
+    }
+    let attn = kinds
+        .iter()
+        .find(|(n, _)| n.contains("W_Q"))
+        .map_or("?", |k| k.1);
+    let emb = kinds
+        .iter()
+        .find(|(n, _)| n.contains("W_E"))
+        .map_or("?", |k| k.1);
+    if attn == emb {
+        attn.to_string()
+    } else {
+        format!("{attn} (W_E, W_pos, W_U: {emb})")
+    }
 }
 
 /// Writes to standard output (the [`out!`] and [`outln!`] macros): an error is the

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod error;
 pub mod export;
 pub mod numerics;
+pub mod prompts;
 pub mod run;
 pub mod tl;
 pub mod trace;

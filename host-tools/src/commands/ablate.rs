@@ -15,13 +15,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
-use super::heads::{grid_text, resolve_bos};
 use crate::analysis::ablation::{
-    ablate_heads, mean_results, parse_data, repeated_dataset, runs_needed, AblationReport, Mode,
-    Prompt,
+    ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
 };
+use crate::cli::grid_text;
 use crate::export::Cache;
-use crate::{cli, Error, Result};
+use crate::{cli, prompts, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct AblateArgs {
@@ -96,21 +95,9 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn prompts(a: &AblateArgs, model: &Model<'_>) -> Result<Vec<Prompt>> {
-    let cfg = model.config();
     match (&a.data, a.repeated) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            parse_data(&text, cfg.d_vocab, cfg.n_ctx)
-                .map_err(|e| Error::Argument(format!("{}: {e}", path.display())))
-        }
-        (None, Some(n)) => repeated_dataset(
-            n,
-            a.batch,
-            a.seed,
-            resolve_bos(&a.bos, model)?,
-            cfg.d_vocab,
-            cfg.n_ctx,
-        ),
+        (Some(path), None) => prompts::data_file(path, model),
+        (None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
         _ => Err(Error::Argument(
             "give the data set with --data FILE or --repeated N".into(),
         )),

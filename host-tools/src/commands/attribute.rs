@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use clap::Args;
 use tinylens_core::Model;
 
-use super::heads::{trace_recording, PromptArgs};
-use crate::analysis::attribution::{direct_logit_attribution, Dla, TargetSource};
-use crate::analysis::recorded::{analysis_probes, record, Recording};
-use crate::convert::{vocab_of, weights_from_model};
+use crate::analysis::attribution::TargetSource;
+pub use crate::analysis::dynamic::attribute;
+use crate::analysis::recorded::{analysis_probes, Recording};
+use crate::convert::vocab_of;
+use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -39,32 +40,7 @@ pub fn recording(
     prompt: &PromptArgs,
     trace: Option<&PathBuf>,
 ) -> Result<Recording> {
-    match trace {
-        Some(path) => trace_recording(path, 0, model),
-        None => {
-            let p = prompt.prompts(model, 1)?.remove(0);
-            record(model, &p.tokens, &analysis_probes(model.config()))
-        }
-    }
-}
-
-/// Direct logit attribution of a recording.
-pub fn attribute(model: &Model<'_>, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let cfg = model.config();
-    let w = weights_from_model(model);
-    let results = (0..cfg.n_layers as usize)
-        .map(|l| rec.results(l))
-        .collect::<Result<Vec<_>>>()?;
-    direct_logit_attribution(
-        &w,
-        &rec.tokens,
-        &rec.rows("hook_embed")?,
-        &rec.rows("hook_pos_embed")?,
-        &results,
-        rec.final_scale()?.as_deref(),
-        rec.logits()?,
-        target,
-    )
+    crate::prompts::recording(model, prompt, trace, &analysis_probes(model.config()))
 }
 
 /// What `tinylens attribute --json` prints.
@@ -162,7 +138,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     outln!(
         "direct + heads + biases = logits: max |sum - model logit| = {:.2e}{}",
         d.max_abs_residual_error,
-        if super::circuits::storage_summary(&model) == "f32" {
+        if cli::storage_summary(&model) == "f32" {
             ""
         } else {
             " (a quantized blob: the device rounds the unembedding's input to int8, which no \

@@ -39,33 +39,6 @@ pub struct Analyzed {
     pub vocab: Option<Vec<String>>,
 }
 
-/// Storage kinds of a blob's matrices, e.g. `int8` or `int4 (W_E, W_pos, W_U: int8)`.
-pub fn storage_summary(model: &Model<'_>) -> String {
-    let cfg = model.config();
-    let mut kinds: Vec<(String, &'static str)> = Vec::new();
-    for i in 0..model.tensor_count() {
-        let Some(slot) = tinylens_core::blob::slot(cfg, i) else {
-            continue;
-        };
-        if slot.rows > 1 {
-            kinds.push((slot.name.to_string(), model.tensor_at(i).kind.name()));
-        }
-    }
-    let attn = kinds
-        .iter()
-        .find(|(n, _)| n.contains("W_Q"))
-        .map_or("?", |k| k.1);
-    let emb = kinds
-        .iter()
-        .find(|(n, _)| n.contains("W_E"))
-        .map_or("?", |k| k.1);
-    if attn == emb {
-        attn.to_string()
-    } else {
-        format!("{attn} (W_E, W_pos, W_U: {emb})")
-    }
-}
-
 pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
     let bytes = cli::read_input(path)?;
     let model = Model::from_bytes(&bytes)?;
@@ -75,7 +48,7 @@ pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
     let blob = json!({
         "path": path,
         "crc32": format!("{:08x}", model.checksum()),
-        "storage": storage_summary(&model),
+        "storage": cli::storage_summary(&model),
         "processing": {
             "fold_ln": p.fold_ln,
             "center_writing_weights": p.center_writing_weights,
@@ -230,7 +203,7 @@ fn print_one(x: &Analyzed, top: usize) -> Result<()> {
     if let Some(c) = &r.copying {
         outln!(
             "{}",
-            super::heads::grid_text(
+            crate::cli::grid_text(
                 "copying score  sum(λ)/sum(|λ|) of the full OV circuit W_E W_V W_O W_U",
                 c,
                 |v| format!("{v:+.3}")

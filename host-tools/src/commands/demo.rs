@@ -15,13 +15,13 @@ use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
 use tinylens_core::Model;
 
-use super::heads::{score, top_heads};
-use super::report::{build, Extras};
 use crate::analysis::ablation::{
     ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode,
 };
+use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
+use crate::analysis::report::{build, Extras};
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
 use crate::convert::weights_from_model;
 use crate::{cli, Result};
@@ -472,7 +472,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "previous-token score (exclude_bos)",
             &f.head_scores.previous_token,
             |v| { format!("{v:.2}") }
@@ -480,7 +480,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "induction score (exclude_bos)",
             &f.head_scores.induction,
             |v| format!("{v:.2}")
@@ -488,7 +488,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     out!(
         "{}",
-        super::heads::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
+        cli::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
     )?;
     outln!()?;
     for line in summary_lines(&f) {

@@ -8,13 +8,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 use tinylens_core::Model;
 
-use super::heads::PromptArgs;
-use crate::analysis::attribution::{expand, term_importance, Expansion, TermImportance};
-use crate::analysis::recorded::{analysis_probes, record, Recording};
-use crate::convert::weights_from_model;
+pub use crate::analysis::dynamic::{paths_of, PathsReport, SumCheck};
+use crate::analysis::recorded::{analysis_probes, record};
+use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -31,80 +29,10 @@ pub struct PathsArgs {
     pub json: bool,
 }
 
-/// How well the terms add up.
-#[derive(Debug, Clone, Serialize)]
-pub struct SumCheck {
-    /// max |Σ terms − model logits| over every position and token.
-    pub max_abs_error_vs_model: f64,
-    /// max |Σ terms − the same frozen pass computed densely in f64|.
-    pub max_abs_error_vs_exact: f64,
-    /// max |model logits| (for scale).
-    pub max_abs_logit: f64,
-}
-
-/// `tinylens paths` output (its JSON).
-#[derive(Debug, Clone, Serialize)]
-pub struct PathsReport {
-    pub tokens: Vec<u32>,
-    /// The model's own next-token loss on the prompt.
-    pub model_loss: f64,
-    pub sum_check: SumCheck,
-    pub importance: TermImportance,
-    /// Per term, its logit for the next token at each position `0..n-1`.
-    pub next_token_logits: Vec<(String, Vec<f64>)>,
-}
-
-/// Expands a recording; checks the sum against the recorded logits.
-pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsReport)> {
-    let w = weights_from_model(model);
-    let patterns = rec.patterns()?;
-    let scales = rec.ln_scales()?;
-    let e = expand(&w, &rec.tokens, &patterns, scales.as_deref())?;
-    let logits = rec.logits()?;
-    let total = e.total();
-    let (mut vs_model, mut vs_exact, mut max_logit) = (0.0f64, 0.0f64, 0.0f64);
-    for (p, row) in logits.iter().enumerate() {
-        for (t, v) in row.iter().enumerate() {
-            vs_model = vs_model.max((total[(p, t)] - f64::from(*v)).abs());
-            vs_exact = vs_exact.max((total[(p, t)] - e.exact[(p, t)]).abs());
-            max_logit = max_logit.max(v.abs() as f64);
-        }
-    }
-    let n = rec.tokens.len();
-    let model_loss = (0..n.saturating_sub(1))
-        .map(|p| crate::numerics::loss(&logits[p], rec.tokens[p + 1]))
-        .sum::<f64>()
-        / n.saturating_sub(1).max(1) as f64;
-    let next_token_logits = e
-        .terms
-        .iter()
-        .map(|t| {
-            (
-                t.kind.name(),
-                (0..n.saturating_sub(1))
-                    .map(|p| t.logits[(p, rec.tokens[p + 1] as usize)])
-                    .collect(),
-            )
-        })
-        .collect();
-    let report = PathsReport {
-        tokens: rec.tokens.clone(),
-        model_loss,
-        sum_check: SumCheck {
-            max_abs_error_vs_model: vs_model,
-            max_abs_error_vs_exact: vs_exact,
-            max_abs_logit: max_logit,
-        },
-        importance: term_importance(&e),
-        next_token_logits,
-    };
-    Ok((e, report))
-}
-
 pub fn report(a: &PathsArgs) -> Result<PathsReport> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let p = a.prompt.prompts(&model, 1)?.remove(0);
+    let p = a.prompt.prompt(&model)?;
     if p.tokens.len() < 2 {
         return Err(Error::Argument(
             "the path expansion's loss needs at least 2 tokens".into(),
@@ -123,7 +51,7 @@ pub fn run(a: PathsArgs) -> Result<()> {
     let r = report(&a)?;
     let quantized = {
         let bytes = cli::read_input(&a.model)?;
-        super::circuits::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
+        cli::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
     };
     if a.json {
         cli::print_json(&r)?;
