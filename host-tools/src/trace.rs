@@ -610,7 +610,8 @@ pub enum Keep {
 }
 
 /// What one frame did, as [`Decoder::push`] reports it. `run` is the index of the run in
-/// the stream (0 = the first header); [`Decoder::run`] gives the run if it is kept.
+/// the stream (0 = the first header); [`Decoder::run`] gives the run if it is kept. Runs
+/// that are not kept ([`Keep::Only`]) report no `Token`, `Record` or `Conflict` events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -624,6 +625,9 @@ pub enum Event {
     RunEnded { run: usize },
     /// A frame the run already had.
     Duplicate { run: usize },
+    /// A frame with the number of one the run already had but other content (two
+    /// recordings share the run id).
+    Conflict { run: usize },
     /// A chunk that is not a frame, or a frame whose content was not believed.
     Bad,
     /// A good frame of a run whose header has not come (yet).
@@ -1025,7 +1029,7 @@ fn add_frame(run: &mut Run, index: usize, frame: Frame<'_>, print: u64) -> Optio
         Some(_) => {
             // Same number, other content: two recorders share this run id.
             run.loss.conflicting_frames += 1;
-            return Some(Event::Duplicate { run: index });
+            return Some(Event::Conflict { run: index });
         }
         None => {}
     }

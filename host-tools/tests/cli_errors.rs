@@ -891,7 +891,12 @@ fn decode_works_on_a_pipe_that_never_closes() {
     };
     drop(stdin);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.success(), "{status:?}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
