@@ -13,8 +13,9 @@
 //! of its hook (a `hook_embed` record with a layer or a head, a row of the wrong length,
 //! an int8 record with a NaN scale are bad frames, and the value is listed as missing).
 //!
-//! Memory: the decoder holds what it kept of the input (records as f32, at most 4 bytes
-//! per input byte plus about 100 bytes per frame), one frame being assembled (at most
+//! Memory: the decoder holds what it kept of the input (runs and records: under 32 bytes
+//! per input byte for the smallest frames, see `tests/tests/decoder_memory.rs`), one
+//! frame being assembled (at most
 //! [`MAX_FRAME_BYTES`]) and at most [`MAX_PENDING_BYTES`] of frames waiting for their
 //! header; missing records are counted and listed as ranges ([`MAX_MISSING_LISTED`]), the
 //! cache is produced a row at a time for export ([`CacheView`]). Nothing is sized by what
@@ -26,7 +27,7 @@ use std::io;
 
 use serde::Serialize;
 use tinylens_core::config::limits;
-use tinylens_core::probe::{Precision, Probe, ProbeSet};
+use tinylens_core::probe::{Precision, Probe};
 use tinylens_core::trace::{decode_frame, frame_buffer_len, Body, Frame, Header};
 use tinylens_core::{Config, HookPoint, Normalization, Site};
 
@@ -86,7 +87,6 @@ pub struct Run {
     /// Sequence number → CRC of the frame kept for it (a second frame with the same
     /// number and other content is a conflict, not a duplicate).
     seqs: BTreeMap<u32, u64>,
-    probe_set: ProbeSet,
     pub loss: Loss,
 }
 
@@ -180,11 +180,6 @@ pub struct StreamReport {
 
 impl Run {
     fn new(run_id: u32, seq: u32, h: &Header) -> Run {
-        let mut probe_set = ProbeSet::new();
-        for p in &h.probes {
-            // Cannot fail: a header holds at most MAX_PROBES probes.
-            let _ = probe_set.push(*p);
-        }
         Run {
             run_id,
             model_crc: h.model_crc,
@@ -195,7 +190,6 @@ impl Run {
             records: BTreeMap::new(),
             end: None,
             seqs: BTreeMap::from([(seq, 0)]),
-            probe_set,
             loss: Loss::default(),
         }
     }
@@ -220,6 +214,15 @@ impl Run {
         (0..self.positions())
             .map(|p| self.tokens.get(&(p as u16)).copied())
             .collect()
+    }
+
+    /// The precision a recorder of this run writes `site` at (the first probe that
+    /// selects it decides, as in [`tinylens_core::probe::ProbeSet::select`]).
+    fn select(&self, site: &Site) -> Option<Precision> {
+        self.probes
+            .iter()
+            .find(|p| p.matches(site))
+            .map(|p| p.precision)
     }
 
     /// Whether the point is recorded for this run's model at all.
@@ -261,7 +264,7 @@ impl Run {
         };
         self.exists(k.0)
             && (k.3 as usize) < positions.min(self.config.n_ctx as usize)
-            && self.probe_set.select(&site).is_some()
+            && self.select(&site).is_some()
     }
 
     /// The position ranges the probes select for (point, layer, head), merged, within
@@ -1056,7 +1059,7 @@ fn add_frame(run: &mut Run, index: usize, frame: Frame<'_>, print: u64) -> Optio
                 && site.head.is_none_or(|h| u32::from(h) < c.n_heads)
                 && u32::from(site.pos) < c.n_ctx
                 && run.exists(point)
-                && run.probe_set.select(&site) == Some(r.precision)
+                && run.select(&site) == Some(r.precision)
                 && r.data.len() == record_width(&c, point, site.pos) * bpv
                 && (r.precision != Precision::Int8 || (r.scale.is_finite() && r.scale >= 0.0));
             if !believable {
