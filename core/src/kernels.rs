@@ -271,6 +271,9 @@ fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
 #[allow(unsafe_code)]
 mod dsp;
 
+mod block;
+pub use block::{matmul, Block, MatMul, Portable};
+
 /// Whether int8 matrix-vector products in this build use the DSP kernel (Armv7E-M
 /// targets: `SXTB16`/`SMLAD`; see `kernels/dsp.rs`). The results are the same bits
 /// either way.
