@@ -103,7 +103,8 @@ pub struct Loss {
     /// Another run with the same id but a different header (model, shape or probes) was
     /// open at the same time: their frames cannot be told apart, so values may be mixed.
     pub shared_id: bool,
-    /// Records the device selected but could not write (its sink failed or was full).
+    /// Frames the device could not write (`End.dropped`: its sink failed or its ring
+    /// was full); their sequence numbers are among `lost_frames`.
     pub dropped_on_device: u32,
     /// Whether the end frame arrived.
     pub end_seen: bool,
