@@ -41,27 +41,21 @@ fn key(site: &Site) -> Key {
 }
 
 /// Longest chunk between two delimiters that can be a frame: the largest frame a
-/// recorder writes for any valid config. A longer chunk is one bad frame, skipped
-/// without being kept.
-pub fn max_frame_bytes() -> usize {
-    let widest = Config {
-        n_layers: 1,
-        n_heads: 1,
-        d_model: limits::MAX_DIM,
-        d_head: 1,
-        d_vocab: limits::MAX_VOCAB,
-        d_vocab_out: limits::MAX_VOCAB,
-        n_ctx: limits::MAX_CTX,
-        normalization: Normalization::None,
-        positional: tinylens_core::Positional::Standard,
-        eps: 0.0,
-        attn_scale: 1.0,
-    };
-    frame_buffer_len(&widest)
-}
-
-/// [`max_frame_bytes`], for the documentation (4 MiB of f32 logits plus framing).
-pub const MAX_FRAME_BYTES: usize = 4 * (1 << 20) + (1 << 15);
+/// recorder writes for any valid config (4 MiB of f32 logits for the largest vocabulary,
+/// plus framing). A longer chunk is one bad frame, skipped without being kept.
+pub const MAX_FRAME_BYTES: usize = frame_buffer_len(&Config {
+    n_layers: 1,
+    n_heads: 1,
+    d_model: limits::MAX_DIM,
+    d_head: 1,
+    d_vocab: limits::MAX_VOCAB,
+    d_vocab_out: limits::MAX_VOCAB,
+    n_ctx: limits::MAX_CTX,
+    normalization: Normalization::None,
+    positional: tinylens_core::Positional::Standard,
+    eps: 0.0,
+    attn_scale: 1.0,
+});
 
 /// Most bytes of frames held while their header has not arrived; beyond, the oldest
 /// are dropped (and counted as orphans), so an endless stream of headerless frames
@@ -690,7 +684,7 @@ impl Decoder {
     pub fn new(keep: Keep) -> Decoder {
         Decoder {
             keep,
-            max_frame: max_frame_bytes(),
+            max_frame: MAX_FRAME_BYTES,
             chunk: Vec::new(),
             overlong: false,
             scratch: Vec::new(),

@@ -535,3 +535,21 @@ fn frames_waiting_for_a_header_are_bounded() {
     assert_eq!(runs[0].loss.duplicate_frames, 1);
     assert_eq!(report.orphan_frames, 2000);
 }
+
+#[test]
+fn a_chunk_longer_than_any_frame_is_skipped_not_kept() {
+    use tinylens_host::trace::{Decoder, Keep, MAX_FRAME_BYTES};
+    let mut d = Decoder::new(Keep::All);
+    // Noise without a delimiter, longer than any frame, pushed in pieces.
+    let noise = vec![0x55u8; 1 << 16];
+    for _ in 0..(MAX_FRAME_BYTES >> 16) + 2 {
+        d.push(&noise, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    for f in intact_frames_cached() {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(report.bad_frames, 1);
+    assert!(runs[0].loss.is_complete());
+}
