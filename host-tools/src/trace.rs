@@ -20,6 +20,12 @@
 //! header; missing records are counted and listed as ranges ([`MAX_MISSING_LISTED`]), the
 //! cache is produced a row at a time for export ([`CacheView`]). Nothing is sized by what
 //! a header claims.
+//!
+//! Live use (a serial port, `--follow`, a monitor): push bytes as they are read and act
+//! on the [`Event`]s; [`Decoder::run`] and [`Run::loss_now`] give the state of a run at
+//! any time. A new kind of frame is a `Body` variant in the core, one arm in
+//! `add_frame` (what it changes in the run, and its believability check) and, if callers
+//! need to see it, an [`Event`] variant (the enum is `non_exhaustive`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
