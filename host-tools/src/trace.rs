@@ -384,13 +384,26 @@ impl Run {
             if !self.exists(point) || !self.probes.iter().any(|p| p.point == point) {
                 continue;
             }
+            // Only the layers and heads some probe of the point can select.
+            let of_point = || self.probes.iter().filter(|p| p.point == point);
+            let candidates = |f: fn(&Probe) -> Option<u16>, n: u32| -> Vec<u16> {
+                if of_point().any(|p| f(p).is_none()) {
+                    (0..n as u16).collect()
+                } else {
+                    let set: BTreeSet<u16> = of_point().filter_map(f).collect();
+                    set.into_iter().filter(|x| u32::from(*x) < n).collect()
+                }
+            };
             let layers: Vec<u16> = if point.per_layer() {
-                (0..c.n_layers as u16).collect()
+                candidates(|p| p.layer, c.n_layers)
             } else {
                 vec![0]
             };
             let heads: Vec<Option<u16>> = if point.per_head() {
-                (0..c.n_heads as u16).map(Some).collect()
+                candidates(|p| p.head, c.n_heads)
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             } else {
                 vec![None]
             };
