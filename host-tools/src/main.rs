@@ -13,6 +13,10 @@ use tinylens_host::commands;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for every command that runs the model (default: one per core); the
+    /// results are the same bits for any number.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +57,10 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = tinylens_host::engine::set_threads(cli.threads) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
