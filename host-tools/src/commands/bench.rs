@@ -6,9 +6,9 @@
 //! (`--prompt-tokens`, default half the context; [`bench_prompt`]), processed in
 //! blocks of positions, the sequences spread over the `--threads` threads. The prefill
 //! figure times the prompts alone and counts batch × prompt tokens per second. The
-//! decode figure times prompt + greedy decoding to the end of the context (one token
-//! at a time per sequence, each fed the previous step's argmax) and subtracts the
-//! prefill time. With all hooks, every hook point (f32, every layer, head and
+//! decode figure times prompt + greedy decoding (`--decode-tokens`, default to the end
+//! of the context; one token at a time per sequence, each fed the previous step's
+//! argmax) and subtracts the prefill time. With all hooks, every hook point (f32, every layer, head and
 //! position, logits included) is recorded into memory, TransformerLens-shaped
 //! ([`CacheHooks`], what `run_with_cache` returns); the trace figures write the same
 //! values as trace frames instead (one trace per sequence, byte for byte what a device
@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Only one configuration (for profiling): `off`, `all` (into memory) or `trace`.
     #[arg(long, value_parser = ["off", "all", "trace"])]
     pub only: Option<String>,
+    /// Tokens decoded after the prompt (default: to the end of the context).
+    #[arg(long)]
+    pub decode_tokens: Option<usize>,
     /// Sequences per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -244,7 +247,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let budget = Duration::try_from_secs_f64(a.seconds)
         .map_err(|_| Error::Argument(format!("--seconds {:e} is too large", a.seconds)))?;
-    let decode = n_ctx - prompt_len;
+    let decode = a.decode_tokens.unwrap_or(n_ctx - prompt_len);
+    if decode > n_ctx - prompt_len {
+        return Err(Error::Argument(format!(
+            "--decode-tokens {decode}: the prompt leaves {} positions of the context",
+            n_ctx - prompt_len
+        )));
+    }
     if a.batch == 0 || a.block == 0 {
         return Err(Error::Argument(
             "--batch and --block must be at least 1".into(),
@@ -346,10 +355,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "trace_frame_buffer_bytes": trace::frame_buffer_len(&cfg),
     });
     if a.json {
-        println!("{j:#}");
+        outln!("{j:#}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{}: {} ({} bytes, {} parameters), batch {b} x ({} prompt + {} decoded tokens), {} \
          threads, {} kernels, blocks of {}, {} / {} / {} samples{}",
         a.model.display(),
@@ -369,36 +378,41 @@ pub fn run(a: BenchArgs) -> Result<()> {
         } else {
             " (strip-hooks build: hooks compiled out, all-hooks figures record nothing)"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "{:<20} {:>14} {:>10} {:>10} {:>14} {:>10}",
-        "", "prefill tok/s", "ns/tok", "GFLOP/s", "decode tok/s", "ns/tok"
-    );
+        "",
+        "prefill tok/s",
+        "ns/tok",
+        "GFLOP/s",
+        "decode tok/s",
+        "ns/tok"
+    )?;
     for (name, p, d) in [
         ("probes off", p_off, d_off),
         ("all hooks (memory)", p_all, d_all),
         ("all hooks (trace)", p_tr, d_tr),
     ] {
-        println!(
+        outln!(
             "{name:<20} {:>14.0} {:>10.0} {:>10.2} {:>14.0} {:>10.0}",
             per_s(b * prompt_len, p),
             ns_per(b * prompt_len, p),
             gflops(p),
             per_s(b * decode, d),
             ns_per(b * decode, d)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "all hooks / probes off: prefill {:.2}x, decode {:.2}x time; trace {:.0} bytes per token",
         p_all.as_secs_f64() / p_off.as_secs_f64(),
         d_all.as_secs_f64() / d_off.as_secs_f64(),
         tr.trace_bytes as f64 / (b * positions) as f64
-    );
-    println!(
+    )?;
+    outln!(
         "RAM: workspace {} bytes, minimum {} bytes ({:.3}x)",
         cfg.workspace_len() * 4,
         cfg.minimum_len() * 4,
         cfg.workspace_len() as f64 / cfg.minimum_len() as f64
-    );
+    )?;
     Ok(())
 }
