@@ -407,3 +407,97 @@ mod x86 {
         int8_all::<4, 4, true>(w, x, n, rows, cols, out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinylens_core::kernels::{self, quantize_input};
+    use tinylens_core::sample::Rng;
+
+    fn levels() -> Vec<Level> {
+        let mut l = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                l.push(Level::Avx2);
+            }
+            if Level::detect() == Level::Avx512Vnni {
+                l.push(Level::Avx512Vnni);
+            }
+        }
+        l
+    }
+
+    /// Every level against the portable kernels, bit for bit, over shapes that leave
+    /// every kind of remainder (rows, tokens, columns), with raw random weight bits for
+    /// halves (subnormals, infinities, NaNs) and int8 weights of -128.
+    #[test]
+    fn simd_is_the_portable_kernel() {
+        let mut rng = Rng::new(42);
+        let mut next = || rng.next_u64();
+        for level in levels() {
+            for &rows in &[1usize, 3, 4, 5, 9, 13, 70] {
+                for &cols in &[1usize, 7, 8, 9, 31, 32, 33, 64, 70, 100] {
+                    for &n in &[1usize, 2, 3, 5, 6, 7, 13] {
+                        let x: Vec<f32> = (0..n * cols)
+                            .map(|_| (next() % 20_001) as f32 / 5_000.0 - 2.0)
+                            .collect();
+                        let mut q = vec![0i8; n * cols];
+                        let scales: Vec<f32> = (0..n)
+                            .map(|t| {
+                                quantize_input(
+                                    &x[t * cols..(t + 1) * cols],
+                                    &mut q[t * cols..(t + 1) * cols],
+                                )
+                            })
+                            .collect();
+                        let block = Block {
+                            n,
+                            cols,
+                            x: &x,
+                            q: &q,
+                            scales: &scales,
+                            pairs: &[],
+                        };
+                        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8] {
+                            let len = kind.data_len(rows, cols).unwrap();
+                            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                            if kind == StorageKind::F32 {
+                                // Finite floats of moderate size (and a few infinities).
+                                for (i, c) in data.chunks_exact_mut(4).enumerate() {
+                                    let v = if i % 97 == 5 {
+                                        f32::INFINITY
+                                    } else {
+                                        (next() % 2001) as f32 / 1000.0 - 1.0
+                                    };
+                                    c.copy_from_slice(&v.to_le_bytes());
+                                }
+                            }
+                            if kind == StorageKind::Int8 {
+                                data[0] = 0x80;
+                                // Finite f16 scales after the values.
+                                let at = kind.values_len(rows, cols).unwrap().next_multiple_of(4);
+                                for c in data[at..].chunks_exact_mut(2) {
+                                    c.copy_from_slice(
+                                        &(0x2000u16 + (next() % 0x1000) as u16).to_le_bytes(),
+                                    );
+                                }
+                            }
+                            let w = Tensor::from_data(kind, rows, cols, &data).unwrap();
+                            let mut want = vec![0.0f32; n * rows];
+                            kernels::matmul(&w, &block, &mut want);
+                            let mut got = vec![0.0f32; n * rows];
+                            assert!(matmul(level, &w, &block, &mut got));
+                            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                                    "{level:?} {kind:?} {rows}x{cols}, {n} tokens, output {i}: {a:e} vs {b:e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
