@@ -1,7 +1,10 @@
 //! Host tools for tinylens: TransformerLens import, blob conversion, trace decoding and
 //! the circuit analysis of "A Mathematical Framework for Transformer Circuits".
 
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod analysis;
+#[macro_use]
 pub mod cli;
 pub mod commands;
 pub mod convert;

@@ -279,7 +279,7 @@ pub fn trace_recording(path: &Path, index: usize, model: &Model<'_>) -> Result<R
         )));
     }
     if run.model_crc != model.checksum() {
-        eprintln!(
+        note!(
             "warning: {} was recorded with model {:08x}, this blob is {:08x}",
             path.display(),
             run.model_crc,

@@ -191,13 +191,13 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
 pub fn run(a: AblateArgs) -> Result<()> {
     let r = report(&a)?;
     if let Some(p) = &a.save_means {
-        eprintln!("mean head results -> {}", p.display());
+        note!("mean head results -> {}", p.display());
     }
     if a.json {
         cli::print_json(&r)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ablation over {} prompts ({} predictions): baseline loss {:.4}{}",
         a.mode,
         r.n_prompts,
@@ -206,8 +206,8 @@ pub fn run(a: AblateArgs) -> Result<()> {
         r.baseline
             .repeat
             .map_or(String::new(), |v| format!(", on the second copies {v:.4}"))
-    );
-    println!(
+    )?;
+    outln!(
         "\n{}",
         grid_text(
             "loss increase (all positions)",
@@ -215,15 +215,15 @@ pub fn run(a: AblateArgs) -> Result<()> {
             |v| format!("{v:+.4}")
         )
         .trim_end()
-    );
+    )?;
     if let Some(g) = &r.repeat_loss_increase {
-        println!(
+        outln!(
             "\n{}",
             grid_text("loss increase on the second copies", g, |v| format!(
                 "{v:+.4}"
             ))
             .trim_end()
-        );
+        )?;
     }
     let mut order: Vec<&crate::analysis::ablation::HeadAblation> = r.heads.iter().collect();
     order.sort_by(|x, y| {
@@ -243,10 +243,10 @@ pub fn run(a: AblateArgs) -> Result<()> {
             )
         })
         .collect();
-    println!("\nmost important heads: {}", ranked.join(", "));
+    outln!("\nmost important heads: {}", ranked.join(", "))?;
     for g in &r.groups {
         let names: Vec<String> = g.heads.iter().map(|[l, h]| format!("L{l}H{h}")).collect();
-        println!(
+        outln!(
             "together {}: loss {:.4} ({:+.4}){}",
             names.join("+"),
             g.loss.all,
@@ -257,7 +257,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
                 .map_or(String::new(), |(v, d)| format!(
                     ", second copies {v:.4} ({d:+.4})"
                 ))
-        );
+        )?;
     }
     Ok(())
 }

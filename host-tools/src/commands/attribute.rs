@@ -55,10 +55,10 @@ pub fn json(a: &AttributeArgs) -> Result<serde_json::Value> {
 
 pub fn run(a: AttributeArgs) -> Result<()> {
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json(&a)?).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        )?;
         return Ok(());
     }
     let bytes = cli::read_input(&a.model)?;
@@ -68,7 +68,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     let vocab = vocab_of(&model);
     let lab = |t: u32| cli::token_label(vocab.as_deref(), t);
     let (nl, nh) = (d.heads.len(), d.heads.first().map_or(0, |h| h.len()));
-    println!(
+    outln!(
         "direct logit attribution: each piece's contribution to the target's logit through the \
          final LayerNorm{} (target: the next token{})",
         if d.ln_final_scale.is_some() {
@@ -81,7 +81,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         } else {
             "; at the last position the model's prediction"
         }
-    );
+    )?;
     let mut header = format!(
         "{:>4} {:>10} {:>10} {:>8}",
         "pos", "token", "target", "direct"
@@ -95,7 +95,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         " {:>7} {:>8} {:>8} {:>9}",
         "biases", "sum", "model", "error"
     ));
-    println!("{header}");
+    outln!("{header}")?;
     for p in 0..d.tokens.len() {
         let mut line = format!(
             "{p:>4} {:>10} {:>10}{} {:>7.3}",
@@ -117,9 +117,9 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             " {:>7.3} {:>8.3} {:>8.3} {:>9.1e}",
             d.biases[p], d.sum[p], d.model_logit[p], d.residual_error[p]
         ));
-        println!("{line}");
+        outln!("{line}")?;
     }
-    println!("(* the model's own prediction: the prompt has no next token there)");
+    outln!("(* the model's own prediction: the prompt has no next token there)")?;
     // Mean contribution per head over the positions with a real next token.
     let scored: Vec<usize> = (0..d.tokens.len())
         .filter(|p| d.target_source[*p] != TargetSource::Prediction)
@@ -134,9 +134,9 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         }
         means.sort_by(|x, y| y.1.total_cmp(&x.1));
         let s: Vec<String> = means.iter().map(|(n, m)| format!("{n} {m:+.3}")).collect();
-        println!("mean contribution per head: {}", s.join(", "));
+        outln!("mean contribution per head: {}", s.join(", "))?;
     }
-    println!(
+    outln!(
         "direct + heads + biases = logits: max |sum - model logit| = {:.2e}{}",
         d.max_abs_residual_error,
         if cli::storage_summary(&model) == "f32" {
@@ -145,6 +145,6 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             " (a quantized blob: the device rounds the unembedding's input to int8, which no \
              linear split contains)"
         }
-    );
+    )?;
     Ok(())
 }

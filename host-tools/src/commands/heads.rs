@@ -114,7 +114,7 @@ pub fn run(a: HeadsArgs) -> Result<()> {
         cli::print_json(&r)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "TransformerLens head_detector ('mul'), {} sequence(s) of {} tokens ({}){}",
         r.sequences.len(),
         r.sequences[0].len(),
@@ -127,14 +127,14 @@ pub fn run(a: HeadsArgs) -> Result<()> {
         } else {
             String::new()
         }
-    );
+    )?;
     let f = |v: f64| format!("{v:.3}");
     for (name, g) in [
         ("previous-token score", &r.previous_token),
         ("duplicate-token score", &r.duplicate_token),
         ("induction score", &r.induction),
     ] {
-        println!("\n{}", grid_text(name, g, f).trim_end());
+        outln!("\n{}", grid_text(name, g, f).trim_end())?;
     }
     for (name, g) in [
         ("previous-token", &r.previous_token),
@@ -144,14 +144,14 @@ pub fn run(a: HeadsArgs) -> Result<()> {
             .iter()
             .map(|(l, h, v)| format!("L{l}H{h} ({v:.2})"))
             .collect();
-        println!(
+        outln!(
             "\n{name} heads (score >= 0.3): {}",
             if top.is_empty() {
                 "none".to_string()
             } else {
                 top.join(", ")
             }
-        );
+        )?;
     }
     Ok(())
 }

@@ -58,49 +58,57 @@ pub fn run(a: PathsArgs) -> Result<()> {
         return Ok(());
     }
     let c = &r.sum_check;
-    println!(
+    outln!(
         "frozen-attention path expansion of {} tokens: {} terms",
         r.tokens.len(),
         r.importance.terms.len()
-    );
-    println!(
+    )?;
+    outln!(
         "sum of all terms vs the model's logits: max |error| {:.2e} (logits up to {:.2}); \
          vs the same frozen pass in f64: {:.2e}",
-        c.max_abs_error_vs_model, c.max_abs_logit, c.max_abs_error_vs_exact
-    );
+        c.max_abs_error_vs_model,
+        c.max_abs_logit,
+        c.max_abs_error_vs_exact
+    )?;
     if quantized {
-        println!(
+        outln!(
             "(a quantized blob: the device rounds every matrix-vector input to int8, which no \
              linear split contains; an f32 blob of the same model agrees to float precision)"
-        );
+        )?;
     }
     let t = &r.importance;
-    println!(
+    outln!(
         "\nloss: model {:.4}, all terms {:.4}, biases only {:.4}",
-        r.model_loss, t.loss_all_terms, t.loss_biases_only
-    );
-    println!("order  terms  loss without  increase  loss with orders <= this");
+        r.model_loss,
+        t.loss_all_terms,
+        t.loss_biases_only
+    )?;
+    outln!("order  terms  loss without  increase  loss with orders <= this")?;
     for o in &t.orders {
-        println!(
+        outln!(
             "{:>5} {:>6} {:>13.4} {:>+9.4} {:>25.4}",
-            o.order, o.n_terms, o.loss_without, o.loss_increase_when_dropped, o.loss_up_to
-        );
+            o.order,
+            o.n_terms,
+            o.loss_without,
+            o.loss_increase_when_dropped,
+            o.loss_up_to
+        )?;
     }
-    println!(
+    outln!(
         "\nterm            order   RMS logit  mean next-token logit  loss increase when dropped"
-    );
+    )?;
     for term in t.terms.iter().take(a.top) {
-        println!(
+        outln!(
             "{:<15} {:>5} {:>11.3} {:>22.3} {:>27.4}",
             term.name,
             term.order.map_or("-".into(), |o| o.to_string()),
             term.rms,
             term.mean_next_token_logit,
             term.loss_increase_when_dropped
-        );
+        )?;
     }
     if t.terms.len() > a.top {
-        println!("... {} more (--top, --json)", t.terms.len() - a.top);
+        outln!("... {} more (--top, --json)", t.terms.len() - a.top)?;
     }
     Ok(())
 }

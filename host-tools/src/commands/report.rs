@@ -46,6 +46,6 @@ pub fn run(a: ReportArgs) -> Result<()> {
         },
     )?;
     cli::write_output(&a.output, html.as_bytes())?;
-    eprintln!("wrote {} ({} bytes)", a.output.display(), html.len());
+    note!("wrote {} ({} bytes)", a.output.display(), html.len());
     Ok(())
 }

@@ -131,7 +131,7 @@ fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
         )));
     }
     if run.model_crc != model.checksum() {
-        eprintln!(
+        note!(
             "warning: {} was recorded with model {:08x}, this is {:08x}",
             path.display(),
             run.model_crc,
@@ -230,14 +230,14 @@ pub fn run(a: RunArgs) -> Result<()> {
                 j["generated_text"] = serde_json::json!(t);
             }
         }
-        println!("{j}");
+        outln!("{j}")?;
     } else {
         if vocab.is_some() {
             let strings: Vec<String> = opts.tokens[..n_prompt]
                 .iter()
                 .map(|t| cli::token_label(vocab.as_deref(), *t))
                 .collect();
-            println!("prompt: {n_prompt} tokens: {}", strings.join(" "));
+            outln!("prompt: {n_prompt} tokens: {}", strings.join(" "))?;
         }
         for (p, (t, logits)) in out.tokens.iter().zip(&out.logits).enumerate() {
             let lp = crate::numerics::log_softmax(logits);
@@ -254,11 +254,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{p:>4} {:>10} -> {}",
                 cli::token_label(vocab.as_deref(), *t),
                 top.join(", ")
-            );
+            )?;
         }
         if a.generate > 0 {
             let strings: Vec<String> = out
@@ -266,14 +266,14 @@ pub fn run(a: RunArgs) -> Result<()> {
                 .iter()
                 .map(|t| cli::token_label(vocab.as_deref(), *t))
                 .collect();
-            println!("generated: {}", strings.join(" "));
+            outln!("generated: {}", strings.join(" "))?;
             if let Some(t) = text(&out.tokens) {
-                println!("text: {}", escape(&t));
+                outln!("text: {}", escape(&t))?;
             }
         }
     }
     if let (Some(path), Some(s)) = (&a.trace, out.summary) {
-        eprintln!(
+        note!(
             "trace: {} frames, {} records -> {}",
             s.frames,
             s.records,
