@@ -521,7 +521,10 @@ fn uart_mps2_an386_ring_drop_reports_exactly_what_is_missing() {
     for (key, values) in &device.records {
         let want = &expected.records[key];
         assert!(
-            values.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            values
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{key:?} differs from the host"
         );
     }

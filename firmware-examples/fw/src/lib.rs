@@ -444,6 +444,58 @@ impl<const N: usize, F: FnMut()> Sink for RingSink<'_, N, F> {
             RingSink::Block(s) => s.write_last_frame(frame),
         }
     }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            RingSink::Drop(s) => s.lend(max),
+            RingSink::Block(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.commit(len),
+            RingSink::Block(s) => s.commit(len),
+        }
+    }
+}
+
+/// A trace ring ([`RingSink`]) or a direct sink `D` (a closure that writes each frame
+/// to the transport from inside the step), chosen at run time: one sink type, so that
+/// a firmware that offers both holds one copy of the traced forward pass.
+pub enum TraceSink<R, D> {
+    Ring(R),
+    Direct(D),
+}
+
+impl<R: Sink, D: Sink> Sink for TraceSink<R, D> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_frame(frame),
+            TraceSink::Direct(s) => s.write_frame(frame),
+        }
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_last_frame(frame),
+            TraceSink::Direct(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            TraceSink::Ring(s) => s.lend(max),
+            TraceSink::Direct(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.commit(len),
+            TraceSink::Direct(s) => s.commit(len),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
