@@ -272,6 +272,9 @@ fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
 #[allow(unsafe_code)]
 mod dsp;
 
+mod block;
+pub use block::{matmul, Block, MatMul, Portable};
+
 /// Whether int8 matrix-vector products in this build use the DSP kernel (`SXTB16`/
 /// `SMLAD`; Armv7E-M targets always, Armv8-M Mainline ones when the flags say the core
 /// has the extension: see `build.rs` and `kernels/dsp.rs`). The results are the same

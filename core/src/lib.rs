@@ -22,6 +22,8 @@ pub mod sample;
 pub mod trace;
 
 #[cfg(test)]
+mod block_tests;
+#[cfg(test)]
 mod robustness_tests;
 
 pub use blob::{Model, Processing};
