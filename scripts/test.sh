@@ -41,7 +41,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tinylens-core for the microcontroller targets (no_std, no alloc)"
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
-cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io
+cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io,embedded-io-06
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 
 step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"

@@ -698,6 +698,19 @@ impl<W: embedded_io::Write> Sink for IoSink<W> {
     }
 }
 
+/// [`IoSink`] for writers of embedded-io **0.6** (feature `embedded-io-06`), which many
+/// HALs still implement (nrf52840-hal 0.18's `UarteTx`, rp2040-hal, stm32f4xx-hal):
+/// `Recorder::begin(&model, &probes, IoSink06(uart_tx), &mut frame_buf)`.
+#[cfg(feature = "embedded-io-06")]
+pub struct IoSink06<W>(pub W);
+
+#[cfg(feature = "embedded-io-06")]
+impl<W: embedded_io_06::Write> Sink for IoSink06<W> {
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.0.write_all(frame).map_err(|_| Error::SinkFailed)
+    }
+}
+
 /// A fixed-capacity in-memory ring of frames. When it is full, the oldest whole frames
 /// are dropped to make room, so what it holds is always a valid stream of the newest frames.
 pub struct RingSink<const N: usize> {
@@ -1254,6 +1267,20 @@ mod tests {
                 assert_eq!(first_zero(&s[..len]), want, "len {len} zero at {z}");
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "embedded-io-06"))]
+mod io_sink06_tests {
+    use super::*;
+
+    #[test]
+    fn io_sink06_writes_whole_frames_and_reports_a_full_writer() {
+        let mut storage = [0u8; 8];
+        let mut sink = IoSink06(&mut storage[..]);
+        assert_eq!(sink.write_frame(&[1, 2, 3, 0]), Ok(()));
+        assert_eq!(sink.write_frame(&[4, 5, 6, 7, 0]), Err(Error::SinkFailed));
+        assert_eq!(&storage[..4], &[1, 2, 3, 0]);
     }
 }
 
