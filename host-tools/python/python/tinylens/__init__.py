@@ -315,8 +315,10 @@ class Model:
 
     def to_hooked_transformer(self) -> Any:
         """A ``transformer_lens.HookedTransformer`` with this blob's weights as the device
-        computes with them (dequantized) and ``use_attn_result=True``. Needs torch and
-        transformer_lens."""
+        stores them (dequantized) and ``use_attn_result=True``. For f32 and f16 blobs its
+        outputs are tinylens's (to float rounding); int8 and int4 blobs also quantize the
+        activations of their matrix products on the device, which TL does not, so there
+        they agree closely, not exactly. Needs torch and transformer_lens."""
         import torch
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -405,10 +407,12 @@ def _tensor_entry(name: str, t: Any) -> Tuple[str, str, List[int], bytes]:
 def _jsonable(v: Any) -> Any:
     """A TL config value made JSON (TL's ``cfg.to_dict()`` holds a torch dtype, numpy
     scalars, a device)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)  # JSON has no infinities (as scripts/tl_ref.py writes them)
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    if isinstance(v, np.generic):
-        return v.item()
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
