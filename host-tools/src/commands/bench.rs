@@ -300,10 +300,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "trace_frame_buffer_bytes": trace::frame_buffer_len(&cfg),
     });
     if a.json {
-        println!("{j:#}");
+        outln!("{j:#}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{}: {} ({} bytes, {} parameters), {} prompt + {} decoded tokens, {} / {} samples{}",
         a.model.display(),
         kinds.join("+"),
@@ -318,31 +318,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
         } else {
             " (strip-hooks build: hooks compiled out, all-hooks figures record nothing)"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "{:<12} {:>14} {:>10} {:>14} {:>10}",
-        "", "prefill tok/s", "ns/tok", "decode tok/s", "ns/tok"
-    );
+        "",
+        "prefill tok/s",
+        "ns/tok",
+        "decode tok/s",
+        "ns/tok"
+    )?;
     for (name, p, d) in [("probes off", p_off, d_off), ("all hooks", p_all, d_all)] {
-        println!(
+        outln!(
             "{name:<12} {:>14.0} {:>10.0} {:>14.0} {:>10.0}",
             per_s(prompt_len, p),
             ns_per(prompt_len, p),
             per_s(decode, d),
             ns_per(decode, d)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "all hooks / probes off: prefill {:.2}x, decode {:.2}x time; trace {:.0} bytes per token",
         p_all.as_secs_f64() / p_off.as_secs_f64(),
         d_all.as_secs_f64() / d_off.as_secs_f64(),
         all.trace_bytes as f64 / positions as f64
-    );
-    println!(
+    )?;
+    outln!(
         "RAM: workspace {} bytes, minimum {} bytes ({:.3}x)",
         cfg.workspace_len() * 4,
         cfg.minimum_len() * 4,
         cfg.workspace_len() as f64 / cfg.minimum_len() as f64
-    );
+    )?;
     Ok(())
 }

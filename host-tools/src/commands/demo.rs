@@ -15,13 +15,13 @@ use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
 use tinylens_core::Model;
 
-use super::heads::{score, top_heads};
-use super::report::{build, Extras};
 use crate::analysis::ablation::{
     ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode,
 };
+use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
+use crate::analysis::report::{build, Extras};
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
 use crate::convert::weights_from_model;
 use crate::{cli, Result};
@@ -452,7 +452,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let c = model.config();
-    println!(
+    outln!(
         "tinylens demo: a {}-layer, {}-head attention-only transformer trained in TransformerLens \
          on repeated random syllables\n(int8 blob of {} bytes embedded in this binary; {} layers x {} heads, d_model {}, vocab {})",
         c.n_layers,
@@ -462,42 +462,42 @@ pub fn run(a: DemoArgs) -> Result<()> {
         c.n_heads,
         c.d_model,
         c.d_vocab
-    );
-    println!(
+    )?;
+    outln!(
         "ran {} sequences of <bos> + {n} random tokens + the same {n} with probes on every \
          attention pattern; {} bytes of trace decoded\n",
         DETECT_SEQUENCES,
         f.trace_bytes,
         n = REPEAT_LEN.min((c.n_ctx as usize - 1) / 2)
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "previous-token score (exclude_bos)",
             &f.head_scores.previous_token,
             |v| { format!("{v:.2}") }
         )
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "induction score (exclude_bos)",
             &f.head_scores.induction,
             |v| format!("{v:.2}")
         )
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
-    );
-    println!();
+        cli::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
+    )?;
+    outln!()?;
     for line in summary_lines(&f) {
-        println!("* {line}");
+        outln!("* {line}")?;
     }
-    println!(
+    outln!(
         "\nreport: {} (open it in a browser)   total {:.2} s",
         a.output.display(),
         start.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
