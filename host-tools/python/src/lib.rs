@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tinylens_core::{HookPoint, Normalization};
 use tinylens_host::analysis::{self, CompositionMode, DetectOptions, HeadKind};
+use tinylens_host::commands::decode;
 use tinylens_host::convert::{self as host_convert, QuantPlan};
 use tinylens_host::export::Cache;
 use tinylens_host::run::{self as host_run, AblateMode, RunOptions};
@@ -462,25 +463,16 @@ fn load_trace<'py>(
     data: Option<Bound<'py, PyBytes>>,
     run: usize,
 ) -> PyResult<(Bound<'py, PyArrayDyn<i64>>, Bound<'py, PyDict>, String)> {
-    let (label, bytes) = match (&path, &data) {
-        (Some(p), None) => (p.display().to_string(), cli::read_input(p).map_err(err)?),
-        (None, Some(d)) => ("<bytes>".to_string(), d.as_bytes().to_vec()),
-        _ => return Err(arg_err("load_trace: give a path or bytes")),
-    };
-    if bytes.is_empty() {
-        return Err(err(tinylens_host::Error::Trace(format!(
-            "{label}: empty trace"
-        ))));
-    }
-    let (runs, report) = py.detach(|| decode_stream(&bytes));
-    let r = runs.get(run).ok_or_else(|| {
-        err(tinylens_host::Error::Trace(format!(
-            "{label}: no run {run} ({} runs, {} good frames, {} bad frames)",
-            runs.len(),
-            report.frames_ok,
-            report.bad_frames
-        )))
-    })?;
+    let data = data.map(|d| d.as_bytes().to_vec());
+    let (r, report) = py
+        .detach(|| match (&path, &data) {
+            (Some(p), None) => decode::read_run(p, run),
+            (None, Some(d)) => decode::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
+            _ => Err(tinylens_host::Error::Argument(
+                "load_trace: give a path or bytes".into(),
+            )),
+        })
+        .map_err(err)?;
     let tokens: Vec<i64> = r
         .token_list()
         .iter()
@@ -496,7 +488,6 @@ fn load_trace<'py>(
         "stream": report,
         "run": r.loss,
         "run_index": run,
-        "runs": runs.len(),
         "run_id": r.run_id,
         "model_crc": r.model_crc,
         "positions": r.positions(),
@@ -682,26 +673,11 @@ fn head_scores(
     .map_err(err)
 }
 
-/// Writes bytes to a file atomically (a temporary file beside it, then a rename), so a
-/// failed write never leaves a half-written file in place of a good one.
+/// Writes bytes to a file as the CLI writes its outputs (`cli::write_output`: atomic,
+/// so a failed write never leaves a half-written file in place of a good one).
 #[pyfunction]
 fn write_file(path: PathBuf, data: &Bound<'_, PyBytes>) -> PyResult<()> {
-    write_atomic(&path, data.as_bytes()).map_err(err)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> tinylens_host::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        tinylens_host::Error::Argument(format!("{}: not a file name", path.display()))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).map_err(|e| tinylens_host::Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        tinylens_host::Error::io(path, e)
-    })
+    cli::write_output(&path, data.as_bytes()).map_err(err)
 }
 
 #[pymodule]

@@ -30,8 +30,17 @@ pub struct DecodeArgs {
 /// Reads `path` (`-`: standard input) through the streaming decoder, keeping run
 /// `index` only, until that run's end frame or the end of the input.
 pub fn read_run(path: &std::path::Path, index: usize) -> Result<(Run, StreamReport)> {
-    let name = cli::escape(&path.display().to_string()).into_owned();
     let mut input = cli::open_input(path)?;
+    read_run_from(&mut input, path, index)
+}
+
+/// [`read_run`] from any reader (the Python binding's bytes); `path` names it in errors.
+pub fn read_run_from(
+    input: &mut dyn Read,
+    path: &std::path::Path,
+    index: usize,
+) -> Result<(Run, StreamReport)> {
+    let name = cli::escape(&path.display().to_string()).into_owned();
     let mut decoder = Decoder::new(Keep::Only(index));
     let mut buf = vec![0u8; 1 << 16];
     loop {
