@@ -139,3 +139,25 @@ def test_the_gil_is_released_while_the_model_runs():
     th.join()
     assert took[0] > 0.05, "the batch ran too fast to tell"
     assert ticks > 10, f"the main thread ran {ticks} times in {took[0]:.2f} s"
+
+
+def test_cli_decoded_files_agree_with_load_trace(tmp_path):
+    """`tinylens decode --format npy|safetensors` writes what load_trace returns: TL's
+    batch dimension and int64 tokens (-1 for a lost token)."""
+    from safetensors.numpy import load_file
+
+    from conftest import run_cli
+
+    m = model("attn2_standard_noln")
+    trace = tmp_path / "t.tlt"
+    trace.write_bytes(m.trace([4, 8, 15, 16, 23, 42 % 50], ["blocks.*.attn.hook_pattern", "hook_embed", "logits"]))
+    tokens, cache, _ = tinylens.load_trace(trace)
+    for fmt, load in (("npy", lambda p: dict(np.load(p))), ("safetensors", load_file)):
+        out = tmp_path / f"cache.{fmt}"
+        run_cli("decode", trace, "--format", fmt, "-o", out)
+        files = load(out)
+        assert files["tokens"].dtype == np.int64 and np.array_equal(files["tokens"], tokens)
+        assert set(files) == set(cache) | {"tokens"}
+        for k, v in cache.items():
+            assert files[k].dtype == np.float32 and files[k].shape == v.shape, k
+            assert np.array_equal(files[k], v), k

@@ -71,7 +71,14 @@ pub fn read_run_from(
 pub fn run(a: DecodeArgs) -> Result<()> {
     export::check_format(&a.format)?;
     let (run, report) = read_run(&a.trace, a.run)?;
-    export::write(&run.cache_view(true), &a.format, &a.output)?;
+    // The binary formats carry TransformerLens's batch dimension and int64 tokens, as
+    // the Python package's `load_trace` returns them; JSON stays one sequence.
+    let view = run.cache_view(true);
+    if a.format == "json" {
+        export::write(&view, &a.format, &a.output)?;
+    } else {
+        export::write(&export::Batched(&view), &a.format, &a.output)?;
+    }
     let l = &run.loss;
     if a.report_json {
         note!("{}", serde_json::json!({ "stream": report, "run": l }));
