@@ -597,15 +597,7 @@ pub fn gather(
         .collect::<Result<Vec<_>>>()?;
     let weights = weight_data(&w)?;
     let compare = match compare {
-        Some((other, name)) => Some(compare_data(
-            model,
-            &w,
-            &weights,
-            other,
-            name,
-            prompts,
-            &prompt_data,
-        )?),
+        Some((other, name)) => Some(compare_data(model, &w, &weights, other, name, prompts)?),
         None => None,
     };
     let mut provenance = extras.provenance;
@@ -661,24 +653,22 @@ fn mean_over_prompts(grids: impl Iterator<Item = Vec<Vec<f64>>>) -> Vec<Vec<f64>
     sum
 }
 
-/// Mean DLA of each head over positions with a real next token, averaged over prompts.
-fn mean_head_dla(prompts: &[PromptData], nl: usize, nh: usize) -> Vec<Vec<f64>> {
-    mean_over_prompts(prompts.iter().map(|p| {
-        let n = p.tokens.len();
-        let m = n.saturating_sub(1).max(1);
-        (0..nl)
-            .map(|l| {
-                (0..nh)
-                    .map(|h| {
-                        p.dla.rows[1 + l * nh + h][..n.saturating_sub(1)]
-                            .iter()
-                            .sum::<f64>()
-                            / m as f64
-                    })
-                    .collect()
-            })
-            .collect()
-    }))
+/// Previous-token and induction scores and the mean next-token DLA of every head
+/// (over the positions with a real next token) of one recording.
+fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
+    let d = detect_all(&rec.patterns()?, &rec.tokens, DetectOptions::default())?;
+    let dla = dla_of(w, rec, None)?;
+    let m = rec.len().saturating_sub(1).max(1) as f64;
+    let heads = dla
+        .heads
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|v| v[..rec.len() - 1].iter().sum::<f64>() / m)
+                .collect()
+        })
+        .collect();
+    Ok([d.previous_token, d.induction, heads])
 }
 
 fn ablation_of(model: &Model<'_>, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>> {
@@ -695,7 +685,6 @@ fn compare_data(
     other: &Model<'_>,
     name: &str,
     prompts: &[PromptRecording],
-    data: &[PromptData],
 ) -> Result<CompareData> {
     let (a, b) = (model.config(), other.config());
     if (a.n_layers, a.n_heads, a.d_model, a.d_head, a.d_vocab)
@@ -709,13 +698,6 @@ fn compare_data(
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
     let w2 = weights_from_model(other);
     let weights2 = weight_data(&w2)?;
-    let vocab = display_vocab(model);
-    let label = |t: u32| {
-        vocab
-            .get(t as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("#{t}"))
-    };
     let host2 = host_recordings(
         other,
         &prompts
@@ -723,14 +705,13 @@ fn compare_data(
             .map(|p| (p.name.clone(), p.rec.tokens.clone()))
             .collect::<Vec<_>>(),
     )?;
-    let data2 = host2
+    let b1 = prompts
         .iter()
-        .map(|p| prompt_data(&w2, p, DlaTarget::NextToken, &label, 1_000_000))
+        .map(|p| behaviour(w, &p.rec))
         .collect::<Result<Vec<_>>>()?;
-    // DLA of the first model on the next token too (the report may show another target).
-    let dla1: Vec<PromptData> = prompts
+    let b2 = host2
         .iter()
-        .map(|p| prompt_data(w, p, DlaTarget::NextToken, &label, 1_000_000))
+        .map(|p| behaviour(&w2, &p.rec))
         .collect::<Result<Vec<_>>>()?;
     let ds: Vec<Prompt> = prompts
         .iter()
@@ -741,18 +722,11 @@ fn compare_data(
         .collect();
     let abl1 = ablation_of(model, &ds)?;
     let abl2 = ablation_of(other, &ds)?;
-    let grid = |f: &dyn Fn(&PromptData) -> Vec<Vec<f64>>, d: &[PromptData]| {
-        mean_over_prompts(d.iter().map(f))
-    };
-    let prev = (
-        grid(&|p| p.prev.clone(), data),
-        grid(&|p| p.prev.clone(), &data2),
-    );
-    let ind = (
-        grid(&|p| p.ind.clone(), data),
-        grid(&|p| p.ind.clone(), &data2),
-    );
-    let dla = (mean_head_dla(&dla1, nl, nh), mean_head_dla(&data2, nl, nh));
+    let mean =
+        |b: &[[Vec<Vec<f64>>; 3]], i: usize| mean_over_prompts(b.iter().map(|x| x[i].clone()));
+    let prev = (mean(&b1, 0), mean(&b2, 0));
+    let ind = (mean(&b1, 1), mean(&b2, 1));
+    let dla = (mean(&b1, 2), mean(&b2, 2));
     let kin = |wd: &WeightData, l: usize, h: usize| -> f64 {
         let k = &wd.composition.k;
         let mut m = 0.0f64;
@@ -787,12 +761,12 @@ fn compare_data(
         crc: other.checksum(),
         metrics: vec![
             "copying",
-            "QK trace ratio",
-            "max K-comp in (− baseline)",
+            "QK Σλ/Σ|λ|",
+            "K-comp in",
             "previous-token",
             "induction",
-            "mean DLA (next token)",
-            "mean-ablation loss Δ",
+            "mean DLA",
+            "ablation Δloss",
         ]
         .into_iter()
         .map(String::from)

@@ -104,7 +104,7 @@ canvas{display:block}
 .keys span i{display:inline-block;width:10px;height:10px;margin-right:3px;vertical-align:-1px}
 .tv-controls{display:flex;gap:16px;font-size:13px;margin-bottom:6px;align-items:center}
 .tv{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,monospace;max-height:260px;overflow-y:auto}
-.tv span{padding:1px 2px;margin:0 1px;border-radius:3px;border:1px solid transparent;cursor:default;white-space:pre}
+.tv span{display:inline-block;padding:0 2px;margin:1px 1px;line-height:1.5;border-radius:3px;border:1px solid transparent;cursor:default;white-space:pre}
 .tv span.hov{border-color:#111}
 table{border-collapse:collapse;font-size:12px}
 table.grid td,table.grid th{border:1px solid #e6e8eb;padding:2px 4px;text-align:center;min-width:40px;white-space:nowrap;font-variant-numeric:tabular-nums}
@@ -112,6 +112,7 @@ table.grid th{background:#f6f8fa;font-weight:600}
 table.plain td,table.plain th{border-bottom:1px solid #eee;padding:2px 8px;text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 table.plain th{background:#f6f8fa}
 table.plain td:first-child{text-align:left;font-family:ui-monospace,monospace}
+table.cmp td,table.cmp th{min-width:0;padding:2px 5px}
 table.cmp td.hi{background:#ffd6cc;font-weight:600}
 table.cmp td.role{background:#ff9f8a;font-weight:700}
 .scroll{overflow-x:auto}

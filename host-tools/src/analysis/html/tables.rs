@@ -149,7 +149,7 @@ pub fn compare_table(c: &CompareData) -> String {
     for (m, t) in c.metrics.iter().zip(&c.thresholds) {
         let _ = write!(
             s,
-            "<th colspan=\"3\">{} <span class=\"hint\">(Δ&gt;{t})</span></th>",
+            "<th colspan=\"3\">{}<br><span class=\"hint\">Δ &gt; {t}</span></th>",
             esc(m)
         );
     }

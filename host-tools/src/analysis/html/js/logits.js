@@ -17,7 +17,7 @@ function drawDla(){
   const [c,x]=mkCanvas(box,W,Hh,'dla');c.id='dla-canvas';x.fillStyle='#fff';x.fillRect(0,0,W,Hh);
   x.strokeStyle='#e3e6ea';x.fillStyle='#555';x.font='10px ui-monospace,monospace';x.textAlign='right';x.textBaseline='middle';
   const tick=Math.pow(10,Math.floor(Math.log10((hi-lo)/4)));const st=(hi-lo)/tick>8?tick*2:tick;
-  for(let v=Math.ceil(lo/st)*st;v<=hi;v+=st){x.beginPath();x.moveTo(ml,y(v)+.5);x.lineTo(W-10,y(v)+.5);x.stroke();x.fillText(fmt(v),ml-4,y(v));}
+  const dec=Math.max(0,-Math.floor(Math.log10(st)+1e-9));for(let v=Math.ceil(lo/st)*st;v<=hi;v+=st){x.beginPath();x.moveTo(ml,y(v)+.5);x.lineTo(W-10,y(v)+.5);x.stroke();x.fillText((Math.abs(v)<st/2?0:v).toFixed(dec),ml-4,y(v));}
   const [sl,sh]=S.head,sel=1+sl*H+sh;
   for(let i=0;i<n;i++){
     let up=0,dn=0;const x0=ml+i*bw,w=Math.max(1,bw-(bw>4?1:0));
@@ -45,12 +45,12 @@ function drawDla(){
 // Horizontal bars: items = [[label, value, note]].
 function bars(parent,title,items,id){
   const d=el('div',null,parent);el('h3',null,d,title);
-  const W=620,rh=18,ml=190,Hh=items.length*rh+24;
+  const W=640,rh=18,ml=200,mr=150,Hh=items.length*rh+24;
   const [c,x]=mkCanvas(d,W,Hh,'bars');c.id=id;x.fillStyle='#fff';x.fillRect(0,0,W,Hh);
   const mx=Math.max(1e-9,...items.map(i=>Math.abs(i[1]))),neg=items.some(i=>i[1]<0);
-  const z=neg?ml+(W-ml-70)/2:ml,sc=(neg?(W-ml-70)/2:W-ml-70)/mx;
+  const span=W-ml-mr,z=neg?ml+span/2:ml,sc=(neg?span/2:span)/mx;
   x.font='11px ui-monospace,monospace';x.textBaseline='middle';
-  items.forEach((it,i)=>{const yy=6+i*rh;x.fillStyle='#222';x.textAlign='right';x.fillText(short(it[0],26),ml-6,yy+rh/2-1);
+  items.forEach((it,i)=>{const yy=6+i*rh;x.fillStyle='#222';x.textAlign='right';x.fillText(short(it[0],30),ml-6,yy+rh/2-1);
     x.fillStyle=it[1]>=0?'#d0543f':'#3b78c2';const w=it[1]*sc;x.fillRect(Math.min(z,z+w),yy+2,Math.abs(w),rh-5);
     x.fillStyle='#333';x.textAlign='left';x.fillText((it[1]>=0?'+':'')+it[1].toFixed(3)+(it[2]?' '+it[2]:''),Math.max(z,z+w)+4,yy+rh/2-1);});
   x.strokeStyle='#555';x.beginPath();x.moveTo(z+.5,4);x.lineTo(z+.5,Hh-16);x.stroke();
@@ -61,8 +61,8 @@ function drawPaths(){
   const p=D.prompts[S.prompt],t=p.importance,o=$('orders-chart'),tc=$('terms-chart');o.innerHTML='';tc.innerHTML='';
   $('paths-src').textContent='Patterns and LN scales: '+p.source_paths+'.';
   if(!t){$('paths-note').textContent='Term importance '+p.importance_note+'.';return;}
-  const names=['direct path','heads','virtual heads'];
-  bars(o,'By path order',t.orders.map(q=>['order '+q[0]+' '+(names[q[0]]||'')+' ('+q[1]+')',q[2],'']),'orders-canvas');
+  const names=['direct','heads','virtual heads'];
+  bars(o,'By path order',t.orders.map(q=>['order '+q[0]+(names[q[0]]?' '+names[q[0]]:'')+' ('+q[1]+')',q[2],'']),'orders-canvas');
   bars(tc,'Largest terms',t.terms.map(q=>[q[0],q[2],q[1]===null?'':'(order '+q[1]+')']),'terms-canvas');
   $('paths-note').textContent='Next-token loss on this prompt: all terms '+t.loss_all_terms.toFixed(4)+', biases only '+t.loss_biases_only.toFixed(4)+'; orders ≤ k kept: '+t.orders.map(q=>q[0]+': '+q[3].toFixed(4)).join(', ')+'.';
 }

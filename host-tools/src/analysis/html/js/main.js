@@ -20,6 +20,7 @@ function overflowing(){
     if(s.scrollWidth>s.clientWidth+1){bad.push(s.id);return;}
     for(const e of s.querySelectorAll('canvas,table,h3,p,.thumb,.small')){if(e.closest('.scroll'))continue;const b=e.getBoundingClientRect();if(b.right>r.right+1){bad.push(s.id+':'+(e.id||e.tagName.toLowerCase()));break;}}
   });
+  document.querySelectorAll('.tv').forEach(t=>{if(t.scrollWidth>t.clientWidth+1)bad.push('tokens:tv');});
   if(document.documentElement.scrollWidth>window.innerWidth+1)bad.push('page');
   return bad;
 }
