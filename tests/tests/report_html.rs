@@ -19,8 +19,9 @@ use std::process::Command;
 
 use tinylens_core::{Model, StorageKind};
 use tinylens_host::analysis::report::{host_recordings, trace_recordings};
-use tinylens_host::commands::{demo, heads, report};
+use tinylens_host::commands::{demo, report};
 use tinylens_host::convert::{write_blob, QuantPlan};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_host::run::{run, RunOptions};
 use tinylens_host::tl::Processing;
 use tinylens_host::weights::{
@@ -368,15 +369,12 @@ fn trace_report_of_a_4x8_model_with_compare() {
     let mut trace = Vec::new();
     let mut prompts = Vec::new();
     for (run_id, seed) in [(5u32, 1u64), (6, 2)] {
-        let p = heads::PromptArgs {
-            tokens: None,
-            repeated: Some(60),
-            seed,
+        let p = PromptArgs {
             bos: "0".into(),
+            ..PromptArgs::from_repeated(60, seed)
         }
-        .prompts(&model, 1)
-        .unwrap()
-        .remove(0);
+        .prompt(&model)
+        .unwrap();
         let out = run(
             &model,
             &RunOptions {
@@ -427,12 +425,7 @@ fn trace_report_of_a_4x8_model_with_compare() {
     let out = dir.join("report-4x8.html");
     report::run(report::ReportArgs {
         model: int8_path,
-        prompt: heads::PromptArgs {
-            tokens: None,
-            repeated: None,
-            seed: 0,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::default(),
         sequences: 1,
         trace: Some(trace_path),
         compare: Some(f32_path),

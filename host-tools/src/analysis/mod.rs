@@ -19,6 +19,7 @@
 pub mod ablation;
 pub mod attribution;
 pub mod circuits;
+pub mod dynamic;
 pub mod factored;
 pub mod heads;
 pub mod html;

@@ -17,12 +17,14 @@ use super::attribution::{direct_logit_attribution, expand, term_importance, Dla}
 use super::circuits::{composition_baseline, composition_scores, full_ov, full_qk, ov};
 use super::factored::{to_f64, LowRank};
 use super::heads::{detect_all, DetectOptions};
+use super::html::render;
 use super::html::{
     encode_patterns, CircuitMap, CompareData, CompareRow, CompositionData, DlaData, EigenData,
     ImportanceData, InductionTerm, PromptData, ReportData, WeightData,
 };
 use super::recorded::{analysis_probes, from_run, record, Recording};
 use super::{copying_score, HeadDetection};
+use crate::cli::storage_summary;
 use crate::convert::{vocab_of, weights_from_model};
 use crate::trace::decode_stream;
 use crate::weights::Weights;
@@ -569,6 +571,50 @@ pub fn display_vocab(model: &Model<'_>) -> Vec<String> {
             .map(|t| format!("#{t}"))
             .collect(),
     }
+}
+
+/// One line describing a blob.
+pub fn model_line(model: &Model<'_>) -> String {
+    let c = model.config();
+    let p = model.processing();
+    let mut steps = Vec::new();
+    for (on, name) in [
+        (p.fold_ln, "fold_ln"),
+        (p.center_writing_weights, "center_writing_weights"),
+        (p.center_unembed, "center_unembed"),
+        (p.fold_value_biases, "fold_value_biases"),
+    ] {
+        if on {
+            steps.push(name);
+        }
+    }
+    format!(
+        "{} layers × {} heads, d_model {}, d_head {}, vocab {}, n_ctx {}, {:?}; weights {}; processing: {}; crc {:08x}",
+        c.n_layers,
+        c.n_heads,
+        c.d_model,
+        c.d_head,
+        c.d_vocab,
+        c.n_ctx,
+        c.normalization,
+        storage_summary(model),
+        if steps.is_empty() { "none".to_string() } else { steps.join(", ") },
+        model.checksum()
+    )
+}
+
+/// Records `prompts` on the host, analyses them and the weights, and renders the HTML
+/// (the demo's report).
+pub fn build(
+    model: &Model<'_>,
+    prompts: &[(String, Vec<u32>)],
+    mut extras: Extras,
+) -> Result<String> {
+    let recs = host_recordings(model, prompts)?;
+    if extras.model_line.is_empty() {
+        extras.model_line = model_line(model);
+    }
+    Ok(render(&gather(model, &recs, extras, None)?))
 }
 
 /// Everything the page shows, for `prompts` of `model`.

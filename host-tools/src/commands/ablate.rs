@@ -15,13 +15,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
-use super::heads::{grid_text, resolve_bos};
 use crate::analysis::ablation::{
-    ablate_heads, mean_results, parse_data, repeated_dataset, runs_needed, AblationReport, Mode,
-    Prompt,
+    ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
 };
+use crate::cli::grid_text;
 use crate::export::Cache;
-use crate::{cli, Error, Result};
+use crate::{cli, prompts, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct AblateArgs {
@@ -96,21 +95,9 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn prompts(a: &AblateArgs, model: &Model<'_>) -> Result<Vec<Prompt>> {
-    let cfg = model.config();
     match (&a.data, a.repeated) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            parse_data(&text, cfg.d_vocab, cfg.n_ctx)
-                .map_err(|e| Error::Argument(format!("{}: {e}", path.display())))
-        }
-        (None, Some(n)) => repeated_dataset(
-            n,
-            a.batch,
-            a.seed,
-            resolve_bos(&a.bos, model)?,
-            cfg.d_vocab,
-            cfg.n_ctx,
-        ),
+        (Some(path), None) => prompts::data_file(path, model),
+        (None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
         _ => Err(Error::Argument(
             "give the data set with --data FILE or --repeated N".into(),
         )),
@@ -184,13 +171,13 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
 pub fn run(a: AblateArgs) -> Result<()> {
     let r = report(&a)?;
     if let Some(p) = &a.save_means {
-        eprintln!("mean head results -> {}", p.display());
+        note!("mean head results -> {}", p.display());
     }
     if a.json {
         cli::print_json(&r)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ablation over {} prompts ({} predictions): baseline loss {:.4}{}",
         a.mode,
         r.n_prompts,
@@ -199,8 +186,8 @@ pub fn run(a: AblateArgs) -> Result<()> {
         r.baseline
             .repeat
             .map_or(String::new(), |v| format!(", on the second copies {v:.4}"))
-    );
-    println!(
+    )?;
+    outln!(
         "\n{}",
         grid_text(
             "loss increase (all positions)",
@@ -208,15 +195,15 @@ pub fn run(a: AblateArgs) -> Result<()> {
             |v| format!("{v:+.4}")
         )
         .trim_end()
-    );
+    )?;
     if let Some(g) = &r.repeat_loss_increase {
-        println!(
+        outln!(
             "\n{}",
             grid_text("loss increase on the second copies", g, |v| format!(
                 "{v:+.4}"
             ))
             .trim_end()
-        );
+        )?;
     }
     let mut order: Vec<&crate::analysis::ablation::HeadAblation> = r.heads.iter().collect();
     order.sort_by(|x, y| {
@@ -236,10 +223,10 @@ pub fn run(a: AblateArgs) -> Result<()> {
             )
         })
         .collect();
-    println!("\nmost important heads: {}", ranked.join(", "));
+    outln!("\nmost important heads: {}", ranked.join(", "))?;
     for g in &r.groups {
         let names: Vec<String> = g.heads.iter().map(|[l, h]| format!("L{l}H{h}")).collect();
-        println!(
+        outln!(
             "together {}: loss {:.4} ({:+.4}){}",
             names.join("+"),
             g.loss.all,
@@ -250,7 +237,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
                 .map_or(String::new(), |(v, d)| format!(
                     ", second copies {v:.4} ({d:+.4})"
                 ))
-        );
+        )?;
     }
     Ok(())
 }

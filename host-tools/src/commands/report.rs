@@ -10,13 +10,12 @@ use std::path::PathBuf;
 use clap::Args;
 use tinylens_core::Model;
 
-use super::circuits::storage_summary;
-use super::heads::PromptArgs;
 use crate::analysis::html::render;
 use crate::analysis::report::{gather, host_recordings, trace_recordings, DlaTarget};
+use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
 
-pub use crate::analysis::report::{display_vocab, Extras};
+pub use crate::analysis::report::{build, display_vocab, model_line, Extras};
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -47,49 +46,6 @@ pub struct ReportArgs {
     /// Title of the report (default: the blob's file name).
     #[arg(long)]
     pub title: Option<String>,
-}
-
-/// One line describing a blob.
-pub fn model_line(model: &Model<'_>) -> String {
-    let c = model.config();
-    let p = model.processing();
-    let mut steps = Vec::new();
-    for (on, name) in [
-        (p.fold_ln, "fold_ln"),
-        (p.center_writing_weights, "center_writing_weights"),
-        (p.center_unembed, "center_unembed"),
-        (p.fold_value_biases, "fold_value_biases"),
-    ] {
-        if on {
-            steps.push(name);
-        }
-    }
-    format!(
-        "{} layers × {} heads, d_model {}, d_head {}, vocab {}, n_ctx {}, {:?}; weights {}; processing: {}; crc {:08x}",
-        c.n_layers,
-        c.n_heads,
-        c.d_model,
-        c.d_head,
-        c.d_vocab,
-        c.n_ctx,
-        c.normalization,
-        storage_summary(model),
-        if steps.is_empty() { "none".to_string() } else { steps.join(", ") },
-        model.checksum()
-    )
-}
-
-/// Records `prompts` on the host, analyses them and the weights, and renders the HTML.
-pub fn build(
-    model: &Model<'_>,
-    prompts: &[(String, Vec<u32>)],
-    mut extras: Extras,
-) -> Result<String> {
-    let recs = host_recordings(model, prompts)?;
-    if extras.model_line.is_empty() {
-        extras.model_line = model_line(model);
-    }
-    Ok(render(&gather(model, &recs, extras, None)?))
 }
 
 fn dla_target(a: &ReportArgs, d_vocab: u32) -> Result<DlaTarget> {
@@ -208,6 +164,6 @@ pub fn run(a: ReportArgs) -> Result<()> {
     )?;
     let html = render(&data);
     cli::write_output(&a.output, html.as_bytes())?;
-    eprintln!("wrote {} ({} bytes)", a.output.display(), html.len());
+    note!("wrote {} ({} bytes)", a.output.display(), html.len());
     Ok(())
 }
