@@ -31,7 +31,7 @@ pub use tape::Tape;
 use rayon::prelude::*;
 use tinylens_core::probe::{Probe, ProbeSet};
 use tinylens_core::sample::{self, Rng};
-use tinylens_core::{HookPoint, Hooks, Model, Normalization, Session};
+use tinylens_core::{HookPoint, Hooks, KvStorage, Model, Normalization, Session, SessionOptions};
 
 use crate::export::Cache;
 use crate::{Error, Result};
@@ -110,6 +110,7 @@ pub struct Engine<'m> {
     model: Model<'m>,
     kernels: HostKernels,
     block: usize,
+    kv: KvStorage,
     all_logits: bool,
 }
 
@@ -121,6 +122,7 @@ impl<'m> Engine<'m> {
             model: *model,
             kernels: HostKernels::detect(),
             block: DEFAULT_BLOCK,
+            kv: KvStorage::F32,
             all_logits: true,
         }
     }
@@ -128,6 +130,13 @@ impl<'m> Engine<'m> {
     /// Positions per block (1 is stepping).
     pub fn with_block(mut self, block: usize) -> Self {
         self.block = block.max(1);
+        self
+    }
+
+    /// How each sequence's KV cache is stored (f32 by default; f16 and int8 are the
+    /// device's RAM-saving choices, computed here bit for bit as a device computes them).
+    pub fn with_kv(mut self, kv: KvStorage) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -163,8 +172,9 @@ impl<'m> Engine<'m> {
         let cfg = *self.model.config();
         let v = cfg.d_vocab_out as usize;
         let block = self.block.min(prompt.len().max(1));
-        let mut ws = vec![0.0f32; cfg.block_workspace_len(block)];
-        let mut session = Session::with_kernels(&self.model, &mut ws, block, self.kernels)?;
+        let mut ws = vec![0.0f32; cfg.session_workspace_len(block, self.kv)];
+        let options = SessionOptions { block, kv: self.kv };
+        let mut session = Session::with_options(&self.model, &mut ws, options, self.kernels)?;
         let mut rng = Rng::new(sampling.seed);
         let mut out = Sequence {
             tokens: prompt.to_vec(),
