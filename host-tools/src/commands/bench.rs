@@ -62,6 +62,8 @@ pub struct BenchArgs {
 #[derive(Debug, Default)]
 struct Phases {
     prefill: Vec<Duration>,
+    /// CPU time of the process (every thread) during each prefill.
+    prefill_cpu: Vec<Duration>,
     total: Vec<Duration>,
     trace_bytes: usize,
 }
@@ -117,13 +119,13 @@ impl Plan<'_> {
     }
 
     /// One batch, prompt then `decode` tokens; returns its time and trace bytes.
-    fn once(&self, record: Record, decode: usize) -> Result<(Duration, usize)> {
+    fn once(&self, record: Record, decode: usize) -> Result<(Duration, Duration, usize)> {
         let model = self.engine.model();
         let cfg = *model.config();
         let len = self.prompts[0].len() + decode;
         let greedy = Sampling::default();
         let probes = all_hooks(model)?;
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_time());
         let bytes = match record {
             Record::Nothing => {
                 self.engine
@@ -148,7 +150,7 @@ impl Plan<'_> {
                 traces.into_iter().sum::<Result<usize>>()?
             }
         };
-        Ok((t0.elapsed(), bytes))
+        Ok((t0.elapsed(), cpu_time().saturating_sub(c0), bytes))
     }
 
     fn measure(&self, record: Record) -> Result<Phases> {
@@ -160,10 +162,11 @@ impl Plan<'_> {
         }
         let start = Instant::now();
         while self.samples(start, out.prefill.len()) {
-            let (p, bytes) = self.once(record, 0)?;
+            let (p, cpu, bytes) = self.once(record, 0)?;
             out.prefill.push(p);
+            out.prefill_cpu.push(cpu);
             if self.decode > 0 {
-                let (t, b) = self.once(record, self.decode)?;
+                let (t, _, b) = self.once(record, self.decode)?;
                 out.total.push(t);
                 out.trace_bytes = b;
             } else {
@@ -173,6 +176,21 @@ impl Plan<'_> {
         }
         Ok(out)
     }
+}
+
+/// CPU time of this process so far, every thread (Linux: the nanosecond counters of
+/// `/proc/self/task/*/schedstat`; zero elsewhere). On a loaded machine the wall clock
+/// measures the load; CPU time measures the work.
+fn cpu_time() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Writes one sequence's trace from its tape; returns its length in bytes.
@@ -344,6 +362,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_ns_per_token": ns_per(b * decode, d_off),
         "prefill_ns_per_token_all_hooks": ns_per(b * prompt_len, p_all),
         "decode_ns_per_token_all_hooks": ns_per(b * decode, d_all),
+        "prefill_tokens_per_cpu_s": per_s(b * prompt_len, median(&mut off.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_all_hooks": per_s(b * prompt_len, median(&mut all.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_trace": per_s(b * prompt_len, median(&mut tr.prefill_cpu)),
+        "prefill_cpu_over_wall": median(&mut off.prefill_cpu).as_secs_f64() / p_off.as_secs_f64(),
+        "prefill_gflops_per_cpu_s": gflops(median(&mut off.prefill_cpu)),
+        "prefill_gflops_per_cpu_s_all_hooks": gflops(median(&mut all.prefill_cpu)),
         "prefill_flops_per_batch": flops,
         "prefill_gflops_per_s": gflops(p_off),
         "prefill_gflops_per_s_all_hooks": gflops(p_all),

@@ -82,8 +82,13 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// Whether choosing a token draws from the random generator (top-k sampling).
+    fn draws(&self) -> bool {
+        self.top_k > 1 && self.temperature > 0.0
+    }
+
     fn pick(&self, logits: &[f32], rng: &mut Rng) -> u32 {
-        if self.top_k > 1 && self.temperature > 0.0 {
+        if self.draws() {
             sample::top_k::<64>(logits, self.top_k, self.temperature, rng)
         } else {
             sample::greedy(logits)
@@ -179,8 +184,13 @@ impl<'m> Engine<'m> {
         let mut next = 0;
         for chunk in prompt.chunks(block) {
             let logits = session.forward(chunk, hooks)?;
-            for row in logits.chunks_exact(v) {
-                next = sampling.pick(row, &mut rng);
+            if sampling.draws() {
+                // Every position draws from the generator, as stepping does.
+                for row in logits.chunks_exact(v) {
+                    next = sampling.pick(row, &mut rng);
+                }
+            } else if generate > 0 {
+                next = sampling.pick(&logits[logits.len() - v..], &mut rng);
             }
             let last = if self.all_logits { 0 } else { logits.len() - v };
             keep(&logits[last..], &mut out);

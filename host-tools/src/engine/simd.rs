@@ -202,8 +202,7 @@ mod x86 {
     /// One register block: rows `r0..r0 + R` × tokens `t0..t0 + T`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn float_block<const R: usize, const T: usize>(
-        f16: bool,
+    unsafe fn float_block<const R: usize, const T: usize, const F16: bool>(
         w: &[u8],
         x: &[f32],
         rows: usize,
@@ -212,7 +211,7 @@ mod x86 {
         t0: usize,
         out: &mut [f32],
     ) {
-        let b = if f16 { 2 } else { 4 };
+        let b = if F16 { 2 } else { 4 };
         let row_len = cols * b;
         let wp = w.as_ptr().add(r0 * row_len);
         let xp = x.as_ptr().add(t0 * cols);
@@ -222,7 +221,7 @@ mod x86 {
         while c < full {
             let xs: [__m256; T] = core::array::from_fn(|t| _mm256_loadu_ps(xp.add(t * cols + c)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wv = load8(f16, wp.add(r * row_len + c * b));
+                let wv = load8(F16, wp.add(r * row_len + c * b));
                 for (a, xv) in acc_r.iter_mut().zip(&xs) {
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, *xv));
                 }
@@ -236,7 +235,7 @@ mod x86 {
                 _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
                 let xt = &x[(t0 + t) * cols..(t0 + t + 1) * cols];
                 for (j, lane) in lanes.iter_mut().enumerate().take(cols - full) {
-                    *lane += weight(f16, row, full + j) * xt[full + j];
+                    *lane += weight(F16, row, full + j) * xt[full + j];
                 }
                 out[(t0 + t) * rows + r0 + r] = reduce8(lanes);
             }
@@ -247,8 +246,7 @@ mod x86 {
     /// left over in blocks of one.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn float_all<const R: usize, const T: usize>(
-        f16: bool,
+    unsafe fn float_all<const R: usize, const T: usize, const F16: bool>(
         w: &[u8],
         x: &[f32],
         n: usize,
@@ -263,10 +261,10 @@ mod x86 {
             while t < n {
                 let full_t = t + T <= n;
                 match (full_r, full_t) {
-                    (true, true) => float_block::<R, T>(f16, w, x, rows, cols, r, t, out),
-                    (true, false) => float_block::<R, 1>(f16, w, x, rows, cols, r, t, out),
-                    (false, true) => float_block::<1, T>(f16, w, x, rows, cols, r, t, out),
-                    (false, false) => float_block::<1, 1>(f16, w, x, rows, cols, r, t, out),
+                    (true, true) => float_block::<R, T, F16>(w, x, rows, cols, r, t, out),
+                    (true, false) => float_block::<R, 1, F16>(w, x, rows, cols, r, t, out),
+                    (false, true) => float_block::<1, T, F16>(w, x, rows, cols, r, t, out),
+                    (false, false) => float_block::<1, 1, F16>(w, x, rows, cols, r, t, out),
                 }
                 t += if full_t { T } else { 1 };
             }
@@ -284,7 +282,11 @@ mod x86 {
         cols: usize,
         out: &mut [f32],
     ) {
-        float_all::<4, 3>(f16, w, x, n, rows, cols, out)
+        if f16 {
+            float_all::<4, 3, true>(w, x, n, rows, cols, out)
+        } else {
+            float_all::<4, 3, false>(w, x, n, rows, cols, out)
+        }
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
@@ -297,7 +299,11 @@ mod x86 {
         cols: usize,
         out: &mut [f32],
     ) {
-        float_all::<4, 6>(f16, w, x, n, rows, cols, out)
+        if f16 {
+            float_all::<4, 6, true>(w, x, n, rows, cols, out)
+        } else {
+            float_all::<4, 6, false>(w, x, n, rows, cols, out)
+        }
     }
 
     /// Horizontal sum of eight i32 lanes (exact: wrapping adds of an exact sum).
