@@ -167,7 +167,7 @@ def bench_tl_prefill(model: HookedTransformer, prompt, batch: int, seconds: floa
 
     with torch.inference_mode():
         p, _, n = timed_samples(sample, seconds, min_samples)
-    c = statistics.median(cpu[-n:])
+    c = statistics.fmean(cpu[-n:])
     return {"prefill_tokens_per_s": batch * len(prompt) / p,
             "prefill_tokens_per_cpu_s": batch * len(prompt) / c, "samples": n}
 
@@ -231,7 +231,7 @@ def grid(args, exe: Path) -> None:
                             row[f"tinylens_{kind}_all_hooks"] / row["tl_run_with_cache_attn_result"])
                         row[f"ratio_{kind}_vs_tl_plain"] = row[f"tinylens_{kind}"] / row["tl_plain"]
                         row[f"ratio_{kind}_all_hooks_vs_tl_attn_result_cpu"] = (
-                            row[f"tinylens_{kind}_all_hooks_cpu"]
+                            (row[f"tinylens_{kind}_all_hooks_cpu"] or 0.0)
                             / row["tl_run_with_cache_attn_result_cpu"])
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)

@@ -62,7 +62,8 @@ pub struct BenchArgs {
 #[derive(Debug, Default)]
 struct Phases {
     prefill: Vec<Duration>,
-    /// CPU time of the process (every thread) during each prefill.
+    /// CPU time of the process (every thread) during each prefill (the counters tick
+    /// coarsely: only their mean over many samples is meaningful).
     prefill_cpu: Vec<Duration>,
     total: Vec<Duration>,
     trace_bytes: usize,
@@ -231,6 +232,11 @@ pub fn forward_flops(cfg: &Config, p0: usize, p1: usize) -> f64 {
     2.0 * (weights * (p1 - p0) as f64 + l * h * 2.0 * dh * keys)
 }
 
+fn mean(v: &[Duration]) -> Duration {
+    let n = v.len().max(1) as u32;
+    v.iter().sum::<Duration>() / n
+}
+
 fn median_diff(total: &mut [Duration], prefill: &mut [Duration]) -> Duration {
     median(total).saturating_sub(median(prefill))
 }
@@ -362,12 +368,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_ns_per_token": ns_per(b * decode, d_off),
         "prefill_ns_per_token_all_hooks": ns_per(b * prompt_len, p_all),
         "decode_ns_per_token_all_hooks": ns_per(b * decode, d_all),
-        "prefill_tokens_per_cpu_s": per_s(b * prompt_len, median(&mut off.prefill_cpu)),
-        "prefill_tokens_per_cpu_s_all_hooks": per_s(b * prompt_len, median(&mut all.prefill_cpu)),
-        "prefill_tokens_per_cpu_s_trace": per_s(b * prompt_len, median(&mut tr.prefill_cpu)),
-        "prefill_cpu_over_wall": median(&mut off.prefill_cpu).as_secs_f64() / p_off.as_secs_f64(),
-        "prefill_gflops_per_cpu_s": gflops(median(&mut off.prefill_cpu)),
-        "prefill_gflops_per_cpu_s_all_hooks": gflops(median(&mut all.prefill_cpu)),
+        "prefill_tokens_per_cpu_s": per_s(b * prompt_len, mean(&off.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_all_hooks": per_s(b * prompt_len, mean(&all.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_trace": per_s(b * prompt_len, mean(&tr.prefill_cpu)),
+        "prefill_cpu_over_wall": mean(&off.prefill_cpu).as_secs_f64() / p_off.as_secs_f64(),
+        "prefill_gflops_per_cpu_s": gflops(mean(&off.prefill_cpu)),
+        "prefill_gflops_per_cpu_s_all_hooks": gflops(mean(&all.prefill_cpu)),
         "prefill_flops_per_batch": flops,
         "prefill_gflops_per_s": gflops(p_off),
         "prefill_gflops_per_s_all_hooks": gflops(p_all),
