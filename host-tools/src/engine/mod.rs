@@ -6,7 +6,7 @@
 //! batch on all rayon threads. Stepping and the engine are two schedules of one
 //! forward pass: every logit and hook value is the same bits whatever the block size,
 //! the batch, the kernels or the thread count (tests: `core/src/block_tests.rs`,
-//! `host-tools/tests/engine.rs`).
+//! `tests/tests/engine.rs`).
 //!
 //! - [`Engine::run`]: one sequence (prompt in blocks, then generation one token at a
 //!   time) with any [`Hooks`] (interventions, recorders);
