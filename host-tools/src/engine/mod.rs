@@ -6,7 +6,7 @@
 //! batch on all rayon threads. Stepping and the engine are two schedules of one
 //! forward pass: every logit and hook value is the same bits whatever the block size,
 //! the batch, the kernels or the thread count (tests: `core/src/block_tests.rs`,
-//! `host-tools/tests/engine.rs`).
+//! `tests/tests/engine.rs`).
 //!
 //! - [`Engine::run`]: one sequence (prompt in blocks, then generation one token at a
 //!   time) with any [`Hooks`] (interventions, recorders);
@@ -82,8 +82,13 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// Whether choosing a token draws from the random generator (top-k sampling).
+    fn draws(&self) -> bool {
+        self.top_k > 1 && self.temperature > 0.0
+    }
+
     fn pick(&self, logits: &[f32], rng: &mut Rng) -> u32 {
-        if self.top_k > 1 && self.temperature > 0.0 {
+        if self.draws() {
             sample::top_k::<64>(logits, self.top_k, self.temperature, rng)
         } else {
             sample::greedy(logits)
@@ -189,8 +194,13 @@ impl<'m> Engine<'m> {
         let mut next = 0;
         for chunk in prompt.chunks(block) {
             let logits = session.forward(chunk, hooks)?;
-            for row in logits.chunks_exact(v) {
-                next = sampling.pick(row, &mut rng);
+            if sampling.draws() {
+                // Every position draws from the generator, as stepping does.
+                for row in logits.chunks_exact(v) {
+                    next = sampling.pick(row, &mut rng);
+                }
+            } else if generate > 0 {
+                next = sampling.pick(&logits[logits.len() - v..], &mut rng);
             }
             let last = if self.all_logits { 0 } else { logits.len() - v };
             keep(&logits[last..], &mut out);
