@@ -373,7 +373,7 @@ fn trace_report_of_a_4x8_model_with_compare() {
             bos: "0".into(),
             ..PromptArgs::from_repeated(60, seed)
         }
-        .prompt(&model)
+        .prompt(&model, &int8_blob)
         .unwrap();
         let out = run(
             &model,

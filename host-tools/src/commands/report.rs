@@ -114,6 +114,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
         None => {
             let prompts = a.prompt.prompts(
                 &model,
+                &bytes,
                 if a.prompt.repeated.is_some() {
                     a.sequences.max(1)
                 } else {
