@@ -65,6 +65,11 @@ fn circuits_json_matches_transformerlens() {
             json: true,
             top: 5,
             baseline_samples: 64,
+            top_pairs: 10,
+            tokens_subset: None,
+            full_scans: false,
+            no_scans: false,
+            threads: 0,
         };
         let j = circuits::json(&args).unwrap();
         for key in [
@@ -147,6 +152,7 @@ fn heads_json_matches_transformerlens() {
             batch: 1,
             exclude_bos: false,
             exclude_current_token: false,
+            threads: 0,
             json: true,
         };
         let j = heads::json(&args).unwrap();
@@ -202,6 +208,7 @@ fn heads_from_a_recorded_trace() {
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
+        threads: 0,
         json: true,
     };
     let j = heads::json(&args).unwrap();
@@ -327,6 +334,7 @@ fn attribution_and_path_terms_sum_to_the_logits() {
             prompt: prompt_args(&prompt),
             top: 5,
             json: true,
+            threads: 0,
         })
         .unwrap();
         assert!(jp["sum_check"]["max_abs_error_vs_model"].as_f64().unwrap() < 1e-4);
@@ -368,6 +376,7 @@ fn ablate_means_match_transformerlens_and_feed_run() {
             mode: "mean".into(),
             together: vec!["0.0,0.1".into()],
             save_means: Some(means_path.clone()),
+            threads: 0,
             json: true,
         })
         .unwrap();
@@ -427,6 +436,7 @@ fn bad_input_is_an_error() {
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
+        threads: 0,
         json: true,
     };
     for (args, needle) in [
@@ -446,6 +456,11 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
+        threads: 0,
     })
     .unwrap_err();
     assert!(missing.to_string().contains("nope.tlm"));
@@ -456,6 +471,11 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
+        threads: 0,
     })
     .is_err());
     let other = blob_file("attn2_standard_noln", &dir);
@@ -465,6 +485,11 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
+        threads: 0,
     })
     .unwrap_err();
     assert!(e.to_string().contains("different shapes"), "{e}");
@@ -478,6 +503,7 @@ fn bad_input_is_an_error() {
         mode: "half".into(),
         together: vec![],
         save_means: None,
+        threads: 0,
         json: true,
     })
     .unwrap_err();

@@ -124,6 +124,7 @@ fn demo_finds_the_induction_circuit_transformerlens_finds() {
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
+        threads: 0,
         json: true,
     })
     .unwrap();

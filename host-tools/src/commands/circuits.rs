@@ -9,7 +9,10 @@ use clap::Args;
 use serde_json::{json, Value};
 use tinylens_core::Model;
 
-use crate::analysis::{analyze, AnalysisOptions, AnalysisReport, Scores4};
+use crate::analysis::progress::{progress_bar, with_threads};
+use crate::analysis::{
+    analysis_steps, analyze_with_progress, AnalysisOptions, AnalysisReport, ScanTokens, Scores4,
+};
 use crate::convert::{vocab_of, weights_from_model};
 use crate::{cli, Error, Result};
 
@@ -30,6 +33,22 @@ pub struct CircuitsArgs {
     /// Random samples of the composition baseline.
     #[arg(long, default_value_t = crate::analysis::BASELINE_SAMPLES)]
     pub baseline_samples: usize,
+    /// Largest entries kept per full OV/QK circuit (a vocab x vocab scan).
+    #[arg(long, default_value_t = 10)]
+    pub top_pairs: usize,
+    /// Scan (top pairs, diagonal-argmax fraction, bigrams) only N tokens, evenly spaced
+    /// over the vocabulary. Default: every token up to 8192, else 2048 of them.
+    #[arg(long, value_name = "N", conflicts_with_all = ["full_scans", "no_scans"])]
+    pub tokens_subset: Option<usize>,
+    /// Scan every token, whatever the vocabulary (blocked, parallel, with progress).
+    #[arg(long, conflicts_with = "no_scans")]
+    pub full_scans: bool,
+    /// No vocab x vocab scans: spectra, copying, composition and path norms only.
+    #[arg(long)]
+    pub no_scans: bool,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// A blob's analysis with what identifies the blob.
@@ -66,11 +85,15 @@ pub fn storage_summary(model: &Model<'_>) -> String {
     }
 }
 
-pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
+/// Analyzes one blob on `threads` threads (0: one per core), with a progress bar on a
+/// terminal.
+pub fn analyze_blob(path: &Path, opts: &AnalysisOptions, threads: usize) -> Result<Analyzed> {
     let bytes = cli::read_input(path)?;
     let model = Model::from_bytes(&bytes)?;
     let w = weights_from_model(&model);
-    let report = analyze(&w, opts)?;
+    let pb = progress_bar(analysis_steps(&w, opts), "circuits", "blocks");
+    let report = with_threads(threads, || analyze_with_progress(&w, opts, &pb))??;
+    pb.finish_and_clear();
     let p = model.processing();
     let blob = json!({
         "path": path,
@@ -131,11 +154,11 @@ fn check_same_shape(a: &AnalysisReport, b: &AnalysisReport) -> Result<()> {
 /// What `tinylens circuits --json` prints.
 pub fn json(a: &CircuitsArgs) -> Result<Value> {
     let opts = options(a);
-    let first = analyze_blob(&a.model, &opts)?;
+    let first = analyze_blob(&a.model, &opts, a.threads)?;
     let Some(other) = &a.compare else {
         return to_value(&first);
     };
-    let second = analyze_blob(other, &opts)?;
+    let second = analyze_blob(other, &opts, a.threads)?;
     check_same_shape(&first.report, &second.report)?;
     compare_value(&first, &second)
 }
@@ -144,6 +167,16 @@ fn options(a: &CircuitsArgs) -> AnalysisOptions {
     AnalysisOptions {
         bigram_top_k: a.top.max(1),
         baseline_samples: a.baseline_samples.max(1),
+        top_pairs: a.top_pairs,
+        scan: if a.no_scans {
+            ScanTokens::Off
+        } else if a.full_scans {
+            ScanTokens::All
+        } else if let Some(n) = a.tokens_subset {
+            ScanTokens::Subset(n)
+        } else {
+            ScanTokens::Auto
+        },
         ..Default::default()
     }
 }
@@ -261,8 +294,23 @@ fn print_one(x: &Analyzed, top: usize) {
             qk.map_or(f64::NAN, |e| e.trace_over_abs_sum),
         );
     }
-    println!("\nlargest full-OV entries per head (attended token -> raised logit):");
-    for h in &r.heads {
+    let scan = &r.scan;
+    if scan.tokens == "off" {
+        println!("\n(vocab x vocab scans off: no top pairs, diagonal-argmax fractions or bigrams)");
+    } else {
+        println!(
+            "\nlargest full-OV entries per head (attended token -> raised logit; diag = fraction of \
+             tokens whose largest output is themselves), over {} of {} tokens{}:",
+            scan.rows,
+            scan.d_vocab,
+            if scan.tokens == "subset" {
+                " (evenly spaced; --full-scans for all)"
+            } else {
+                ""
+            }
+        );
+    }
+    for h in r.heads.iter().filter(|_| scan.tokens != "off") {
         let pairs: Vec<String> =
             h.ov.top_pairs
                 .iter()
@@ -276,7 +324,13 @@ fn print_one(x: &Analyzed, top: usize) {
                     )
                 })
                 .collect();
-        println!("  L{}H{}  {}", h.layer, h.head, pairs.join(", "));
+        println!(
+            "  L{}H{}  diag {:.3}  {}",
+            h.layer,
+            h.head,
+            h.ov.diagonal_argmax_fraction.unwrap_or(f64::NAN),
+            pairs.join(", ")
+        );
     }
     if m.n_layers > 1 {
         let b = &r.composition_baseline;
@@ -324,7 +378,9 @@ fn print_one(x: &Analyzed, top: usize) {
         "heads, ||W_E OV W_U|| relative to the direct path: {}",
         singles.join(", ")
     );
-    println!("\ndirect path W_E W_U (bigrams), top next tokens:");
+    if !r.bigram_top.is_empty() {
+        println!("\ndirect path W_E W_U (bigrams), top next tokens:");
+    }
     for row in r.bigram_top.iter().take(top) {
         let next: Vec<String> = row
             .next
@@ -407,11 +463,11 @@ pub fn run(a: CircuitsArgs) -> Result<()> {
         return Ok(());
     }
     let opts = options(&a);
-    let first = analyze_blob(&a.model, &opts)?;
+    let first = analyze_blob(&a.model, &opts, a.threads)?;
     match &a.compare {
         None => print_one(&first, a.top),
         Some(other) => {
-            let second = analyze_blob(other, &opts)?;
+            let second = analyze_blob(other, &opts, a.threads)?;
             check_same_shape(&first.report, &second.report)?;
             print_compare(&first, &second, a.top)?;
         }

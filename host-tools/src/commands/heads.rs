@@ -6,11 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use rayon::prelude::*;
 use serde::Serialize;
 use tinylens_core::Model;
 
 use crate::analysis::ablation::{repeated_dataset, Prompt};
 use crate::analysis::heads::{detect_batch, DetectOptions, HeadKind, LayerPatterns};
+use crate::analysis::progress::{progress_bar, with_threads};
 use crate::analysis::recorded::{from_run, record, Recording};
 use crate::trace::decode_stream;
 use crate::{cli, Error, Result};
@@ -121,6 +123,9 @@ pub struct HeadsArgs {
     /// Print `{"previous_token": [layer][head], "duplicate_token": ..., "induction": ..., ...}`.
     #[arg(long)]
     pub json: bool,
+    /// Worker threads for the sequences of a batch (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// The scores `tinylens heads` reports (its JSON).
@@ -199,10 +204,18 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
         }
         let prompts = a.prompt.prompts(&model, a.batch)?;
         let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
-        let recs = prompts
-            .iter()
-            .map(|p| record(&model, &p.tokens, &probes))
-            .collect::<Result<Vec<_>>>()?;
+        let pb = progress_bar(prompts.len() as u64, "recording", "sequences");
+        let recs = with_threads(a.threads, || {
+            prompts
+                .par_iter()
+                .map(|p| {
+                    let r = record(&model, &p.tokens, &probes);
+                    pb.inc(1);
+                    r
+                })
+                .collect::<Result<Vec<_>>>()
+        })??;
+        pb.finish_and_clear();
         let source = if a.prompt.repeated.is_some() {
             "repeated"
         } else {
