@@ -14,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain: targets and components"
 installed_targets=$(rustup target list --installed)
-for t in thumbv7em-none-eabihf thumbv6m-none-eabi; do
+for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
     grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -44,12 +44,17 @@ cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 
-step "firmware examples (Cortex-M4F and Cortex-M0+), and the CLI the QEMU test pipes into"
-# tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em,
-# qemu for thumbv6m) and pipes a trace into target/debug/tinylens.
+step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
+# tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em-
+# eabihf: mps2-an386; qemu for thumbv7em-eabi: netduinoplus2, thumbv6m: microbit,
+# thumbv8m.main: mps2-an505) and pipes a trace into target/debug/tinylens.
 (cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
+    && cargo build --release --quiet --target thumbv7em-none-eabi -p tinylens-fw-qemu \
+    && cargo build --release --quiet --target thumbv8m.main-none-eabihf -p tinylens-fw-qemu \
     && cargo clippy --release --quiet -- -D warnings \
-    && cargo clippy --release --quiet --target thumbv6m-none-eabi -p tinylens-fw-qemu -- -D warnings)
+    && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
+           cargo clippy --release --quiet --target "$t" -p tinylens-fw-qemu -- -D warnings || exit 1
+       done)
 cargo build --quiet -p tinylens-host --bin tinylens
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"

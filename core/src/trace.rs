@@ -16,6 +16,9 @@ use crate::hooks::{HookPoint, Hooks, Site};
 use crate::probe::{Precision, Probe, ProbeSet, MAX_PROBES};
 use crate::Error;
 
+mod ring;
+pub use ring::{BlockWhenFull, DropWhenFull, FrameRing, RingReader, RingWriter, END_RESERVE};
+
 /// Version of the trace format this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 
@@ -634,6 +637,12 @@ pub const fn frame_buffer_len(cfg: &Config) -> usize {
 pub trait Sink {
     /// Writes a whole frame. An error means the frame was not (completely) written.
     fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error>;
+
+    /// Writes the run's last frame (the end frame, with the counts of what was
+    /// dropped). A sink that drops frames when it is full keeps room for this one.
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.write_frame(frame)
+    }
 }
 
 impl<F: FnMut(&[u8]) -> Result<(), Error>> Sink for F {
@@ -735,7 +744,8 @@ pub struct Summary {
     /// Frames written (header, tokens, records, end).
     pub frames: u32,
     pub records: u32,
-    /// Records that were selected but could not be written.
+    /// Frames (records, and the token frames that start positions) that could not be
+    /// written: a failing sink, or a full one that drops frames.
     pub dropped: u32,
     /// The first error met, if any.
     pub error: Option<Error>,
@@ -821,6 +831,7 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
     }
 
     fn emit(&mut self, body: BodyOut<'_>) -> Result<(), Error> {
+        let last = matches!(body, BodyOut::End { .. });
         let frame = FrameOut {
             run: self.run,
             seq: self.seq,
@@ -828,7 +839,11 @@ impl<'p, 'b, S: Sink, const N: usize> Recorder<'p, 'b, S, N> {
         };
         let bytes = encode(&frame, self.buf)?;
         self.seq = self.seq.wrapping_add(1);
-        self.sink.write_frame(bytes)
+        if last {
+            self.sink.write_last_frame(bytes)
+        } else {
+            self.sink.write_frame(bytes)
+        }
     }
 
     fn note(&mut self, e: Error) {
@@ -926,6 +941,7 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
             None => self.emit(BodyOut::Token { pos, token }),
         };
         if let Err(e) = written {
+            self.dropped = self.dropped.saturating_add(1);
             self.note(e);
         }
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tinylens_core::{Model, StorageKind};
 use tinylens_host::commands::{ablate, attribute, circuits, heads, paths};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_tests::*;
 
 const TOL: f64 = 1e-3;
@@ -17,19 +18,14 @@ fn blob_file(name: &str, dir: &Path) -> PathBuf {
     p
 }
 
-fn prompt_args(tokens: &[u32]) -> heads::PromptArgs {
-    heads::PromptArgs {
-        tokens: Some(
-            tokens
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        repeated: None,
-        seed: 0,
-        bos: "auto".into(),
-    }
+fn prompt_args(tokens: &[u32]) -> PromptArgs {
+    PromptArgs::from_tokens(
+        &tokens
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// Compares a JSON array nested `shape.len()` deep with a row-major reference tensor.
@@ -69,7 +65,6 @@ fn circuits_json_matches_transformerlens() {
             tokens_subset: None,
             full_scans: false,
             no_scans: false,
-            threads: 0,
         };
         let j = circuits::json(&args).unwrap();
         for key in [
@@ -152,7 +147,6 @@ fn heads_json_matches_transformerlens() {
             batch: 1,
             exclude_bos: false,
             exclude_current_token: false,
-            threads: 0,
             json: true,
         };
         let j = heads::json(&args).unwrap();
@@ -197,18 +191,12 @@ fn heads_from_a_recorded_trace() {
     std::fs::write(&trace, &out.trace).unwrap();
     let args = heads::HeadsArgs {
         model: model_path,
-        prompt: heads::PromptArgs {
-            tokens: None,
-            repeated: None,
-            seed: 0,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::default(),
         trace: Some(trace.clone()),
         run: 0,
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
-        threads: 0,
         json: true,
     };
     let j = heads::json(&args).unwrap();
@@ -334,7 +322,6 @@ fn attribution_and_path_terms_sum_to_the_logits() {
             prompt: prompt_args(&prompt),
             top: 5,
             json: true,
-            threads: 0,
         })
         .unwrap();
         assert!(jp["sum_check"]["max_abs_error_vs_model"].as_f64().unwrap() < 1e-4);
@@ -376,7 +363,6 @@ fn ablate_means_match_transformerlens_and_feed_run() {
             mode: "mean".into(),
             together: vec!["0.0,0.1".into()],
             save_means: Some(means_path.clone()),
-            threads: 0,
             json: true,
         })
         .unwrap();
@@ -425,18 +411,16 @@ fn bad_input_is_an_error() {
     let model = blob_file("attn1_ln", &dir);
     let heads_args = |tokens: Option<&str>, repeated: Option<usize>| heads::HeadsArgs {
         model: model.clone(),
-        prompt: heads::PromptArgs {
+        prompt: PromptArgs {
             tokens: tokens.map(String::from),
             repeated,
-            seed: 0,
-            bos: "auto".into(),
+            ..Default::default()
         },
         trace: None,
         run: 0,
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
-        threads: 0,
         json: true,
     };
     for (args, needle) in [
@@ -460,7 +444,6 @@ fn bad_input_is_an_error() {
         tokens_subset: None,
         full_scans: false,
         no_scans: false,
-        threads: 0,
     })
     .unwrap_err();
     assert!(missing.to_string().contains("nope.tlm"));
@@ -475,7 +458,6 @@ fn bad_input_is_an_error() {
         tokens_subset: None,
         full_scans: false,
         no_scans: false,
-        threads: 0,
     })
     .is_err());
     let other = blob_file("attn2_standard_noln", &dir);
@@ -489,7 +471,6 @@ fn bad_input_is_an_error() {
         tokens_subset: None,
         full_scans: false,
         no_scans: false,
-        threads: 0,
     })
     .unwrap_err();
     assert!(e.to_string().contains("different shapes"), "{e}");
@@ -503,7 +484,6 @@ fn bad_input_is_an_error() {
         mode: "half".into(),
         together: vec![],
         save_means: None,
-        threads: 0,
         json: true,
     })
     .unwrap_err();

@@ -159,7 +159,6 @@ fn circuits_on_a_generated_model_match_dense_circuits() {
         tokens_subset: None,
         full_scans: true,
         no_scans: false,
-        threads: 2,
     })
     .unwrap();
     assert_eq!(j["scan"]["tokens"], "all");
@@ -310,7 +309,6 @@ fn circuits_on_a_generated_model_match_dense_circuits() {
             tokens_subset,
             full_scans: false,
             no_scans,
-            threads: 1,
         })
         .unwrap()
     };
@@ -391,7 +389,6 @@ fn activation_analyses_on_a_generated_model_match_the_model() {
         prompt: prompt(64),
         top: 5,
         json: true,
-        threads: 2,
     })
     .unwrap();
     assert_eq!(jp["tokens"].as_array().unwrap().len(), n);
@@ -432,7 +429,6 @@ fn activation_analyses_on_a_generated_model_match_the_model() {
         exclude_bos: false,
         exclude_current_token: false,
         json: true,
-        threads: 2,
     })
     .unwrap();
     let seqs = prompt(32).prompts(&m, 3).unwrap();
@@ -506,7 +502,6 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
             together: vec!["0.2,1.5".into()],
             save_means: None,
             json: true,
-            threads: 2,
         })
         .unwrap(),
     )

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use tinylens_core::Model;
 use tinylens_host::commands::{convert, demo, heads};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_tests::*;
 
 #[test]
@@ -113,18 +114,12 @@ fn demo_finds_the_induction_circuit_transformerlens_finds() {
         .collect();
     let j = heads::json(&heads::HeadsArgs {
         model: path,
-        prompt: heads::PromptArgs {
-            tokens: Some(tokens.join(",")),
-            repeated: None,
-            seed: 0,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::from_tokens(&tokens.join(",")),
         trace: None,
         run: 0,
         batch: 1,
         exclude_bos: false,
         exclude_current_token: false,
-        threads: 0,
         json: true,
     })
     .unwrap();

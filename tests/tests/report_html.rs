@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tinylens_core::Model;
-use tinylens_host::commands::{demo, heads, report};
+use tinylens_host::commands::{demo, report};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_tests::*;
 
 fn chromium() -> Option<PathBuf> {
@@ -65,12 +66,7 @@ fn report_renders_in_headless_chromium() {
     let n_repeat = 12;
     report::run(report::ReportArgs {
         model: model_path,
-        prompt: heads::PromptArgs {
-            tokens: None,
-            repeated: Some(n_repeat),
-            seed: 3,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::from_repeated(n_repeat, 3),
         output: out.clone(),
         title: Some("report test".into()),
     })

@@ -101,6 +101,7 @@ fn main() -> ! {
         &settings,
         &mut stepper,
         trace,
+        || {},
     ) {
         Ok(_) => true,
         Err(e) => {

@@ -17,10 +17,11 @@
 use rayon::prelude::*;
 use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
-use tinylens_core::{Hooks, Model, NoHooks, Session};
+use tinylens_core::{Hooks, Model, NoHooks};
 
 use super::heads::repeated_random_tokens;
 use super::recorded::record;
+use crate::engine::{threads, Engine, Sampling};
 use crate::numerics::loss;
 use crate::{Error, Result};
 
@@ -110,15 +111,15 @@ pub fn repeated_dataset(
 /// Next-token losses of one run: (sum over all positions, count, sum over the repeat
 /// part, count).
 fn run_losses<H: Hooks>(
-    session: &mut Session<'_, '_>,
+    engine: &Engine<'_>,
     prompt: &Prompt,
     hooks: &mut H,
 ) -> Result<(f64, usize, f64, usize)> {
-    session.reset();
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
     let n = prompt.tokens.len();
-    for (p, &t) in prompt.tokens.iter().enumerate() {
-        let logits = session.step_with(t, hooks)?;
+    let v = engine.model().config().d_vocab_out as usize;
+    let out = engine.run(&prompt.tokens, 0, &Sampling::default(), hooks)?;
+    for (p, logits) in out.logits.chunks_exact(v).enumerate() {
         if p + 1 < n {
             let l = loss(logits, prompt.tokens[p + 1]);
             all += l;
@@ -151,18 +152,18 @@ pub fn dataset_losses<H: Hooks + Clone + Send + Sync>(
     hooks: &H,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Losses> {
-    let ws_len = model.config().workspace_len();
+    // One sequence per thread: the products of a sequence stay on its thread.
+    let base = Engine::new(model);
+    let mut kernels = *base.kernels();
+    kernels.split_rows &= prompts.len() < threads();
+    let engine = base.with_kernels(kernels);
     let per_prompt = prompts
         .par_iter()
-        .map_init(
-            || vec![0.0f32; ws_len],
-            |ws, p| {
-                let mut s = Session::new(model, ws)?;
-                let r = run_losses(&mut s, p, &mut hooks.clone());
-                progress();
-                r
-            },
-        )
+        .map(|p| {
+            let r = run_losses(&engine, p, &mut hooks.clone());
+            progress();
+            r
+        })
         .collect::<Result<Vec<_>>>()?;
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
     for (a, na, r, nr) in per_prompt {

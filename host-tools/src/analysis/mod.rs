@@ -22,11 +22,13 @@
 pub mod ablation;
 pub mod attribution;
 pub mod circuits;
+pub mod dynamic;
 pub mod factored;
 pub mod heads;
 pub mod html;
 pub mod progress;
 pub mod recorded;
+pub mod report;
 pub mod scan;
 #[cfg(test)]
 mod tl_fixtures;
@@ -288,7 +290,7 @@ pub fn analyze(w: &Weights, opts: &AnalysisOptions) -> Result<AnalysisReport> {
 }
 
 /// [`analyze`], advancing `pb` by [`analysis_steps`] in all. Parallel loops and products
-/// use the current rayon pool ([`progress::with_threads`]).
+/// use the current rayon pool (`--threads`).
 pub fn analyze_with_progress(
     w: &Weights,
     opts: &AnalysisOptions,

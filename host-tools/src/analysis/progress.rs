@@ -1,15 +1,13 @@
-//! Progress bars and thread counts shared by the analysis commands.
+//! Progress bars and parallelism shared by the analysis commands.
 //!
-//! Bars draw on stderr only when it is a terminal (a pipe or a test sees nothing), and
-//! every parallel analysis runs inside [`with_threads`], so `--threads N` bounds both
-//! rayon's loops and faer's matrix products (faer's `Par::rayon(0)` uses the pool it
-//! runs in).
+//! Bars draw on stderr only when it is a terminal (a pipe or a test sees nothing).
+//! Parallel analyses run on the current rayon pool — the global one that `--threads N`
+//! sizes ([`crate::engine::set_threads`]) — for rayon's loops and faer's products alike
+//! ([`par`]).
 
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use crate::{Error, Result};
 
 /// A progress bar of `len` steps of `unit` on stderr, hidden when stderr is not a terminal.
 pub fn progress_bar(len: u64, what: &str, unit: &str) -> ProgressBar {
@@ -28,15 +26,6 @@ pub fn progress_bar(len: u64, what: &str, unit: &str) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
-}
-
-/// Runs `f` on a rayon pool of `threads` threads (0: one per core).
-pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Argument(format!("--threads {threads}: {e}")))?;
-    Ok(pool.install(f))
 }
 
 /// faer's parallelism inside the current pool (one thread: sequential).

@@ -13,14 +13,13 @@ use clap::Args;
 use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
-use super::heads::{grid_text, resolve_bos};
 use crate::analysis::ablation::{
-    ablate_heads, mean_results, parse_data, repeated_dataset, runs_needed, AblationReport, Mode,
-    Prompt,
+    ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
 };
-use crate::analysis::progress::{progress_bar, with_threads};
+use crate::analysis::progress::progress_bar;
+use crate::cli::grid_text;
 use crate::export::Cache;
-use crate::{cli, Error, Result};
+use crate::{cli, prompts, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct AblateArgs {
@@ -55,9 +54,6 @@ pub struct AblateArgs {
     /// Print the report as JSON (loss_increase [layer][head], baseline, heads, groups).
     #[arg(long)]
     pub json: bool,
-    /// Worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
 }
 
 /// Parses `1.0,1.2` into heads.
@@ -81,21 +77,9 @@ pub fn parse_heads(s: &str, cfg: &tinylens_core::Config) -> Result<Vec<HeadRef>>
 }
 
 fn prompts(a: &AblateArgs, model: &Model<'_>) -> Result<Vec<Prompt>> {
-    let cfg = model.config();
     match (&a.data, a.repeated) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            parse_data(&text, cfg.d_vocab, cfg.n_ctx)
-                .map_err(|e| Error::Argument(format!("{}: {e}", path.display())))
-        }
-        (None, Some(n)) => repeated_dataset(
-            n,
-            a.batch,
-            a.seed,
-            resolve_bos(&a.bos, model)?,
-            cfg.d_vocab,
-            cfg.n_ctx,
-        ),
+        (Some(path), None) => prompts::data_file(path, model),
+        (None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
         _ => Err(Error::Argument(
             "give the data set with --data FILE or --repeated N".into(),
         )),
@@ -141,7 +125,7 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         .collect::<Result<Vec<_>>>()?;
     let means = if mode == Mode::Mean || a.save_means.is_some() {
         let pb = progress_bar(data.len() as u64, "means", "prompts");
-        let m = with_threads(a.threads, || mean_results(&model, &data, &|| pb.inc(1)))??;
+        let m = mean_results(&model, &data, &|| pb.inc(1))?;
         pb.finish_and_clear();
         Some(m)
     } else {
@@ -160,17 +144,15 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         "ablating",
         "runs",
     );
-    let r = with_threads(a.threads, || {
-        ablate_heads(
-            &model,
-            &data,
-            mode,
-            means.as_deref(),
-            &groups,
-            true,
-            &|| pb.inc(1),
-        )
-    })??;
+    let r = ablate_heads(
+        &model,
+        &data,
+        mode,
+        means.as_deref(),
+        &groups,
+        true,
+        &|| pb.inc(1),
+    )?;
     pb.finish_and_clear();
     Ok(r)
 }
@@ -178,13 +160,13 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
 pub fn run(a: AblateArgs) -> Result<()> {
     let r = report(&a)?;
     if let Some(p) = &a.save_means {
-        eprintln!("mean head results -> {}", p.display());
+        note!("mean head results -> {}", p.display());
     }
     if a.json {
         cli::print_json(&r)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ablation over {} prompts ({} predictions): baseline loss {:.4}{}",
         a.mode,
         r.n_prompts,
@@ -193,8 +175,8 @@ pub fn run(a: AblateArgs) -> Result<()> {
         r.baseline
             .repeat
             .map_or(String::new(), |v| format!(", on the second copies {v:.4}"))
-    );
-    println!(
+    )?;
+    outln!(
         "\n{}",
         grid_text(
             "loss increase (all positions)",
@@ -202,15 +184,15 @@ pub fn run(a: AblateArgs) -> Result<()> {
             |v| format!("{v:+.4}")
         )
         .trim_end()
-    );
+    )?;
     if let Some(g) = &r.repeat_loss_increase {
-        println!(
+        outln!(
             "\n{}",
             grid_text("loss increase on the second copies", g, |v| format!(
                 "{v:+.4}"
             ))
             .trim_end()
-        );
+        )?;
     }
     let mut order: Vec<&crate::analysis::ablation::HeadAblation> = r.heads.iter().collect();
     order.sort_by(|x, y| {
@@ -230,10 +212,10 @@ pub fn run(a: AblateArgs) -> Result<()> {
             )
         })
         .collect();
-    println!("\nmost important heads: {}", ranked.join(", "));
+    outln!("\nmost important heads: {}", ranked.join(", "))?;
     for g in &r.groups {
         let names: Vec<String> = g.heads.iter().map(|[l, h]| format!("L{l}H{h}")).collect();
-        println!(
+        outln!(
             "together {}: loss {:.4} ({:+.4}){}",
             names.join("+"),
             g.loss.all,
@@ -244,7 +226,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
                 .map_or(String::new(), |(v, d)| format!(
                     ", second copies {v:.4} ({d:+.4})"
                 ))
-        );
+        )?;
     }
     Ok(())
 }

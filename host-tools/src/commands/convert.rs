@@ -93,14 +93,19 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             "skipped_processing": skipped,
             "tensors": reports,
         });
-        println!("{j:#}");
+        outln!("{j:#}")?;
     } else {
-        println!(
+        outln!(
             "{:<28} {:>6} {:>12} {:>10} {:>12} {:>10}",
-            "tensor", "kind", "shape", "bytes", "max |err|", "rel RMS"
-        );
+            "tensor",
+            "kind",
+            "shape",
+            "bytes",
+            "max |err|",
+            "rel RMS"
+        )?;
         for r in &reports {
-            println!(
+            outln!(
                 "{:<28} {:>6} {:>12} {:>10} {:>12.3e} {:>10.3e}",
                 r.name,
                 r.kind,
@@ -108,18 +113,18 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 r.bytes,
                 r.max_abs_error,
                 r.relative_rms_error
-            );
+            )?;
         }
         for s in &skipped {
-            eprintln!("note: {s} was requested but does not apply to this model (TransformerLens skips it too)");
+            note!("note: {s} was requested but does not apply to this model (TransformerLens skips it too)");
         }
-        println!(
+        outln!(
             "wrote {} ({} bytes, {} parameters, {:.2} bytes/parameter)",
             a.output.display(),
             blob.len(),
             params,
             blob.len() as f64 / params.max(1) as f64
-        );
+        )?;
     }
     Ok(())
 }

@@ -41,25 +41,25 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "trace_frame_buffer_bytes": frame,
             "tensors": kinds.iter().map(|(n, k)| serde_json::json!({"name": n, "kind": k})).collect::<Vec<_>>(),
         });
-        println!("{j:#}");
+        outln!("{j:#}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "blob: {} bytes, crc32 {:08x}",
         bytes.len(),
         model.checksum()
-    );
-    println!(
+    )?;
+    outln!(
         "model: {} layers x {} heads, d_model {}, d_head {}, vocab {} -> {}, n_ctx {}, {:?}, {:?} positions",
         c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab, c.d_vocab_out, c.n_ctx, c.normalization, c.positional
-    );
-    println!("processing: {:?}", model.processing());
-    println!(
+    )?;
+    outln!("processing: {:?}", model.processing())?;
+    outln!(
         "device RAM: workspace {ws} bytes (minimum for KV cache + residual + logits: {min} bytes, {:.3}x); trace frame buffer {frame} bytes",
         ws as f64 / min as f64
-    );
+    )?;
     for (n, k) in kinds {
-        println!("  {n:<28} {k}");
+        outln!("  {n:<28} {k}")?;
     }
     Ok(())
 }

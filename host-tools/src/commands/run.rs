@@ -131,7 +131,7 @@ fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
         )));
     }
     if run.model_crc != model.checksum() {
-        eprintln!(
+        note!(
             "warning: {} was recorded with model {:08x}, this is {:08x}",
             path.display(),
             run.model_crc,
@@ -217,7 +217,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         if a.generate > 0 {
             j["generated"] = serde_json::json!(out.generated);
         }
-        println!("{j}");
+        outln!("{j}")?;
     } else {
         for (p, (t, logits)) in out.tokens.iter().zip(&out.logits).enumerate() {
             let lp = crate::numerics::log_softmax(logits);
@@ -234,11 +234,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{p:>4} {:>10} -> {}",
                 cli::token_label(vocab.as_deref(), *t),
                 top.join(", ")
-            );
+            )?;
         }
         if a.generate > 0 {
             let text: Vec<String> = out
@@ -246,11 +246,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                 .iter()
                 .map(|t| cli::token_label(vocab.as_deref(), *t))
                 .collect();
-            println!("generated: {}", text.join(" "));
+            outln!("generated: {}", text.join(" "))?;
         }
     }
     if let (Some(path), Some(s)) = (&a.trace, out.summary) {
-        eprintln!(
+        note!(
             "trace: {} frames, {} records -> {}",
             s.frames,
             s.records,
