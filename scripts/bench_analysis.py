@@ -105,7 +105,7 @@ def max_diff(ours, ref: torch.Tensor) -> float:
     return float((a - ref).abs()[mask].max())
 
 
-def bench_model(name: str, work: Path, threads: int, timeout: float):
+def bench_model(name: str, work: Path, threads: int, timeout: float, commands):
     print(f"\n== {name} ==", flush=True)
     model, blob = build(name, work / name)
     n_params = sum(p.numel() for p in model.parameters())
@@ -113,6 +113,8 @@ def bench_model(name: str, work: Path, threads: int, timeout: float):
     rows = []
 
     def row(label, args, tl=""):
+        if args[0] not in commands:
+            return None
         wall, rss, out, note = timed(args, timeout)
         rows.append((label, wall, rss, tl, note))
         shown = "-" if wall is None else f"{wall:.2f} s, {rss:.0f} MB"
@@ -142,7 +144,7 @@ def bench_model(name: str, work: Path, threads: int, timeout: float):
         ["ablate", blob, "--repeated", "128", "--batch", "128", "--json", "--threads", str(threads)])
     html = work / name / "report.html"
     row("report --repeated 128 (256 tokens)", ["report", blob, *prompt, "-o", html])
-    if html.exists():
+    if "report" in commands and html.exists():
         rows.append(("  report HTML size", None, None, f"{html.stat().st_size / 1e6:.2f} MB", ""))
     return n_params, rows
 
@@ -154,12 +156,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads of the parallel runs")
     ap.add_argument("--timeout", type=float, default=600, help="seconds before a run is killed")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--commands", default="circuits,paths,attribute,heads,ablate,report",
+                    help="which tinylens commands to time")
     a = ap.parse_args()
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     results = {}
     for name in a.models.split(","):
-        results[name] = bench_model(name, a.work, a.threads, a.timeout)
+        results[name] = bench_model(name, a.work, a.threads, a.timeout, a.commands.split(","))
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if a.markdown:

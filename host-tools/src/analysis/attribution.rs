@@ -296,7 +296,7 @@ pub struct Expansion {
 }
 
 /// Vocabulary columns per block of [`Expansion::for_vocab_blocks`].
-pub const VOCAB_BLOCK: usize = 512;
+pub const VOCAB_BLOCK: usize = 256;
 
 impl Expansion {
     /// Output vocabulary size.
