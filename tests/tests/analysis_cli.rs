@@ -61,6 +61,10 @@ fn circuits_json_matches_transformerlens() {
             json: true,
             top: 5,
             baseline_samples: 64,
+            top_pairs: 10,
+            tokens_subset: None,
+            full_scans: false,
+            no_scans: false,
         };
         let j = circuits::json(&args).unwrap();
         for key in [
@@ -439,6 +443,10 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
     })
     .unwrap_err();
     assert!(missing.to_string().contains("nope.tlm"));
@@ -449,6 +457,10 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
     })
     .is_err());
     let other = blob_file("attn2_standard_noln", &dir);
@@ -458,6 +470,10 @@ fn bad_input_is_an_error() {
         json: true,
         top: 1,
         baseline_samples: 4,
+        top_pairs: 10,
+        tokens_subset: None,
+        full_scans: false,
+        no_scans: false,
     })
     .unwrap_err();
     assert!(e.to_string().contains("different shapes"), "{e}");

@@ -14,13 +14,14 @@
 //! - The ablated runs are the core's own forward pass with its [`Ablation`] hook, as on
 //!   a device.
 
+use rayon::prelude::*;
 use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
 use tinylens_core::{Hooks, Model, NoHooks};
 
 use super::heads::repeated_random_tokens;
 use super::recorded::record;
-use crate::engine::{Engine, Sampling};
+use crate::engine::{threads, Engine, Sampling};
 use crate::numerics::loss;
 use crate::{Error, Result};
 
@@ -141,22 +142,35 @@ pub struct Losses {
     pub repeat: Option<f64>,
 }
 
-/// Losses of the model over `prompts` with `hooks` (e.g. an [`Ablation`]).
-pub fn dataset_losses<H: Hooks>(
+/// Losses of the model over `prompts` with `hooks` (e.g. an [`Ablation`]). Prompts run
+/// in parallel on the current rayon pool, each with its own session and copy of
+/// `hooks`; the sums are taken in prompt order, so the result does not depend on the
+/// number of threads. `progress` is called once per prompt.
+pub fn dataset_losses<H: Hooks + Clone + Send + Sync>(
     model: &Model<'_>,
     prompts: &[Prompt],
-    hooks: &mut H,
-    mut progress: impl FnMut(),
+    hooks: &H,
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Losses> {
-    let engine = Engine::new(model);
+    // One sequence per thread: the products of a sequence stay on its thread.
+    let base = Engine::new(model);
+    let mut kernels = *base.kernels();
+    kernels.split_rows &= prompts.len() < threads();
+    let engine = base.with_kernels(kernels);
+    let per_prompt = prompts
+        .par_iter()
+        .map(|p| {
+            let r = run_losses(&engine, p, &mut hooks.clone());
+            progress();
+            r
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
-    for p in prompts {
-        let (a, na, r, nr) = run_losses(&engine, p, hooks)?;
+    for (a, na, r, nr) in per_prompt {
         all += a;
         n_all += na;
         rep += r;
         n_rep += nr;
-        progress();
     }
     Ok(Losses {
         all: all / n_all.max(1) as f64,
@@ -165,11 +179,12 @@ pub fn dataset_losses<H: Hooks>(
 }
 
 /// Mean `hook_result` of every head over every position of every prompt,
-/// `[n_layers][n_heads][d_model]`, recorded through the probe/trace path.
+/// `[n_layers][n_heads][d_model]`, recorded through the probe/trace path (prompts in
+/// parallel on the current rayon pool; summed in prompt order).
 pub fn mean_results(
     model: &Model<'_>,
     prompts: &[Prompt],
-    mut progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<f32>> {
     let cfg = model.config();
     let (nl, nh, dm) = (
@@ -177,24 +192,33 @@ pub fn mean_results(
         cfg.n_heads as usize,
         cfg.d_model as usize,
     );
-    let mut sum = vec![0.0f64; nl * nh * dm];
-    let mut count = 0usize;
     let probes = vec!["blocks.*.attn.hook_result".to_string()];
-    for p in prompts {
-        let rec = record(model, &p.tokens, &probes)?;
-        for l in 0..nl {
-            for heads in rec.results(l)? {
-                for (h, r) in heads.iter().enumerate() {
-                    let at = (l * nh + h) * dm;
-                    for (s, v) in sum[at..at + dm].iter_mut().zip(r) {
-                        *s += f64::from(*v);
+    let per_prompt = prompts
+        .par_iter()
+        .map(|p| -> Result<Vec<f64>> {
+            let rec = record(model, &p.tokens, &probes)?;
+            let mut sum = vec![0.0f64; nl * nh * dm];
+            for l in 0..nl {
+                for heads in rec.results(l)? {
+                    for (h, r) in heads.iter().enumerate() {
+                        let at = (l * nh + h) * dm;
+                        for (s, v) in sum[at..at + dm].iter_mut().zip(r) {
+                            *s += f64::from(*v);
+                        }
                     }
                 }
             }
+            progress();
+            Ok(sum)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut sum = vec![0.0f64; nl * nh * dm];
+    for part in per_prompt {
+        for (s, v) in sum.iter_mut().zip(part) {
+            *s += v;
         }
-        count += p.tokens.len();
-        progress();
     }
+    let count: usize = prompts.iter().map(|p| p.tokens.len()).sum();
     Ok(sum
         .iter()
         .map(|s| (s / count.max(1) as f64) as f32)
@@ -248,7 +272,7 @@ pub fn ablate_heads(
     means: Option<&[f32]>,
     groups: &[Vec<HeadRef>],
     each_head: bool,
-    mut progress: impl FnMut(),
+    progress: &(dyn Fn() + Sync),
 ) -> Result<AblationReport> {
     let cfg = *model.config();
     let (nl, nh) = (cfg.n_layers as usize, cfg.n_heads as usize);
@@ -261,11 +285,11 @@ pub fn ablate_heads(
             ))
         }
     };
-    let baseline = dataset_losses(model, prompts, &mut NoHooks, &mut progress)?;
-    let one = |heads: &[HeadRef], progress: &mut dyn FnMut()| -> Result<HeadAblation> {
-        let mut hook = Ablation::new(&cfg, heads, ablation_mode)
+    let baseline = dataset_losses(model, prompts, &NoHooks, progress)?;
+    let one = |heads: &[HeadRef]| -> Result<HeadAblation> {
+        let hook = Ablation::new(&cfg, heads, ablation_mode)
             .map_err(|e| Error::Argument(format!("ablation: {e}")))?;
-        let loss = dataset_losses(model, prompts, &mut hook, progress)?;
+        let loss = dataset_losses(model, prompts, &hook, progress)?;
         Ok(HeadAblation {
             heads: heads
                 .iter()
@@ -280,14 +304,11 @@ pub fn ablate_heads(
     for l in 0..nl {
         for h in 0..nh {
             if each_head {
-                heads.push(one(&[(l as u16, h as u16)], &mut progress)?);
+                heads.push(one(&[(l as u16, h as u16)])?);
             }
         }
     }
-    let groups = groups
-        .iter()
-        .map(|g| one(g, &mut progress))
-        .collect::<Result<Vec<_>>>()?;
+    let groups = groups.iter().map(|g| one(g)).collect::<Result<Vec<_>>>()?;
     let grid = |f: &dyn Fn(&HeadAblation) -> f64| -> Vec<Vec<f64>> {
         if heads.is_empty() {
             return Vec::new();

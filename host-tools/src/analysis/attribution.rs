@@ -24,10 +24,14 @@
 //! (a rounding of every matrix-vector input, which no linear decomposition has), so
 //! [`Expansion::exact`] is also given: the same frozen forward pass computed densely.
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef};
 use nalgebra::{DMatrix, DVector, RowDVector};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::factored::to_f64;
+use super::progress::par;
 use crate::numerics::log_softmax;
 use crate::weights::{Normalization, PositionalEmbedding, Weights};
 use crate::{Error, Result};
@@ -261,11 +265,20 @@ impl TermKind {
     }
 }
 
-/// One term: its logits `[pos, d_vocab_out]`.
+/// One term, kept as its contribution to the unembedding's input: `[pos, d_model]`,
+/// after the frozen final LayerNorm's linear part (plus that LN's bias for the bias
+/// term). Its logits are `resid W_U` (plus `b_U` for the bias term), formed only a block
+/// of the vocabulary at a time ([`Expansion::for_vocab_blocks`]).
 #[derive(Clone, Debug)]
 pub struct Term {
     pub kind: TermKind,
-    pub logits: DMatrix<f64>,
+    pub resid: DMatrix<f64>,
+}
+
+impl Term {
+    fn has_b_u(&self) -> bool {
+        self.kind == TermKind::Bias
+    }
 }
 
 /// The frozen-attention path expansion of one prompt.
@@ -274,23 +287,140 @@ pub struct Expansion {
     pub tokens: Vec<u32>,
     /// Direct, heads (layer-major), virtual heads, higher orders, biases.
     pub terms: Vec<Term>,
-    /// The same frozen forward pass computed densely (f64), `[pos, d_vocab_out]`.
-    pub exact: DMatrix<f64>,
+    /// The same frozen forward pass computed densely (f64): the final LN's output
+    /// `[pos, d_model]` (its logits are `exact_resid W_U + b_U`).
+    pub exact_resid: DMatrix<f64>,
+    /// `W_U` [d_model, d_vocab_out] (the blob's, dequantized) and `b_U`.
+    w_u: DMatrix<f32>,
+    b_u: DVector<f64>,
 }
 
+/// Vocabulary columns per block of [`Expansion::for_vocab_blocks`].
+pub const VOCAB_BLOCK: usize = 256;
+
 impl Expansion {
-    /// The sum of all terms.
+    /// Output vocabulary size.
+    pub fn d_vocab_out(&self) -> usize {
+        self.w_u.ncols()
+    }
+
+    /// `rows W_U` for the vocabulary block by block: `f(start, z)` with `z`
+    /// [len, rows.nrows()] = the block's logits transposed (one row of `rows` per
+    /// contiguous column). Products on faer's kernels in the current rayon pool.
+    pub fn for_vocab_blocks(&self, rows: &DMatrix<f64>, mut f: impl FnMut(usize, &Mat<f64>)) {
+        let (d, v) = (self.w_u.nrows(), self.w_u.ncols());
+        let rows_v = MatRef::from_column_major_slice(rows.as_slice(), rows.nrows(), d);
+        let mut z = Mat::<f64>::zeros(VOCAB_BLOCK.min(v), rows.nrows());
+        for start in (0..v).step_by(VOCAB_BLOCK) {
+            let len = VOCAB_BLOCK.min(v - start);
+            let u = Mat::<f64>::from_fn(d, len, |i, j| f64::from(self.w_u[(i, start + j)]));
+            if len < z.nrows() {
+                z = Mat::zeros(len, rows.nrows());
+            }
+            matmul(
+                &mut z,
+                Accum::Replace,
+                u.transpose(),
+                rows_v.transpose(),
+                1.0,
+                par(),
+            );
+            f(start, &z);
+        }
+    }
+
+    /// One term's logits `[pos, d_vocab_out]`, dense (small models and tests).
+    pub fn term_logits(&self, i: usize) -> DMatrix<f64> {
+        let t = &self.terms[i];
+        self.dense_logits(&t.resid, t.has_b_u())
+    }
+
+    fn dense_logits(&self, resid: &DMatrix<f64>, with_b_u: bool) -> DMatrix<f64> {
+        let mut out = resid * self.w_u.map(f64::from);
+        if with_b_u {
+            add_row(&mut out, &self.b_u);
+        }
+        out
+    }
+
+    /// The sum of all terms' logits, dense `[pos, d_vocab_out]`.
     pub fn total(&self) -> DMatrix<f64> {
         self.sum_where(|_| true)
     }
 
-    /// The sum of the terms `keep` accepts.
+    /// The dense frozen pass's logits `[pos, d_vocab_out]`.
+    pub fn exact(&self) -> DMatrix<f64> {
+        self.dense_logits(&self.exact_resid, true)
+    }
+
+    /// The sum of the logits of the terms `keep` accepts, dense.
     pub fn sum_where(&self, keep: impl Fn(&TermKind) -> bool) -> DMatrix<f64> {
-        let mut out = DMatrix::zeros(self.exact.nrows(), self.exact.ncols());
-        for t in self.terms.iter().filter(|t| keep(&t.kind)) {
-            out += &t.logits;
+        let kept: Vec<&Term> = self.terms.iter().filter(|t| keep(&t.kind)).collect();
+        let mut r = DMatrix::zeros(self.exact_resid.nrows(), self.exact_resid.ncols());
+        for t in &kept {
+            r += &t.resid;
         }
-        out
+        self.dense_logits(&r, kept.iter().any(|t| t.has_b_u()))
+    }
+
+    /// The sum of every term's `resid`.
+    fn total_resid(&self) -> DMatrix<f64> {
+        let mut r = DMatrix::zeros(self.exact_resid.nrows(), self.exact_resid.ncols());
+        for t in &self.terms {
+            r += &t.resid;
+        }
+        r
+    }
+
+    /// Each term's logit for the next token at positions `0..n-1`, `[term][pos]`.
+    pub fn next_token_logits(&self) -> Vec<Vec<f64>> {
+        let n = self.tokens.len();
+        self.terms
+            .iter()
+            .map(|t| {
+                (0..n.saturating_sub(1))
+                    .map(|p| {
+                        let target = self.tokens[p + 1] as usize;
+                        let u = self.w_u.column(target);
+                        let dot: f64 = t
+                            .resid
+                            .row(p)
+                            .iter()
+                            .zip(u.iter())
+                            .map(|(a, b)| a * f64::from(*b))
+                            .sum();
+                        dot + if t.has_b_u() { self.b_u[target] } else { 0.0 }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// How well the terms add up, streamed over the vocabulary: max |Σ terms − `model`|,
+    /// max |Σ terms − the dense frozen pass|, max |`model`| (`model`: the model's logits,
+    /// one row per position).
+    pub fn sum_check(&self, model: &[Vec<f32>]) -> (f64, f64, f64) {
+        let n = self.tokens.len();
+        let total = self.total_resid();
+        let mut rows = DMatrix::zeros(2 * n, total.ncols());
+        rows.rows_mut(0, n).copy_from(&total);
+        rows.rows_mut(n, n).copy_from(&self.exact_resid);
+        let (mut vs_model, mut vs_exact, mut max_logit) = (0.0f64, 0.0f64, 0.0f64);
+        self.for_vocab_blocks(&rows, |start, z| {
+            for (p, row) in model.iter().enumerate().take(n) {
+                let (t, x) = (z.col_as_slice(p), z.col_as_slice(n + p));
+                let row = &row[start..start + t.len()];
+                let b_u = &self.b_u.as_slice()[start..start + t.len()];
+                for j in 0..t.len() {
+                    let m = f64::from(row[j]);
+                    // b_U is in the sum (bias term) and in the exact pass alike.
+                    vs_model = vs_model.max((t[j] + b_u[j] - m).abs());
+                    vs_exact = vs_exact.max((t[j] - x[j]).abs());
+                    max_logit = max_logit.max(m.abs());
+                }
+            }
+        });
+        (vs_model, vs_exact, max_logit)
     }
 }
 
@@ -377,20 +507,20 @@ pub fn expand(
         w: lw.as_ref().map(|v| v.map(f64::from)),
         b: lb.as_ref().map(|v| v.map(f64::from).transpose()),
     };
-    let w_e = to_f64(&w.w_e);
-    let w_pos = to_f64(&w.w_pos);
-    let w_u = to_f64(&w.w_u);
-    let b_u = w.b_u.map(f64::from);
     let mut embed = DMatrix::zeros(n, cfg.d_model);
     for (p, &t) in tokens.iter().enumerate() {
-        let mut row = w_e.row(t as usize).into_owned();
-        if cfg.positional == PositionalEmbedding::Standard {
-            row += w_pos.row(p);
+        for j in 0..cfg.d_model {
+            let mut x = f64::from(w.w_e[(t as usize, j)]);
+            if cfg.positional == PositionalEmbedding::Standard {
+                x += f64::from(w.w_pos[(p, j)]);
+            }
+            embed[(p, j)] = x;
         }
-        embed.set_row(p, &row);
     }
 
-    // Residual-stream components, keyed by the path they travelled.
+    // Residual-stream components, keyed by the path they travelled (paths through three
+    // or more heads collapse into one component per order, so the count stays
+    // 2 + heads + virtual heads + orders).
     let mut comps: Vec<(TermKind, DMatrix<f64>)> = vec![
         (TermKind::Direct, embed.clone()),
         (TermKind::Bias, DMatrix::zeros(n, cfg.d_model)),
@@ -417,6 +547,8 @@ pub fn expand(
 
         // Each component through each head; constants (LN bias, b_V) ride on the bias
         // path. Pattern rows sum to 1, so a constant stays a constant through a head.
+        // New components are summed into `new` as they are made (never one matrix per
+        // path), and join `comps` after the layer.
         let mut new: Vec<(TermKind, DMatrix<f64>)> = Vec::new();
         for (kind, c) in &comps {
             let mut x = norm.linear(c);
@@ -428,7 +560,12 @@ pub fn expand(
                 if *kind == TermKind::Bias {
                     add_row(&mut v, &b_v[h]);
                 }
-                new.push((kind.then(l, h), &a[h] * v * &w_o[h]));
+                let out = &a[h] * v * &w_o[h];
+                let target = kind.then(l, h);
+                match new.iter_mut().find(|(k, _)| *k == target) {
+                    Some((_, acc)) => *acc += out,
+                    None => new.push((target, out)),
+                }
             }
         }
         for (kind, c) in new {
@@ -445,8 +582,7 @@ pub fn expand(
     }
 
     let fin = ln(cfg.n_layers, &w.ln_final_w, &w.ln_final_b);
-    let mut exact = fin.apply(&resid) * &w_u;
-    add_row(&mut exact, &b_u);
+    let exact_resid = fin.apply(&resid);
     let mut terms: Vec<Term> = comps
         .into_iter()
         .map(|(kind, c)| {
@@ -454,11 +590,7 @@ pub fn expand(
             if kind == TermKind::Bias {
                 fin.add_bias(&mut x);
             }
-            let mut logits = x * &w_u;
-            if kind == TermKind::Bias {
-                add_row(&mut logits, &b_u);
-            }
-            Term { kind, logits }
+            Term { kind, resid: x }
         })
         .collect();
     terms.sort_by(|a, b| {
@@ -468,7 +600,9 @@ pub fn expand(
     Ok(Expansion {
         tokens: tokens.to_vec(),
         terms,
-        exact,
+        exact_resid,
+        w_u: w.w_u.clone(),
+        b_u: w.b_u.map(f64::from),
     })
 }
 
@@ -529,28 +663,165 @@ pub struct TermImportance {
     pub terms: Vec<TermSize>,
 }
 
-/// Term importance of an expansion (next-token loss over the prompt).
+/// A running `log Σ exp` over a row streamed in chunks.
+#[derive(Clone, Copy, Debug)]
+struct Lse {
+    max: f64,
+    sum: f64,
+}
+
+impl Lse {
+    const EMPTY: Lse = Lse {
+        max: f64::NEG_INFINITY,
+        sum: 0.0,
+    };
+
+    fn add(&mut self, chunk: impl Iterator<Item = f64> + Clone) {
+        let m = chunk.clone().fold(self.max, f64::max);
+        if m == f64::NEG_INFINITY {
+            return;
+        }
+        let rescale = if self.max == f64::NEG_INFINITY {
+            0.0
+        } else {
+            (self.max - m).exp()
+        };
+        self.sum = self.sum * rescale + chunk.map(|x| (x - m).exp()).sum::<f64>();
+        self.max = m;
+    }
+
+    fn value(&self) -> f64 {
+        self.max + self.sum.ln()
+    }
+}
+
+/// Term importance of an expansion (next-token loss over the prompt), streamed over the
+/// vocabulary: one product of every term's residual contribution with a block of `W_U`
+/// at a time, reduced at once into running log-sum-exps of the logits each loss needs
+/// (all terms, all but one term, all but one order, orders up to one, biases alone) and
+/// into each term's sums for its RMS. Memory: `terms x positions x VOCAB_BLOCK` floats.
 pub fn term_importance(e: &Expansion) -> TermImportance {
     let tokens = &e.tokens;
-    let all = e.total();
-    let loss_all = next_token_loss(&all, tokens);
     let n = tokens.len();
-    let scored = n.saturating_sub(1).max(1);
+    let nt = e.terms.len();
+    let d_model = e.exact_resid.ncols();
+    let orders: Vec<usize> = {
+        let mut o: Vec<usize> = e.terms.iter().filter_map(|t| t.kind.order()).collect();
+        o.sort_unstable();
+        o.dedup();
+        o
+    };
+    let order_of = |t: &Term| {
+        t.kind
+            .order()
+            .map(|o| orders.iter().position(|x| *x == o).unwrap())
+    };
+    let term_order: Vec<Option<usize>> = e.terms.iter().map(order_of).collect();
+    let bias_term = e.terms.iter().position(|t| t.kind == TermKind::Bias);
+    let no = orders.len();
+    // Queries per position: all, all - term t (nt), all - order o (no), orders <= o
+    // (no), biases alone.
+    let nq = 1 + nt + 2 * no + 1;
+    let mut stacked = DMatrix::zeros(nt * n, d_model);
+    for (i, t) in e.terms.iter().enumerate() {
+        stacked.rows_mut(i * n, n).copy_from(&t.resid);
+    }
+    // Per position: the queries' running log-sum-exps, each term's Σ logit and Σ logit².
+    struct PosState {
+        lse: Vec<Lse>,
+        sum: Vec<f64>,
+        sq: Vec<f64>,
+    }
+    let mut state: Vec<PosState> = (0..n)
+        .map(|_| PosState {
+            lse: vec![Lse::EMPTY; nq],
+            sum: vec![0.0; nt],
+            sq: vec![0.0; nt],
+        })
+        .collect();
+    let b_u = &e.b_u;
+    e.for_vocab_blocks(&stacked, |start, z| {
+        let len = z.nrows();
+        state.par_iter_mut().enumerate().for_each(|(p, st)| {
+            let b_u_blk = &b_u.as_slice()[start..start + len];
+            let mut all = vec![0.0; len];
+            let mut by_order = vec![vec![0.0; len]; no];
+            let mut bias = vec![0.0; len];
+            for (t, order) in term_order.iter().enumerate() {
+                let col = z.col_as_slice(t * n + p);
+                let is_bias = Some(t) == bias_term;
+                let acc = match order {
+                    Some(o) => &mut by_order[*o],
+                    None => &mut bias,
+                };
+                let (mut s1, mut s2) = (0.0, 0.0);
+                for j in 0..len {
+                    let x = col[j] + if is_bias { b_u_blk[j] } else { 0.0 };
+                    all[j] += x;
+                    acc[j] += x;
+                    s1 += x;
+                    s2 += x * x;
+                }
+                st.sum[t] += s1;
+                st.sq[t] += s2;
+            }
+            if p + 1 >= n {
+                return;
+            }
+            st.lse[0].add(all.iter().copied());
+            for t in 0..nt {
+                let col = z.col_as_slice(t * n + p);
+                let is_bias = Some(t) == bias_term;
+                st.lse[1 + t].add(
+                    (0..len).map(|j| all[j] - col[j] - if is_bias { b_u_blk[j] } else { 0.0 }),
+                );
+            }
+            let mut up_to = bias.clone();
+            for (o, without) in by_order.iter().enumerate() {
+                st.lse[1 + nt + o].add(all.iter().zip(without).map(|(a, b)| a - b));
+                for (u, b) in up_to.iter_mut().zip(without) {
+                    *u += b;
+                }
+                st.lse[1 + nt + no + o].add(up_to.iter().copied());
+            }
+            st.lse[nq - 1].add(bias.iter().copied());
+        });
+    });
+
+    // Target logits of every query, from the terms' next-token logits.
+    let next = e.next_token_logits();
+    let scored = n.saturating_sub(1);
+    let loss_of = |q: usize, target: &dyn Fn(usize) -> f64| -> f64 {
+        if scored == 0 {
+            return f64::NAN;
+        }
+        (0..scored)
+            .map(|p| state[p].lse[q].value() - target(p))
+            .sum::<f64>()
+            / scored as f64
+    };
+    let all_t = |p: usize| (0..nt).map(|t| next[t][p]).sum::<f64>();
+    let order_t = |o: usize, p: usize| {
+        (0..nt)
+            .filter(|t| term_order[*t] == Some(o))
+            .map(|t| next[t][p])
+            .sum::<f64>()
+    };
+    let bias_t = |p: usize| bias_term.map_or(0.0, |b| next[b][p]);
+    let loss_all = loss_of(0, &all_t);
     let mut terms: Vec<TermSize> = e
         .terms
         .iter()
-        .map(|t| {
-            let mut sq = 0.0;
-            for row in t.logits.row_iter() {
-                let mean = row.mean();
-                sq += row.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
-            }
-            let rms = (sq / t.logits.len().max(1) as f64).sqrt();
-            let mean_next = (0..n.saturating_sub(1))
-                .map(|p| t.logits[(p, tokens[p + 1] as usize)])
-                .sum::<f64>()
-                / scored as f64;
-            let without = next_token_loss(&(&all - &t.logits), tokens);
+        .enumerate()
+        .map(|(i, t)| {
+            let v = e.d_vocab_out() as f64;
+            let sq: f64 = state
+                .iter()
+                .map(|st| st.sq[i] - st.sum[i] * st.sum[i] / v)
+                .sum();
+            let rms = (sq.max(0.0) / (n as f64 * v).max(1.0)).sqrt();
+            let mean_next = next[i].iter().sum::<f64>() / scored.max(1) as f64;
+            let without = loss_of(1 + i, &|p| all_t(p) - next[i][p]);
             TermSize {
                 name: t.kind.name(),
                 kind: t.kind.clone(),
@@ -565,15 +836,17 @@ pub fn term_importance(e: &Expansion) -> TermImportance {
         b.loss_increase_when_dropped
             .total_cmp(&a.loss_increase_when_dropped)
     });
-    let max_order = e.terms.iter().filter_map(|t| t.kind.order()).max();
-    let orders = (0..=max_order.unwrap_or(0))
-        .filter(|o| e.terms.iter().any(|t| t.kind.order() == Some(*o)))
-        .map(|o| {
-            let without = next_token_loss(&e.sum_where(|k| k.order() != Some(o)), tokens);
-            let up_to = next_token_loss(&e.sum_where(|k| k.order().is_none_or(|x| x <= o)), tokens);
+    let orders_out = orders
+        .iter()
+        .enumerate()
+        .map(|(oi, &o)| {
+            let without = loss_of(1 + nt + oi, &|p| all_t(p) - order_t(oi, p));
+            let up_to = loss_of(1 + nt + no + oi, &|p| {
+                bias_t(p) + (0..=oi).map(|x| order_t(x, p)).sum::<f64>()
+            });
             OrderImportance {
                 order: o,
-                n_terms: e.terms.iter().filter(|t| t.kind.order() == Some(o)).count(),
+                n_terms: term_order.iter().filter(|x| **x == Some(oi)).count(),
                 loss_without: without,
                 loss_increase_when_dropped: without - loss_all,
                 loss_up_to: up_to,
@@ -582,8 +855,8 @@ pub fn term_importance(e: &Expansion) -> TermImportance {
         .collect();
     TermImportance {
         loss_all_terms: loss_all,
-        loss_biases_only: next_token_loss(&e.sum_where(|k| *k == TermKind::Bias), tokens),
-        orders,
+        loss_biases_only: loss_of(nq - 1, &bias_t),
+        orders: orders_out,
         terms,
     }
 }
@@ -653,18 +926,19 @@ mod tests {
         assert_eq!(names.last().unwrap(), "biases");
         assert!(names.contains(&"L0H1>L2H0".to_string()));
         assert!(names.contains(&"order3".to_string()));
-        let err = (e.total() - &e.exact).abs().max();
-        assert!(err < 1e-10 * e.exact.abs().max().max(1.0), "{err}");
+        let exact = e.exact();
+        let err = (e.total() - &exact).abs().max();
+        assert!(err < 1e-10 * exact.abs().max().max(1.0), "{err}");
 
         // Each order's terms are non-trivial here (random weights), and dropping nothing
         // reproduces the full loss.
         let imp = term_importance(&e);
         assert_eq!(imp.orders.len(), 4);
         assert!(
-            (imp.loss_all_terms - next_token_loss(&e.exact, &tokens)).abs() < 1e-9,
+            (imp.loss_all_terms - next_token_loss(&exact, &tokens)).abs() < 1e-6,
             "{imp:?}"
         );
-        assert!((imp.orders[3].loss_up_to - imp.loss_all_terms).abs() < 1e-9);
+        assert!((imp.orders[3].loss_up_to - imp.loss_all_terms).abs() < 1e-6);
     }
 
     /// A one-layer model with a single copying head that attends to the previous token:
@@ -693,15 +967,89 @@ mod tests {
             }
         });
         let e = expand(&w, &tokens, &[vec![prev]], None).unwrap();
-        let head = &e.terms[1];
-        assert_eq!(head.kind, TermKind::Head { layer: 0, head: 0 });
+        assert_eq!(e.terms[1].kind, TermKind::Head { layer: 0, head: 0 });
+        let head = e.term_logits(1);
         for p in 1..n {
             for t in 0..d {
                 let want = if t as u32 == tokens[p - 1] { 2.0 } else { 0.0 };
-                assert_eq!(head.logits[(p, t)], want);
+                assert_eq!(head[(p, t)], want);
             }
         }
         // Direct path: identity embedding/unembedding.
-        assert_eq!(e.terms[0].logits[(2, 1)], 1.0);
+        assert_eq!(e.term_logits(0)[(2, 1)], 1.0);
+    }
+
+    /// The streamed importance (vocabulary in blocks, running log-sum-exps) equals the
+    /// dense computation on every term, order and RMS, with a vocabulary of several
+    /// blocks and an uneven last one.
+    #[test]
+    fn streamed_importance_equals_the_dense_one() {
+        let (d, dh, v) = (6, 2, 2 * VOCAB_BLOCK + 77);
+        let hm = |s| HeadMats {
+            q: pseudo(d, dh, s),
+            k: pseudo(d, dh, s + 1),
+            v: pseudo(d, dh, s + 2),
+            o: pseudo(dh, d, s + 3),
+        };
+        let mut w = model(
+            pseudo(v, d, 1),
+            pseudo(d, v, 2),
+            vec![
+                vec![hm(10), hm(20)],
+                vec![hm(30), hm(40)],
+                vec![hm(50), hm(60)],
+            ],
+        );
+        w.b_u = pseudo(v, 1, 7).column(0).into_owned();
+        let tokens = [1u32, 400, 2, 1006, 0, 77];
+        let n = tokens.len();
+        let patterns = vec![vec![causal_uniform(n); 2]; 3];
+        let e = expand(&w, &tokens, &patterns, None).unwrap();
+        let imp = term_importance(&e);
+        let all = e.total();
+        let loss_all = next_token_loss(&all, &tokens);
+        assert!((imp.loss_all_terms - loss_all).abs() < 1e-6);
+        for (i, t) in e.terms.iter().enumerate() {
+            let logits = e.term_logits(i);
+            let want = next_token_loss(&(&all - &logits), &tokens) - loss_all;
+            let got = imp.terms.iter().find(|x| x.name == t.kind.name()).unwrap();
+            assert!(
+                (got.loss_increase_when_dropped - want).abs() < 1e-6,
+                "{}: {} vs {want}",
+                got.name,
+                got.loss_increase_when_dropped
+            );
+            let mut sq = 0.0;
+            for row in logits.row_iter() {
+                let mean = row.mean();
+                sq += row.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+            }
+            let rms = (sq / logits.len() as f64).sqrt();
+            assert!((got.rms - rms).abs() < 1e-9 * rms.max(1.0), "{}", got.name);
+            let mean_next = (0..n - 1)
+                .map(|p| logits[(p, tokens[p + 1] as usize)])
+                .sum::<f64>()
+                / (n - 1) as f64;
+            assert!((got.mean_next_token_logit - mean_next).abs() < 1e-9);
+        }
+        for o in &imp.orders {
+            let without = next_token_loss(&e.sum_where(|k| k.order() != Some(o.order)), &tokens);
+            let up_to = next_token_loss(
+                &e.sum_where(|k| k.order().is_none_or(|x| x <= o.order)),
+                &tokens,
+            );
+            assert!((o.loss_without - without).abs() < 1e-6, "{o:?}");
+            assert!((o.loss_up_to - up_to).abs() < 1e-6, "{o:?}");
+        }
+        let bias = next_token_loss(&e.sum_where(|k| *k == TermKind::Bias), &tokens);
+        assert!((imp.loss_biases_only - bias).abs() < 1e-6);
+        // The streamed sum check agrees with the dense one.
+        let model: Vec<Vec<f32>> = (0..n)
+            .map(|p| (0..v).map(|j| all[(p, j)] as f32 + 0.5).collect())
+            .collect();
+        let (vs_model, vs_exact, max_logit) = e.sum_check(&model);
+        assert!((vs_model - 0.5).abs() < 1e-4, "{vs_model}");
+        assert!(vs_exact < 1e-10);
+        assert!(max_logit > 0.0);
     }
 }

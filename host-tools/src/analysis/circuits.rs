@@ -1,8 +1,11 @@
 //! Weight-only circuit analysis (Elhage et al. 2021), in TransformerLens's row-vector layout.
 //!
 //! All products are formed in f64 from the f32 weights, and vocabulary-sized matrices are
-//! kept factored ([`LowRank`]): norms from small factors, eigenvalues from the small
-//! product, entries one block of rows at a time.
+//! kept factored: `d_model`-sized OV/QK matrices as [`LowRank`] (norms from the small
+//! factors), full circuits as [`FullCircuit`] (norms and eigenvalues from the model's
+//! three `d_model x d_model` Gram/cross products, [`Vocab`]); entries only in the scans
+//! that ask for them ([`super::scan`], blocked and parallel, and bounded by
+//! [`ScanTokens`]).
 //!
 //! # Layer norm
 //! Like TransformerLens's `model.OV`, `model.QK` and `all_composition_scores`, every
@@ -16,10 +19,13 @@
 //! Biases (`b_Q`, `b_K`, `b_V`, `b_O`, `b_U`) and positional embeddings are not part of any
 //! circuit here (they do not depend on the token).
 
+use indicatif::ProgressBar;
 use nalgebra::{Complex, DMatrix};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::factored::{to_f64, top_k_of_row, LowRank};
+use super::factored::{to_f64, Entry, LowRank};
+use super::scan::ScanSpec;
+use super::vocab::{norm_from_grams, FullCircuit, Right, Vocab};
 use super::{
     BigramRow, CircuitReport, CompositionBaseline, CompositionScores, EigenStats, HeadReport,
     PathExpansion, PathTerm, Scores4, TokenScore, VirtualHead,
@@ -57,59 +63,60 @@ pub fn qk(w: &Weights, layer: usize, head: usize) -> LowRank {
 }
 
 /// The full OV circuit `W_E W_V W_O W_U` ([d_vocab, d_vocab_out]), factored as
-/// `(W_E W_V) (W_O W_U)`: row = source token (attended to), column = output logit.
-pub fn full_ov(w: &Weights, layer: usize, head: usize) -> LowRank {
+/// `W_E (W_V W_O) W_U`: row = source token (attended to), column = output logit.
+pub fn full_ov(w: &Weights, layer: usize, head: usize) -> FullCircuit {
     let l = &w.layers[layer];
-    let w_e = to_f64(&w.w_e);
-    let w_u = to_f64(&w.w_u);
-    LowRank::new(&w_e * to_f64(&l.w_v[head]), to_f64(&l.w_o[head]) * &w_u)
+    FullCircuit::new(to_f64(&l.w_v[head]), to_f64(&l.w_o[head]), Right::Unembed)
 }
 
 /// The full QK circuit `W_E W_Q (W_E W_K)^T` ([d_vocab, d_vocab]), factored as
-/// `(W_E W_Q) (W_K^T W_E^T)`: row = query token, column = key token.
-pub fn full_qk(w: &Weights, layer: usize, head: usize) -> LowRank {
+/// `W_E (W_Q W_K^T) W_E^T`: row = query token, column = key token.
+pub fn full_qk(w: &Weights, layer: usize, head: usize) -> FullCircuit {
     let l = &w.layers[layer];
-    let w_e = to_f64(&w.w_e);
-    LowRank::new(
-        &w_e * to_f64(&l.w_q[head]),
-        (&w_e * to_f64(&l.w_k[head])).transpose(),
+    FullCircuit::new(
+        to_f64(&l.w_q[head]),
+        to_f64(&l.w_k[head]).transpose(),
+        Right::EmbedT,
     )
 }
 
 /// The direct path (zero-layer "bigram" term) `W_E W_U` ([d_vocab, d_vocab_out]), factored.
 /// Layer norm ignored (see the module documentation); `b_U` is left out, as it adds the
 /// same vector to every row.
-pub fn direct_path(w: &Weights) -> LowRank {
-    LowRank::new(to_f64(&w.w_e), to_f64(&w.w_u))
+pub fn direct_path() -> FullCircuit {
+    FullCircuit {
+        a: None,
+        b: None,
+        right: Right::Unembed,
+    }
 }
 
 /// The OV circuit of the virtual head `h1 -> h2` (output of head 1 read by the values of
 /// head 2, layer1 < layer2): `W_E W_OV^{h1} W_OV^{h2} W_U`, factored as
-/// `(W_E W_V1) (W_O1 W_V2 W_O2 W_U)`.
+/// `W_E W_V1 (W_O1 W_V2 W_O2) W_U`.
 pub fn virtual_ov(
     w: &Weights,
     (layer1, head1): (usize, usize),
     (layer2, head2): (usize, usize),
-) -> LowRank {
+) -> FullCircuit {
     let l1 = &w.layers[layer1];
     let l2 = &w.layers[layer2];
-    let a = to_f64(&w.w_e) * to_f64(&l1.w_v[head1]);
-    let b =
-        to_f64(&l1.w_o[head1]) * to_f64(&l2.w_v[head2]) * to_f64(&l2.w_o[head2]) * to_f64(&w.w_u);
-    LowRank::new(a, b)
+    let b = to_f64(&l1.w_o[head1]) * to_f64(&l2.w_v[head2]) * to_f64(&l2.w_o[head2]);
+    FullCircuit::new(to_f64(&l1.w_v[head1]), b, Right::Unembed)
 }
 
 /// Eigenvalues of the full OV circuit (the `d_head` eigenvalues of
 /// `W_O W_U W_E W_V`, which is TL's `(W_E @ model.OV @ W_U).eigenvalues`). Needs
 /// `d_vocab == d_vocab_out`.
-pub fn ov_eigenvalues(w: &Weights, layer: usize, head: usize) -> Result<Vec<Complex<f64>>> {
-    if w.cfg.d_vocab != w.cfg.d_vocab_out {
+pub fn ov_eigenvalues(v: &Vocab<'_>, layer: usize, head: usize) -> Result<Vec<Complex<f64>>> {
+    let cfg = &v.w.cfg;
+    if cfg.d_vocab != cfg.d_vocab_out {
         return Err(Error::Argument(format!(
             "the full OV circuit is not square (d_vocab {} != d_vocab_out {}): no eigenvalues",
-            w.cfg.d_vocab, w.cfg.d_vocab_out
+            cfg.d_vocab, cfg.d_vocab_out
         )));
     }
-    full_ov(w, layer, head).eigenvalues()
+    full_ov(v.w, layer, head).eigenvalues(v)
 }
 
 /// Copying score `Re(sum λ) / sum |λ|` (in [-1, 1]), as in TL's demo
@@ -121,11 +128,11 @@ pub fn copying_score(eigenvalues: &[Complex<f64>]) -> f64 {
 }
 
 /// Copying score of every head, `[layer][head]`.
-pub fn copying_scores(w: &Weights) -> Result<Vec<Vec<f64>>> {
-    (0..w.cfg.n_layers)
+pub fn copying_scores(v: &Vocab<'_>) -> Result<Vec<Vec<f64>>> {
+    (0..v.w.cfg.n_layers)
         .map(|l| {
-            (0..w.cfg.n_heads)
-                .map(|h| Ok(copying_score(&ov_eigenvalues(w, l, h)?)))
+            (0..v.w.cfg.n_heads)
+                .map(|h| Ok(copying_score(&ov_eigenvalues(v, l, h)?)))
                 .collect()
         })
         .collect()
@@ -169,37 +176,109 @@ pub fn eigen_stats(eigenvalues: &[Complex<f64>], top: usize) -> EigenStats {
     }
 }
 
-/// Norm, spectrum and largest entries of one factored full circuit.
+/// Which rows (tokens) the vocabulary-sized scans read: top pairs and the
+/// diagonal-argmax fraction of every full circuit, and the direct path's top next tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanTokens {
+    /// No scans: no top pairs, no diagonal-argmax fraction, no bigram table.
+    Off,
+    /// Every token.
+    All,
+    /// `n` tokens evenly spaced over the vocabulary (`i * d_vocab / n`).
+    Subset(usize),
+    /// [`ScanTokens::All`] up to [`AUTO_FULL_SCAN_VOCAB`] tokens, else
+    /// [`ScanTokens::Subset`]`(`[`AUTO_SUBSET`]`)`.
+    Auto,
+}
+
+/// The largest vocabulary [`ScanTokens::Auto`] scans whole (the full scans of a 2-layer,
+/// 8-head model of this vocabulary take about a second).
+pub const AUTO_FULL_SCAN_VOCAB: usize = 8192;
+/// Tokens [`ScanTokens::Auto`] scans in a larger vocabulary.
+pub const AUTO_SUBSET: usize = 2048;
+
+impl ScanTokens {
+    /// The token ids scanned, ascending.
+    pub fn tokens(&self, d_vocab: usize) -> Vec<usize> {
+        match *self {
+            ScanTokens::Off => Vec::new(),
+            ScanTokens::All => (0..d_vocab).collect(),
+            ScanTokens::Subset(n) if n >= d_vocab => (0..d_vocab).collect(),
+            ScanTokens::Subset(n) => (0..n).map(|i| i * d_vocab / n).collect(),
+            ScanTokens::Auto if d_vocab <= AUTO_FULL_SCAN_VOCAB => (0..d_vocab).collect(),
+            ScanTokens::Auto => ScanTokens::Subset(AUTO_SUBSET).tokens(d_vocab),
+        }
+    }
+}
+
+/// Norm, spectrum and (when `tokens` is not empty) largest entries and diagonal-argmax
+/// fraction over the rows `tokens` of one full circuit. Top-pair values are f64.
 pub fn circuit_report(
-    c: &LowRank,
+    v: &Vocab<'_>,
+    c: &FullCircuit,
     top_eigenvalues: usize,
     top_pairs: usize,
+    tokens: &[usize],
+    pb: &ProgressBar,
 ) -> Result<CircuitReport> {
-    let eigen = if c.nrows() == c.ncols() {
-        Some(eigen_stats(&c.eigenvalues()?, top_eigenvalues))
+    let square = c.nrows(v) == c.ncols(v);
+    let eigen = if square {
+        Some(eigen_stats(&c.eigenvalues(v)?, top_eigenvalues))
     } else {
         None
     };
-    let (top_pairs, diagonal_argmax_fraction) = c.scan(top_pairs);
+    let (top_pairs, diagonal_argmax_fraction) = if tokens.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let out = c.scan(
+            v,
+            tokens,
+            ScanSpec {
+                top_pairs,
+                diagonal: square,
+                row_top: 0,
+            },
+            pb,
+        );
+        let top = out
+            .top
+            .iter()
+            .map(|&(_, (row, col))| Entry {
+                row,
+                col,
+                value: c.entry(v, row, col),
+            })
+            .collect();
+        (
+            top,
+            square.then(|| out.diagonal_hits as f64 / out.rows as f64),
+        )
+    };
     Ok(CircuitReport {
-        frobenius_norm: c.frobenius_norm(),
+        frobenius_norm: c.frobenius_norm(v),
         eigen,
         top_pairs,
         diagonal_argmax_fraction,
     })
 }
 
-/// Per-head OV and QK circuit reports, in order layer-major.
+/// Per-head OV and QK circuit reports, in order layer-major; the scans read the rows
+/// `tokens` (none: no scans). `pb` advances by one per scanned block.
 pub fn head_reports(
-    w: &Weights,
+    v: &Vocab<'_>,
     top_eigenvalues: usize,
     top_pairs: usize,
+    tokens: &[usize],
+    pb: &ProgressBar,
 ) -> Result<Vec<HeadReport>> {
+    let w = v.w;
     let mut out = Vec::new();
     for layer in 0..w.cfg.n_layers {
         for head in 0..w.cfg.n_heads {
-            let ov = circuit_report(&full_ov(w, layer, head), top_eigenvalues, top_pairs)?;
-            let qk = circuit_report(&full_qk(w, layer, head), top_eigenvalues, top_pairs)?;
+            let report =
+                |c: &FullCircuit| circuit_report(v, c, top_eigenvalues, top_pairs, tokens, pb);
+            let ov = report(&full_ov(w, layer, head))?;
+            let qk = report(&full_qk(w, layer, head))?;
             out.push(HeadReport {
                 layer,
                 head,
@@ -212,20 +291,36 @@ pub fn head_reports(
     Ok(out)
 }
 
-/// For every input token, the `k` output tokens with the largest direct-path logit
-/// `W_E W_U` (see [`direct_path`]).
-pub fn bigram_top(w: &Weights, k: usize) -> Vec<BigramRow> {
-    let mut out = Vec::with_capacity(w.cfg.d_vocab);
-    direct_path(w).for_each_row(|token, row| {
-        out.push(BigramRow {
+/// For every token of `tokens`, the `k` output tokens with the largest direct-path logit
+/// `W_E W_U` (see [`direct_path`]); logits in f64.
+pub fn bigram_top(v: &Vocab<'_>, k: usize, tokens: &[usize], pb: &ProgressBar) -> Vec<BigramRow> {
+    if tokens.is_empty() || k == 0 {
+        return Vec::new();
+    }
+    let c = direct_path();
+    let out = c.scan(
+        v,
+        tokens,
+        ScanSpec {
+            row_top: k,
+            ..Default::default()
+        },
+        pb,
+    );
+    tokens
+        .iter()
+        .zip(out.row_top)
+        .map(|(&token, next)| BigramRow {
             token,
-            next: top_k_of_row(row, k)
+            next: next
                 .into_iter()
-                .map(|(token, logit)| TokenScore { token, logit })
+                .map(|(t, _)| TokenScore {
+                    token: t,
+                    logit: c.entry(v, token, t),
+                })
                 .collect(),
         })
-    });
-    out
+        .collect()
 }
 
 /// `||L R||_F / (||L||_F ||R||_F)`, TL's `utils.composition_scores` for one pair (TL
@@ -369,14 +464,28 @@ pub fn subtract_baseline_all(scores: &CompositionScores, baseline: f64) -> Compo
 /// Sizes of the OV path-expansion terms (paths through at most two heads, all with the
 /// attention patterns frozen): the direct path `W_E W_U`, each head's full OV circuit and
 /// each virtual head `h1 -> h2` with `layer1 < layer2`. Sizes are Frobenius norms of the
-/// token-to-logit matrices (from small factors), also given relative to the direct path.
-pub fn path_expansion(w: &Weights) -> PathExpansion {
-    let direct = direct_path(w).frobenius_norm();
+/// token-to-logit matrices (from `d_head`-sized Gram matrices), also given relative to the
+/// direct path.
+pub fn path_expansion(v: &Vocab<'_>) -> PathExpansion {
+    let w = v.w;
+    let direct = direct_path().frobenius_norm(v);
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
+    // Per head: W_V^T G_E W_V (what reaches its values from the tokens) and
+    // W_O G_U W_O^T (what its output does to the logits), both d_head x d_head.
+    let grams: Vec<Vec<(DMatrix<f64>, DMatrix<f64>)>> = (0..nl)
+        .map(|l| {
+            (0..nh)
+                .map(|h| {
+                    let c = full_ov(w, l, h);
+                    (c.left_gram(v), c.right_gram(v))
+                })
+                .collect()
+        })
+        .collect();
     let mut heads = Vec::new();
-    for layer in 0..nl {
-        for head in 0..nh {
-            let norm = full_ov(w, layer, head).frobenius_norm();
+    for (layer, by_head) in grams.iter().enumerate() {
+        for (head, (x, y)) in by_head.iter().enumerate() {
+            let norm = norm_from_grams(x, y);
             heads.push(PathTerm {
                 layer,
                 head,
@@ -390,7 +499,11 @@ pub fn path_expansion(w: &Weights) -> PathExpansion {
         for head1 in 0..nh {
             for layer2 in layer1 + 1..nl {
                 for head2 in 0..nh {
-                    let norm = virtual_ov(w, (layer1, head1), (layer2, head2)).frobenius_norm();
+                    // ||W_E V1 (O1 V2) O2 W_U||^2 = tr(X1 P Y2 P^T), P = O1 V2.
+                    let p =
+                        to_f64(&w.layers[layer1].w_o[head1]) * to_f64(&w.layers[layer2].w_v[head2]);
+                    let py = &p * &grams[layer2][head2].1 * p.transpose();
+                    let norm = norm_from_grams(&grams[layer1][head1].0, &py);
                     virtual_heads.push(VirtualHead {
                         layer1,
                         head1,
@@ -473,6 +586,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// The full circuit as a dense f64 matrix (tests only).
+    fn dense(w: &Weights, c: &FullCircuit) -> DMatrix<f64> {
+        let e = to_f64(&w.w_e);
+        let ea = c.a.as_ref().map_or(e.clone(), |a| &e * a);
+        let m = c.b.as_ref().map_or(ea.clone(), |b| &ea * b);
+        match c.right {
+            Right::Unembed => m * to_f64(&w.w_u),
+            Right::EmbedT => m * to_f64(&w.w_e).transpose(),
+        }
+    }
+
     /// Columns `cols` of the d x d identity, as a [d, cols.len()] matrix.
     pub(crate) fn basis(d: usize, cols: &[usize]) -> DMatrix<f32> {
         DMatrix::from_fn(d, cols.len(), |i, j| if i == cols[j] { 1.0 } else { 0.0 })
@@ -528,7 +652,7 @@ pub(crate) mod tests {
     #[test]
     fn copying_scores_of_identity_and_negated_heads() {
         let w = toy();
-        let c = copying_scores(&w).unwrap();
+        let c = copying_scores(&Vocab::new(&w)).unwrap();
         assert!((c[0][0] - 1.0).abs() < 1e-12, "{c:?}");
         assert!((c[0][1] + 1.0).abs() < 1e-12, "{c:?}");
         assert!((c[1][0] - 1.0).abs() < 1e-12);
@@ -536,7 +660,7 @@ pub(crate) mod tests {
         let mut w2 = toy();
         w2.layers[0].w_o[0] =
             DMatrix::from_row_slice(2, 4, &[0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0]);
-        let e = ov_eigenvalues(&w2, 0, 0).unwrap();
+        let e = ov_eigenvalues(&Vocab::new(&w2), 0, 0).unwrap();
         assert!(copying_score(&e).abs() < 1e-12);
         let s = eigen_stats(&e, 10);
         assert_eq!(
@@ -686,26 +810,37 @@ pub(crate) mod tests {
     #[test]
     fn full_circuits_norms_and_top_pairs() {
         let w = toy();
+        let v = Vocab::new(&w);
+        let all: Vec<usize> = (0..6).collect();
+        let pb = ProgressBar::hidden();
         // Full OV of L0H0 = W_E P01 W_U: tokens 0,4 -> 0,4 and 1,5 -> 1,5 (vocab 6, d 4).
         let c = full_ov(&w, 0, 0);
-        let dense = c.dense();
-        assert!((c.frobenius_norm() - dense.norm()).abs() < 1e-12);
-        assert_eq!(dense[(4, 0)], 1.0);
-        assert_eq!(dense[(2, 2)], 0.0);
-        let top = c.top_entries(3);
+        let m = dense(&w, &c);
+        assert!((c.frobenius_norm(&v) - m.norm()).abs() < 1e-12);
+        assert_eq!(m[(4, 0)], 1.0);
+        assert_eq!(m[(2, 2)], 0.0);
+        assert_eq!(c.entry(&v, 4, 0), 1.0);
+        let r = circuit_report(&v, &c, 4, 3, &all, &pb).unwrap();
+        let top = &r.top_pairs;
         assert_eq!((top[0].row, top[0].col, top[0].value), (0, 0, 1.0));
         assert_eq!((top[1].row, top[1].col), (0, 4));
         // Rows 0,1,4,5 have their (first) maximum on the diagonal for 0,1 only
         // (4 -> 0 ties with 4 -> 4, first max is column 0); rows 2,3 are all zero (first max col 0).
-        assert_eq!(c.diagonal_argmax_fraction(), Some(2.0 / 6.0));
+        assert_eq!(r.diagonal_argmax_fraction, Some(2.0 / 6.0));
+        // No scan rows: no scans.
+        let r0 = circuit_report(&v, &c, 4, 3, &[], &pb).unwrap();
+        assert!(r0.top_pairs.is_empty() && r0.diagonal_argmax_fraction.is_none());
+        assert_eq!(r0.frobenius_norm, r.frobenius_norm);
 
         // Full QK is formed from W_E only on both sides.
-        let q = full_qk(&w, 1, 0).dense();
+        let qc = full_qk(&w, 1, 0);
+        let q = dense(&w, &qc);
         let expect =
             w.w_e.map(f64::from) * w.qk(1, 0).map(f64::from) * w.w_e.map(f64::from).transpose();
-        assert!((q - expect).norm() < 1e-12);
+        assert!((&q - &expect).norm() < 1e-12);
+        assert!((qc.frobenius_norm(&v) - expect.norm()).abs() < 1e-12);
 
-        let r = circuit_report(&full_ov(&w, 0, 1), 4, 2).unwrap();
+        let r = circuit_report(&v, &full_ov(&w, 0, 1), 4, 2, &all, &pb).unwrap();
         let e = r.eigen.unwrap();
         assert_eq!(e.n_negative_real, 2);
         assert!((e.trace_over_abs_sum + 1.0).abs() < 1e-12);
@@ -714,7 +849,9 @@ pub(crate) mod tests {
     #[test]
     fn bigram_and_path_expansion() {
         let w = toy();
-        let b = bigram_top(&w, 2);
+        let v = Vocab::new(&w);
+        let pb = ProgressBar::hidden();
+        let b = bigram_top(&v, 2, &(0..6).collect::<Vec<_>>(), &pb);
         assert_eq!(b.len(), 6);
         assert_eq!(b[2].next[0].token, 2);
         assert_eq!(b[2].next[0].logit, 1.0);
@@ -723,7 +860,7 @@ pub(crate) mod tests {
             vec![1, 5]
         );
 
-        let p = path_expansion(&w);
+        let p = path_expansion(&v);
         // W_E W_U has six ones on its "diagonal blocks": 0,4 x 0,4 and 1,5 x 1,5 (4+4), 2,2 and 3,3.
         assert!((p.direct_norm - 10f64.sqrt()).abs() < 1e-12);
         assert_eq!(p.heads.len(), 4);
@@ -758,8 +895,29 @@ pub(crate) mod tests {
         );
         let f = |m: &DMatrix<f32>| m.map(f64::from);
         let ov = |l: usize| f(&w.layers[l].w_v[0]) * f(&w.layers[l].w_o[0]);
-        let dense = f(&w.w_e) * ov(0) * ov(1) * f(&w.w_u);
-        let v = virtual_ov(&w, (0, 0), (1, 0));
-        assert!((v.frobenius_norm() - dense.norm()).abs() < 1e-9 * dense.norm());
+        let want = f(&w.w_e) * ov(0) * ov(1) * f(&w.w_u);
+        let voc = Vocab::new(&w);
+        let vh = virtual_ov(&w, (0, 0), (1, 0));
+        assert!((vh.frobenius_norm(&voc) - want.norm()).abs() < 1e-9 * want.norm());
+        assert!((dense(&w, &vh) - &want).norm() < 1e-9 * want.norm());
+        let p = path_expansion(&voc);
+        assert!((p.virtual_heads[0].norm - want.norm()).abs() < 1e-9 * want.norm());
+        let direct = f(&w.w_e) * f(&w.w_u);
+        assert!((p.direct_norm - direct.norm()).abs() < 1e-9 * direct.norm());
+        let head = f(&w.w_e) * ov(1) * f(&w.w_u);
+        assert!((p.heads[1].norm - head.norm()).abs() < 1e-9 * head.norm());
+        // Subset scans read only their rows; f64 values.
+        let sub = ScanTokens::Subset(4).tokens(11);
+        assert_eq!(sub, vec![0, 2, 5, 8]);
+        let rows = bigram_top(&voc, 3, &sub, &ProgressBar::hidden());
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            let mut want: Vec<(usize, f64)> = (0..11).map(|j| (j, direct[(r.token, j)])).collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (got, w) in r.next.iter().zip(&want) {
+                assert_eq!(got.token, w.0);
+                assert!((got.logit - w.1).abs() < 1e-9);
+            }
+        }
     }
 }

@@ -93,15 +93,7 @@ pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsR
     let scales = rec.ln_scales()?;
     let e = expand(&w, &rec.tokens, &patterns, scales.as_deref())?;
     let logits = rec.logits()?;
-    let total = e.total();
-    let (mut vs_model, mut vs_exact, mut max_logit) = (0.0f64, 0.0f64, 0.0f64);
-    for (p, row) in logits.iter().enumerate() {
-        for (t, v) in row.iter().enumerate() {
-            vs_model = vs_model.max((total[(p, t)] - f64::from(*v)).abs());
-            vs_exact = vs_exact.max((total[(p, t)] - e.exact[(p, t)]).abs());
-            max_logit = max_logit.max(v.abs() as f64);
-        }
-    }
+    let (vs_model, vs_exact, max_logit) = e.sum_check(logits);
     let n = rec.tokens.len();
     let model_loss = (0..n.saturating_sub(1))
         .map(|p| crate::numerics::loss(&logits[p], rec.tokens[p + 1]))
@@ -110,14 +102,8 @@ pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsR
     let next_token_logits = e
         .terms
         .iter()
-        .map(|t| {
-            (
-                t.kind.name(),
-                (0..n.saturating_sub(1))
-                    .map(|p| t.logits[(p, rec.tokens[p + 1] as usize)])
-                    .collect(),
-            )
-        })
+        .map(|t| t.kind.name())
+        .zip(e.next_token_logits())
         .collect();
     let report = PathsReport {
         tokens: rec.tokens.clone(),

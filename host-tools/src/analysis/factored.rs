@@ -5,9 +5,11 @@
 //! formed. Its Frobenius norm comes from the triangular factors of thin QR
 //! decompositions (`A = Q_A R_A`, `B^T = Q_B R_B`, so `||A B||_F = ||R_A R_B^T||_F`,
 //! as `Q_A` and `Q_B` have orthonormal columns); its non-zero eigenvalues are those of
-//! `B A` [k, k]; its entries are produced a block of rows at a time.
+//! `B A` [k, k]. This serves the `d_model`-sized OV and QK matrices (composition
+//! scores); the vocabulary-sized full circuits are in [`super::vocab`], their entries
+//! in [`super::scan`].
 
-use nalgebra::{Complex, DMatrix, Schur};
+use nalgebra::{Complex, DMatrix};
 
 use crate::{Error, Result};
 
@@ -125,136 +127,10 @@ impl LowRank {
         }
         eigenvalues(&(&self.b * &self.a))
     }
-
-    /// Rows `start..start + len` of `A B`, as a dense [len, m] block.
-    pub fn row_block(&self, start: usize, len: usize) -> DMatrix<f64> {
-        self.a.rows(start, len) * &self.b
-    }
-
-    /// Calls `f(row_index, row)` for every row of `A B`, computing `ROW_BLOCK` rows at a time,
-    /// so that the full [n, m] matrix is never stored.
-    pub fn for_each_row(&self, mut f: impl FnMut(usize, &[f64])) {
-        const ROW_BLOCK: usize = 64;
-        let n = self.nrows();
-        let mut start = 0;
-        while start < n {
-            let len = ROW_BLOCK.min(n - start);
-            // Transposed so that each row of the block is contiguous (column-major storage).
-            let block_t = self.row_block(start, len).transpose();
-            for r in 0..len {
-                f(start + r, block_t.column(r).as_slice());
-            }
-            start += len;
-        }
-    }
-
-    /// The `k` largest entries of `A B` (ties: smaller row, then smaller column first),
-    /// largest first.
-    pub fn top_entries(&self, k: usize) -> Vec<Entry> {
-        self.scan(k).0
-    }
-
-    /// For every row, the `k` largest entries as `(column, value)`, largest first.
-    pub fn top_per_row(&self, k: usize) -> Vec<Vec<(usize, f64)>> {
-        let mut out = Vec::with_capacity(self.nrows());
-        self.for_each_row(|_, row| out.push(top_k_of_row(row, k)));
-        out
-    }
-
-    /// For a square matrix: the fraction of rows whose largest entry is on the diagonal
-    /// (for a full OV circuit: the fraction of tokens the head maps most strongly to
-    /// themselves; on ties only the first maximum of a row counts).
-    pub fn diagonal_argmax_fraction(&self) -> Option<f64> {
-        self.scan(0).1
-    }
-
-    /// [`top_entries`](Self::top_entries) and
-    /// [`diagonal_argmax_fraction`](Self::diagonal_argmax_fraction) in one pass over the rows.
-    pub fn scan(&self, k: usize) -> (Vec<Entry>, Option<f64>) {
-        let square = self.nrows() == self.ncols() && self.nrows() > 0;
-        let mut top = TopK::new(k);
-        let mut hits = 0usize;
-        self.for_each_row(|i, row| {
-            let mut best = 0;
-            for (j, &v) in row.iter().enumerate() {
-                top.push(v, (i, j));
-                if v > row[best] {
-                    best = j;
-                }
-            }
-            if best == i {
-                hits += 1;
-            }
-        });
-        let entries = top
-            .into_sorted()
-            .into_iter()
-            .map(|(value, (row, col))| Entry { row, col, value })
-            .collect();
-        let frac = square.then(|| hits as f64 / self.nrows() as f64);
-        (entries, frac)
-    }
 }
 
-/// The `k` largest values of `row` as `(index, value)`, largest first (ties: smaller index).
-pub fn top_k_of_row(row: &[f64], k: usize) -> Vec<(usize, f64)> {
-    let mut top = TopK::new(k);
-    for (j, &v) in row.iter().enumerate() {
-        top.push(v, j);
-    }
-    top.into_sorted().into_iter().map(|(v, j)| (j, v)).collect()
-}
-
-/// A bounded selection of the `k` largest values (ties broken towards the smaller key).
-/// `k` is small (tens), so a sorted vector with insertion is simplest.
-struct TopK<K: Ord + Copy> {
-    k: usize,
-    /// Sorted best first.
-    items: Vec<(f64, K)>,
-}
-
-impl<K: Ord + Copy> TopK<K> {
-    fn new(k: usize) -> Self {
-        TopK {
-            k,
-            // (A capacity hint only: `k` may come from the command line.)
-            items: Vec::with_capacity(k.saturating_add(1).min(1024)),
-        }
-    }
-
-    fn better(a: &(f64, K), b: &(f64, K)) -> bool {
-        a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
-    }
-
-    fn push(&mut self, value: f64, key: K) {
-        if self.k == 0 || value.is_nan() {
-            return;
-        }
-        let item = (value, key);
-        if self.items.len() == self.k && !Self::better(&item, self.items.last().unwrap()) {
-            return;
-        }
-        let pos = self
-            .items
-            .iter()
-            .position(|x| Self::better(&item, x))
-            .unwrap_or(self.items.len());
-        self.items.insert(pos, item);
-        self.items.truncate(self.k);
-    }
-
-    fn into_sorted(self) -> Vec<(f64, K)> {
-        self.items
-    }
-}
-
-/// Eigenvalues of a small real square matrix (complex in general), via nalgebra's real
-/// Schur decomposition. The eigenvalues are read off the quasi-triangular factor: 1x1
-/// blocks are real eigenvalues, 2x2 blocks give a pair (complex conjugate, or two real
-/// values if the block was not split). nalgebra's Francis iteration has no exceptional
-/// shifts, so for the rare matrix on which it stalls (e.g. a cyclic permutation) the
-/// decomposition is retried on `M + sI` for a few fixed shifts `s`, and `s` subtracted.
-/// Order: as they appear on the diagonal of the Schur form (not sorted).
+/// Eigenvalues of a small real square matrix (complex in general), by faer's
+/// Hessenberg-QR eigenvalue solver. Order: as faer returns them (not sorted).
 pub fn eigenvalues(m: &DMatrix<f64>) -> Result<Vec<Complex<f64>>> {
     assert!(m.is_square(), "eigenvalues: non-square matrix");
     let n = m.nrows();
@@ -266,53 +142,13 @@ pub fn eigenvalues(m: &DMatrix<f64>) -> Result<Vec<Complex<f64>>> {
             "eigenvalues of a matrix with non-finite entries".into(),
         ));
     }
-    let scale = m.amax();
-    if scale == 0.0 {
-        return Ok(vec![Complex::new(0.0, 0.0); n]);
-    }
-    let max_niter = 1000 * n.max(10);
-    for shift in [0.0, 0.371, -0.613, 1.129, -1.787] {
-        let s = shift * scale;
-        let shifted = m + DMatrix::<f64>::identity(n, n) * s;
-        if let Some(schur) = Schur::try_new(shifted, f64::EPSILON, max_niter) {
-            let (_, t) = schur.unpack();
-            let vals = quasi_triangular_eigenvalues(&t);
-            if vals.iter().all(|z| z.re.is_finite() && z.im.is_finite()) {
-                return Ok(vals.into_iter().map(|z| z - s).collect());
-            }
-        }
-    }
-    Err(Error::Unsupported(format!(
-        "the eigenvalue iteration did not converge for a {n}x{n} matrix"
-    )))
-}
-
-fn quasi_triangular_eigenvalues(t: &DMatrix<f64>) -> Vec<Complex<f64>> {
-    let n = t.nrows();
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        if i + 1 < n && t[(i + 1, i)] != 0.0 {
-            let (a, b, c, d) = (t[(i, i)], t[(i, i + 1)], t[(i + 1, i)], t[(i + 1, i + 1)]);
-            let half_trace = 0.5 * (a + d);
-            let half_diff = 0.5 * (a - d);
-            let disc = b * c + half_diff * half_diff;
-            if disc >= 0.0 {
-                let r = disc.sqrt();
-                out.push(Complex::new(half_trace + r, 0.0));
-                out.push(Complex::new(half_trace - r, 0.0));
-            } else {
-                let r = (-disc).sqrt();
-                out.push(Complex::new(half_trace, r));
-                out.push(Complex::new(half_trace, -r));
-            }
-            i += 2;
-        } else {
-            out.push(Complex::new(t[(i, i)], 0.0));
-            i += 1;
-        }
-    }
-    out
+    faer::MatRef::from_column_major_slice(m.as_slice(), n, n)
+        .eigenvalues()
+        .map_err(|e| {
+            Error::Unsupported(format!(
+                "the eigenvalue iteration did not converge for a {n}x{n} matrix ({e:?})"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -352,44 +188,6 @@ mod tests {
         let lr = LowRank::new(pseudo(3, 8, 5), pseudo(8, 4, 6));
         let d = lr.dense();
         assert!((lr.frobenius_norm() - d.norm()).abs() < 1e-9 * d.norm());
-    }
-
-    #[test]
-    fn rows_and_top_entries_match_dense() {
-        let lr = LowRank::new(pseudo(150, 4, 7), pseudo(4, 150, 8));
-        let d = lr.dense();
-        let mut all: Vec<(f64, usize, usize)> = Vec::new();
-        lr.for_each_row(|i, row| {
-            for (j, &v) in row.iter().enumerate() {
-                assert!((v - d[(i, j)]).abs() < 1e-12);
-                all.push((v, i, j));
-            }
-        });
-        assert_eq!(all.len(), 150 * 150);
-        all.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap());
-        let top = lr.top_entries(5);
-        for (e, x) in top.iter().zip(&all) {
-            assert_eq!((e.row, e.col), (x.1, x.2));
-            assert_eq!(e.value, x.0);
-        }
-        let per_row = lr.top_per_row(3);
-        assert_eq!(per_row.len(), 150);
-        let row7: Vec<f64> = d.row(7).iter().copied().collect();
-        let mut sorted = row7.clone();
-        sorted.sort_by(|x, y| y.partial_cmp(x).unwrap());
-        assert_eq!(per_row[7][0].1, sorted[0]);
-        assert_eq!(per_row[7][2].1, sorted[2]);
-        assert_eq!(row7[per_row[7][1].0], sorted[1]);
-    }
-
-    #[test]
-    fn top_k_tie_break_and_small_rows() {
-        assert_eq!(
-            top_k_of_row(&[1.0, 3.0, 3.0, 2.0], 3),
-            vec![(1, 3.0), (2, 3.0), (3, 2.0)]
-        );
-        assert_eq!(top_k_of_row(&[1.0], 3), vec![(0, 1.0)]);
-        assert!(top_k_of_row(&[1.0], 0).is_empty());
     }
 
     fn sort_key(z: &Complex<f64>) -> (i64, i64) {

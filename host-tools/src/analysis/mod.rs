@@ -6,7 +6,10 @@
 //!   random-baseline subtraction), the direct path ("bigram") and the path expansion into
 //!   heads and virtual heads.
 //! - [`heads`]: TL's `head_detector` on recorded attention patterns.
-//! - [`factored`]: low-rank matrices kept as two f64 factors (TL's `FactoredMatrix`).
+//! - [`factored`]: low-rank matrices kept as two f64 factors (TL's `FactoredMatrix`);
+//!   [`vocab`]: vocabulary-sized full circuits through `d_model x d_model` Gram matrices;
+//!   [`scan`]: the blocked, parallel scans that need every entry of one;
+//!   [`progress`]: progress bars and `--threads`.
 //! - [`recorded`]: activations recorded through the probe/trace path for the dynamic
 //!   analyses; [`attribution`]: direct logit attribution and the frozen-attention path
 //!   expansion; [`ablation`]: zero/mean ablation of heads over a data set;
@@ -23,18 +26,23 @@ pub mod dynamic;
 pub mod factored;
 pub mod heads;
 pub mod html;
+pub mod progress;
 pub mod recorded;
 pub mod report;
+pub mod scan;
 #[cfg(test)]
 mod tl_fixtures;
+pub mod vocab;
 
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 pub use circuits::{
     bigram_top, composition_baseline, composition_score, composition_scores,
     composition_scores_mode, copying_score, copying_scores, direct_path, full_ov, full_qk,
     head_reports, ov, ov_eigenvalues, path_expansion, qk, subtract_baseline, subtract_baseline_all,
-    virtual_ov, CompositionMode, BASELINE_SAMPLES, BASELINE_SEED,
+    virtual_ov, CompositionMode, ScanTokens, AUTO_FULL_SCAN_VOCAB, AUTO_SUBSET, BASELINE_SAMPLES,
+    BASELINE_SEED,
 };
 pub use factored::{Entry, LowRank};
 pub use heads::{
@@ -117,7 +125,8 @@ pub struct CircuitReport {
     /// Largest entries (OV: row = attended token, col = output token; QK: row = query
     /// token, col = key token).
     pub top_pairs: Vec<Entry>,
-    /// Fraction of rows whose largest entry is the diagonal one (square circuits only).
+    /// Fraction of the scanned rows whose largest entry is the diagonal one (square
+    /// circuits only; None without scans).
     pub diagonal_argmax_fraction: Option<f64>,
 }
 
@@ -197,7 +206,10 @@ pub struct AnalysisReport {
     pub composition_baseline: CompositionBaseline,
     /// `composition - composition_baseline.mean` where layer1 < layer2, else 0.
     pub composition_baseline_subtracted: CompositionScores,
-    /// Top next tokens per token along the direct path.
+    /// Which tokens the vocabulary-sized scans read (top pairs, diagonal-argmax
+    /// fractions, `bigram_top`).
+    pub scan: ScanInfo,
+    /// Top next tokens per scanned token along the direct path.
     pub bigram_top: Vec<BigramRow>,
     /// Per-head details, layer-major.
     pub heads: Vec<HeadReport>,
@@ -206,6 +218,15 @@ pub struct AnalysisReport {
     /// Head-detector scores, when the caller ran the model and added them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detection: Option<HeadDetection>,
+}
+
+/// The rows of the vocabulary-sized scans.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScanInfo {
+    /// `all`, `subset` (evenly spaced tokens `i * d_vocab / rows`) or `off`.
+    pub tokens: String,
+    pub rows: usize,
+    pub d_vocab: usize,
 }
 
 /// Options of [`analyze`].
@@ -220,6 +241,8 @@ pub struct AnalysisOptions {
     /// Random samples of the composition baseline.
     pub baseline_samples: usize,
     pub baseline_seed: u64,
+    /// Rows of the vocabulary-sized scans.
+    pub scan: ScanTokens,
 }
 
 impl Default for AnalysisOptions {
@@ -230,6 +253,7 @@ impl Default for AnalysisOptions {
             top_eigenvalues: 8,
             baseline_samples: BASELINE_SAMPLES,
             baseline_seed: BASELINE_SEED,
+            scan: ScanTokens::Auto,
         }
     }
 }
@@ -252,10 +276,31 @@ pub fn ln_treatment(w: &Weights) -> String {
     }
 }
 
+/// Steps of [`analyze_with_progress`]'s bar: one for the Gram products, one per scanned
+/// block of rows (two circuits per head and the direct path).
+pub fn analysis_steps(w: &Weights, opts: &AnalysisOptions) -> u64 {
+    let rows = opts.scan.tokens(w.cfg.d_vocab).len();
+    let circuits = 2 * w.cfg.n_layers * w.cfg.n_heads + usize::from(opts.bigram_top_k > 0);
+    1 + circuits as u64 * scan::blocks(rows)
+}
+
 /// Runs every weight-only analysis.
 pub fn analyze(w: &Weights, opts: &AnalysisOptions) -> Result<AnalysisReport> {
+    analyze_with_progress(w, opts, &ProgressBar::hidden())
+}
+
+/// [`analyze`], advancing `pb` by [`analysis_steps`] in all. Parallel loops and products
+/// use the current rayon pool (`--threads`).
+pub fn analyze_with_progress(
+    w: &Weights,
+    opts: &AnalysisOptions,
+    pb: &ProgressBar,
+) -> Result<AnalysisReport> {
     let cfg = &w.cfg;
-    let heads = head_reports(w, opts.top_eigenvalues, opts.top_pairs)?;
+    let v = vocab::Vocab::new(w);
+    pb.inc(1);
+    let tokens = opts.scan.tokens(cfg.d_vocab);
+    let heads = head_reports(&v, opts.top_eigenvalues, opts.top_pairs, &tokens, pb)?;
     let copying = if cfg.d_vocab == cfg.d_vocab_out {
         let mut c = vec![vec![0.0; cfg.n_heads]; cfg.n_layers];
         for h in &heads {
@@ -287,9 +332,19 @@ pub fn analyze(w: &Weights, opts: &AnalysisOptions) -> Result<AnalysisReport> {
         composition,
         composition_baseline: baseline,
         composition_baseline_subtracted,
-        bigram_top: bigram_top(w, opts.bigram_top_k),
+        scan: ScanInfo {
+            tokens: match (tokens.len(), opts.scan == ScanTokens::Off) {
+                (_, true) | (0, _) => "off",
+                (n, _) if n == cfg.d_vocab => "all",
+                _ => "subset",
+            }
+            .to_string(),
+            rows: tokens.len(),
+            d_vocab: cfg.d_vocab,
+        },
+        bigram_top: bigram_top(&v, opts.bigram_top_k, &tokens, pb),
         heads,
-        virtual_heads: path_expansion(w),
+        virtual_heads: path_expansion(&v),
         detection: None,
     })
 }

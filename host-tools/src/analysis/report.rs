@@ -441,8 +441,8 @@ pub fn weight_data(w: &Weights) -> Result<WeightData> {
     for l in 0..nl {
         let (mut ovl, mut qkl, mut el) = (Vec::new(), Vec::new(), Vec::new());
         for h in 0..nh {
-            let fov = full_ov(w, l, h);
-            let fqk = full_qk(w, l, h);
+            let fov = full_ov(w, l, h).factors(w);
+            let fqk = full_qk(w, l, h).factors(w);
             ovl.push(circuit_map(&fov, k));
             qkl.push(circuit_map(&fqk, k));
             let (ov_pts, copying) = if square {
@@ -744,8 +744,8 @@ fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
 }
 
 fn ablation_of(model: &Model<'_>, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>> {
-    let means = mean_results(model, prompts, || {})?;
-    let r = ablate_heads(model, prompts, Mode::Mean, Some(&means), &[], true, || {})?;
+    let means = mean_results(model, prompts, &|| {})?;
+    let r = ablate_heads(model, prompts, Mode::Mean, Some(&means), &[], true, &|| {})?;
     Ok(r.loss_increase)
 }
 

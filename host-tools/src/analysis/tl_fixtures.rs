@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::circuits::{composition_scores, copying_scores, ov_eigenvalues};
 use super::heads::{detect, DetectOptions, HeadKind};
+use super::vocab::Vocab;
 use crate::weights::Weights;
 
 const MODELS: [&str; 3] = ["attn2_standard_noln", "attn2_shortformer_ln", "attn1_ln"];
@@ -109,7 +110,7 @@ fn copying_scores_match_tl() {
         let (nl, nh) = dims(&w);
         let (shape, tl) = Reference::open(name).get("copying");
         assert_eq!(shape, vec![nl, nh], "{name}: copying shape");
-        let ours = copying_scores(&w).unwrap();
+        let ours = copying_scores(&Vocab::new(&w)).unwrap();
         let mut max = 0.0f64;
         for l in 0..nl {
             for h in 0..nh {
@@ -133,12 +134,13 @@ fn ov_eigenvalues_match_tl() {
         let d = w.cfg.d_head;
         let mut max = 0.0f64;
         let r = Reference::open(name);
+        let v = Vocab::new(&w);
         let (shape, re) = r.get("ov_eigenvalues.real");
         let (_, im) = r.get("ov_eigenvalues.imag");
         assert_eq!(shape, vec![nl, nh, d], "{name}: eigenvalue shape");
         for l in 0..nl {
             for h in 0..nh {
-                let ours = ov_eigenvalues(&w, l, h).unwrap();
+                let ours = ov_eigenvalues(&v, l, h).unwrap();
                 assert_eq!(ours.len(), d);
                 let theirs: Vec<Complex<f64>> = (0..d)
                     .map(|i| {

@@ -7,17 +7,16 @@
 //! of N random tokens repeated twice (TransformerLens's induction test), for which the
 //! loss on the second copy is reported as well.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
 use crate::analysis::ablation::{
     ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
 };
+use crate::analysis::progress::progress_bar;
 use crate::cli::grid_text;
 use crate::export::Cache;
 use crate::{cli, prompts, Error, Result};
@@ -86,23 +85,6 @@ pub fn parse_heads(s: &str, cfg: &tinylens_core::Config) -> Result<Vec<HeadRef>>
         .collect()
 }
 
-/// A progress bar on stderr, hidden when stderr is not a terminal.
-pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let pb = ProgressBar::with_draw_target(Some(len), target);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} runs, {eta} left")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 fn prompts(a: &AblateArgs, model: &Model<'_>, blob: &[u8]) -> Result<Vec<Prompt>> {
     match (&a.data, &a.text_data, a.repeated) {
         (Some(path), None, None) => prompts::data_file(path, model),
@@ -162,8 +144,8 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         .map(|g| parse_heads(g, &cfg))
         .collect::<Result<Vec<_>>>()?;
     let means = if mode == Mode::Mean || a.save_means.is_some() {
-        let pb = progress_bar(data.len() as u64, "means");
-        let m = mean_results(&model, &data, || pb.inc(1))?;
+        let pb = progress_bar(data.len() as u64, "means", "prompts");
+        let m = mean_results(&model, &data, &|| pb.inc(1))?;
         pb.finish_and_clear();
         Some(m)
     } else {
@@ -180,10 +162,17 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
             groups.len(),
         ),
         "ablating",
+        "runs",
     );
-    let r = ablate_heads(&model, &data, mode, means.as_deref(), &groups, true, || {
-        pb.inc(1)
-    })?;
+    let r = ablate_heads(
+        &model,
+        &data,
+        mode,
+        means.as_deref(),
+        &groups,
+        true,
+        &|| pb.inc(1),
+    )?;
     pb.finish_and_clear();
     Ok(r)
 }

@@ -9,7 +9,10 @@ use clap::Args;
 use serde_json::{json, Value};
 use tinylens_core::Model;
 
-use crate::analysis::{analyze, AnalysisOptions, AnalysisReport, Scores4};
+use crate::analysis::progress::progress_bar;
+use crate::analysis::{
+    analysis_steps, analyze_with_progress, AnalysisOptions, AnalysisReport, ScanTokens, Scores4,
+};
 use crate::convert::{vocab_of, weights_from_model};
 use crate::{cli, Error, Result};
 
@@ -30,6 +33,19 @@ pub struct CircuitsArgs {
     /// Random samples of the composition baseline.
     #[arg(long, default_value_t = crate::analysis::BASELINE_SAMPLES)]
     pub baseline_samples: usize,
+    /// Largest entries kept per full OV/QK circuit (a vocab x vocab scan).
+    #[arg(long, default_value_t = 10)]
+    pub top_pairs: usize,
+    /// Scan (top pairs, diagonal-argmax fraction, bigrams) only N tokens, evenly spaced
+    /// over the vocabulary. Default: every token up to 8192, else 2048 of them.
+    #[arg(long, value_name = "N", conflicts_with_all = ["full_scans", "no_scans"])]
+    pub tokens_subset: Option<usize>,
+    /// Scan every token, whatever the vocabulary (blocked, parallel, with progress).
+    #[arg(long, conflicts_with = "no_scans")]
+    pub full_scans: bool,
+    /// No vocab x vocab scans: spectra, copying, composition and path norms only.
+    #[arg(long)]
+    pub no_scans: bool,
 }
 
 /// A blob's analysis with what identifies the blob.
@@ -39,11 +55,15 @@ pub struct Analyzed {
     pub vocab: Option<Vec<String>>,
 }
 
+/// Analyzes one blob (on the global rayon pool, `--threads`), with a progress bar on a
+/// terminal.
 pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
     let bytes = cli::read_input(path)?;
     let model = Model::from_bytes(&bytes)?;
     let w = weights_from_model(&model);
-    let report = analyze(&w, opts)?;
+    let pb = progress_bar(analysis_steps(&w, opts), "circuits", "blocks");
+    let report = analyze_with_progress(&w, opts, &pb)?;
+    pb.finish_and_clear();
     let p = model.processing();
     let blob = json!({
         "path": path,
@@ -117,6 +137,16 @@ fn options(a: &CircuitsArgs) -> AnalysisOptions {
     AnalysisOptions {
         bigram_top_k: a.top.max(1),
         baseline_samples: a.baseline_samples.max(1),
+        top_pairs: a.top_pairs,
+        scan: if a.no_scans {
+            ScanTokens::Off
+        } else if a.full_scans {
+            ScanTokens::All
+        } else if let Some(n) = a.tokens_subset {
+            ScanTokens::Subset(n)
+        } else {
+            ScanTokens::Auto
+        },
         ..Default::default()
     }
 }
@@ -234,8 +264,23 @@ fn print_one(x: &Analyzed, top: usize) -> Result<()> {
             qk.map_or(f64::NAN, |e| e.trace_over_abs_sum),
         )?;
     }
-    outln!("\nlargest full-OV entries per head (attended token -> raised logit):")?;
-    for h in &r.heads {
+    let scan = &r.scan;
+    if scan.tokens == "off" {
+        outln!("\n(vocab x vocab scans off: no top pairs, diagonal-argmax fractions or bigrams)")?;
+    } else {
+        outln!(
+            "\nlargest full-OV entries per head (attended token -> raised logit; diag = fraction of \
+             tokens whose largest output is themselves), over {} of {} tokens{}:",
+            scan.rows,
+            scan.d_vocab,
+            if scan.tokens == "subset" {
+                " (evenly spaced; --full-scans for all)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    for h in r.heads.iter().filter(|_| scan.tokens != "off") {
         let pairs: Vec<String> =
             h.ov.top_pairs
                 .iter()
@@ -249,7 +294,13 @@ fn print_one(x: &Analyzed, top: usize) -> Result<()> {
                     )
                 })
                 .collect();
-        outln!("  L{}H{}  {}", h.layer, h.head, pairs.join(", "))?;
+        outln!(
+            "  L{}H{}  diag {:.3}  {}",
+            h.layer,
+            h.head,
+            h.ov.diagonal_argmax_fraction.unwrap_or(f64::NAN),
+            pairs.join(", ")
+        )?;
     }
     if m.n_layers > 1 {
         let b = &r.composition_baseline;
@@ -297,7 +348,9 @@ fn print_one(x: &Analyzed, top: usize) -> Result<()> {
         "heads, ||W_E OV W_U|| relative to the direct path: {}",
         singles.join(", ")
     )?;
-    outln!("\ndirect path W_E W_U (bigrams), top next tokens:")?;
+    if !r.bigram_top.is_empty() {
+        outln!("\ndirect path W_E W_U (bigrams), top next tokens:")?;
+    }
     for row in r.bigram_top.iter().take(top) {
         let next: Vec<String> = row
             .next

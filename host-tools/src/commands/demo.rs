@@ -239,7 +239,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         }
     }
 
-    let means = mean_results(model, &loss_set, || {})?;
+    let means = mean_results(model, &loss_set, &|| {})?;
     let mut groups = Vec::new();
     if !ind.is_empty() {
         groups.push(refs(&ind));
@@ -254,14 +254,14 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         Some(&means),
         &groups,
         opts.ablate_each_head,
-        || {},
+        &|| {},
     )?;
     let zero_ind = if ind.is_empty() {
         None
     } else {
         let heads = refs(&ind);
-        let mut hook = Ablation::new(&cfg, &heads, AblationMode::Zero)?;
-        dataset_losses(model, &loss_set, &mut hook, || {})?.repeat
+        let hook = Ablation::new(&cfg, &heads, AblationMode::Zero)?;
+        dataset_losses(model, &loss_set, &hook, &|| {})?.repeat
     };
     // First copy: the predictions inside the first copy (positions 1..=n-1 predict its
     // tokens 2..=n), which nothing can predict.

@@ -6,11 +6,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use rayon::prelude::*;
 use serde::Serialize;
 use tinylens_core::Model;
 
 use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
+use crate::analysis::progress::progress_bar;
 use crate::analysis::recorded::record;
 use crate::cli::grid_text;
 use crate::prompts::trace_recording;
@@ -73,10 +75,16 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
         }
         let prompts = a.prompt.prompts(&model, &bytes, a.batch)?;
         let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
+        let pb = progress_bar(prompts.len() as u64, "recording", "sequences");
         let recs = prompts
-            .iter()
-            .map(|p| record(&model, &p.tokens, &probes))
+            .par_iter()
+            .map(|p| {
+                let r = record(&model, &p.tokens, &probes);
+                pb.inc(1);
+                r
+            })
             .collect::<Result<Vec<_>>>()?;
+        pb.finish_and_clear();
         let source = if a.prompt.repeated.is_some() {
             "repeated"
         } else if a.prompt.text.is_some() {
