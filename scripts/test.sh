@@ -45,7 +45,7 @@ CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path host-tools/python/Ca
 
 step "tinylens-core for the microcontroller targets (no_std, no alloc)"
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
-cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io
+cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io,embedded-io-06
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 
 step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
@@ -53,6 +53,7 @@ step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the 
 # eabihf: mps2-an386; qemu for thumbv7em-eabi: netduinoplus2, thumbv6m: microbit,
 # thumbv8m.main: mps2-an505) and pipes a trace into target/debug/tinylens.
 (cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
+    && cargo build --release --quiet -p tinylens-fw-board --features trace-rtt \
     && cargo build --release --quiet --target thumbv7em-none-eabi -p tinylens-fw-qemu \
     && cargo build --release --quiet --target thumbv8m.main-none-eabihf -p tinylens-fw-qemu \
     && cargo clippy --release --quiet -- -D warnings \

@@ -28,7 +28,7 @@ pub struct ReportArgs {
 pub fn run(a: ReportArgs) -> Result<()> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let prompt = a.prompt.prompt(&model)?;
+    let prompt = a.prompt.prompt(&model, &bytes)?;
     let title = a.title.clone().unwrap_or_else(|| {
         format!(
             "tinylens report: {}",
