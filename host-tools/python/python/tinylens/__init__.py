@@ -244,8 +244,9 @@ class Model:
 
         ``names_filter`` is TL's: None (every hook), a hook name, a list of hook names, or
         a callable ``name -> bool``. Lists and names may also use the CLI's probe
-        patterns (``blocks.*.attn.hook_z``). The values come through the same probe,
-        trace and decoder path a device uses.
+        patterns (``blocks.*.attn.hook_z``). The batch runs on the host engine (the
+        core's forward pass, the sequences in parallel, the GIL released); a device's
+        trace of the same run decodes (:func:`load_trace`) to the same arrays.
         """
         return self._m.run(_tokens(tokens, self), self._probes(names_filter))
 
