@@ -141,7 +141,7 @@ pub fn text_tokens(
 }
 
 /// Token ids in range and within the context.
-fn check(tokens: &[u32], model: &Model<'_>) -> Result<()> {
+pub fn check(tokens: &[u32], model: &Model<'_>) -> Result<()> {
     let cfg = model.config();
     if tokens.is_empty() {
         return Err(Error::Argument("the prompt has no tokens".into()));
