@@ -56,6 +56,9 @@ step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the 
     && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
            cargo clippy --release --quiet --target "$t" -p tinylens-fw-qemu -- -D warnings || exit 1
        done)
+# Board examples with HALs whose PACs turn on cortex-m-rt's `device` feature: workspaces
+# of their own, build-checked only (no hardware in CI).
+(cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 cargo build --quiet -p tinylens-host --bin tinylens
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"
