@@ -59,6 +59,7 @@ step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the 
 # Board examples with HALs whose PACs turn on cortex-m-rt's `device` feature: workspaces
 # of their own, build-checked only (no hardware in CI).
 (cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
+(cd firmware-examples/rp2040 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 cargo build --quiet -p tinylens-host --bin tinylens
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"

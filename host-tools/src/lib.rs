@@ -10,6 +10,7 @@ pub mod commands;
 pub mod convert;
 pub mod error;
 pub mod export;
+pub mod live;
 pub mod numerics;
 pub mod prompts;
 pub mod run;
