@@ -14,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain: targets and components"
 installed_targets=$(rustup target list --installed)
-for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
+for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imc-unknown-none-elf; do
     grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -43,6 +43,7 @@ step "tinylens-core for the microcontroller targets (no_std, no alloc)"
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io,embedded-io-06
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
+cargo build -p tinylens-core --quiet --target riscv32imc-unknown-none-elf   # ESP32-C3
 
 step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
 # tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em-

@@ -34,8 +34,9 @@ pub struct Totals {
     pub bad_frames: u64,
 }
 
-/// Follows a byte stream and writes decoded frames as JSON lines to `out`.
-pub struct Follower<W: Write> {
+/// Follows a byte stream and hands each decoded frame, as a JSON object, to `emit`
+/// (`decode --follow` writes them as lines, `monitor` draws them).
+pub struct Follower<E: FnMut(serde_json::Value) -> io::Result<()>> {
     decoder: Decoder,
     /// Stream index of the current decoder's first run.
     base: u64,
@@ -43,19 +44,19 @@ pub struct Follower<W: Write> {
     /// the restart check).
     chunk: Vec<u8>,
     scratch: Vec<u8>,
-    out: W,
+    emit: E,
     totals: Totals,
     error: Option<io::Error>,
 }
 
-impl<W: Write> Follower<W> {
-    pub fn new(out: W) -> Self {
+impl<E: FnMut(serde_json::Value) -> io::Result<()>> Follower<E> {
+    pub fn new(emit: E) -> Self {
         Follower {
             decoder: Decoder::new(Keep::All),
             base: 0,
             chunk: Vec::new(),
             scratch: Vec::new(),
-            out,
+            emit,
             totals: Totals::default(),
             error: None,
         }
@@ -125,7 +126,7 @@ impl<W: Write> Follower<W> {
     /// Passes bytes to the decoder and writes a line for each event.
     fn feed(&mut self, bytes: &[u8]) {
         let base = self.base;
-        let out = &mut self.out;
+        let emit = &mut self.emit;
         let totals = &mut self.totals;
         let error = &mut self.error;
         let mut on_event = |d: &Decoder, e: Event| {
@@ -167,7 +168,7 @@ impl<W: Write> Follower<W> {
             };
             if let Some(line) = line {
                 if error.is_none() {
-                    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+                    if let Err(e) = emit(line) {
                         *error = Some(e);
                     }
                 }
@@ -190,7 +191,7 @@ impl<W: Write> Follower<W> {
                 self.totals.runs_cut += 1;
                 let line = run_line("run_cut", self.base + i as u64, r);
                 if self.error.is_none() {
-                    if let Err(e) = writeln!(self.out, "{line}").and_then(|_| self.out.flush()) {
+                    if let Err(e) = (self.emit)(line) {
                         self.error = Some(e);
                     }
                 }
@@ -203,10 +204,9 @@ impl<W: Write> Follower<W> {
     pub fn finish(mut self) -> io::Result<Totals> {
         if !self.chunk.is_empty() {
             self.totals.bad_frames += 1;
-            let _ = writeln!(self.out, "{}", json!({ "event": "bad" }));
+            (self.emit)(json!({ "event": "bad" }))?;
         }
         self.cut_all();
-        self.out.flush()?;
         match self.error.take() {
             Some(e) => Err(e),
             None => Ok(self.totals),
@@ -240,10 +240,19 @@ pub enum Source<'a> {
     Serial { port: &'a str, baud: u32 },
 }
 
+/// Writes each event as one JSON line to `out`, flushed (for `decode --follow`).
+pub fn json_lines(mut out: impl Write) -> impl FnMut(serde_json::Value) -> io::Result<()> {
+    move |v| writeln!(out, "{v}").and_then(|_| out.flush())
+}
+
 /// Follows `source` until its end (or, for a growing file, until it has not grown
-/// for `idle`), writing JSON lines to `out`.
-pub fn follow(source: Source<'_>, idle: Option<Duration>, out: impl Write) -> Result<Totals> {
-    let mut follower = Follower::new(out);
+/// for `idle`), handing each event to `emit`.
+pub fn follow(
+    source: Source<'_>,
+    idle: Option<Duration>,
+    emit: impl FnMut(serde_json::Value) -> io::Result<()>,
+) -> Result<Totals> {
+    let mut follower = Follower::new(emit);
     let mut buf = vec![0u8; 1 << 14];
     let (name, mut input, growing): (String, Box<dyn Read>, bool) = match source {
         Source::Path(p) => {
@@ -335,7 +344,7 @@ mod tests {
         input.push(0);
         input.extend_from_slice(&whole);
         let mut out = Vec::new();
-        let mut f = Follower::new(&mut out);
+        let mut f = Follower::new(json_lines(&mut out));
         for piece in input.chunks(7) {
             f.push(piece).unwrap();
         }

@@ -146,7 +146,7 @@ fn follow(a: &DecodeArgs) -> Result<()> {
         // A live log grows as frames arrive: written in place, not atomically.
         Box::new(std::fs::File::create(&a.output).map_err(|e| Error::io(&a.output, e))?)
     };
-    let t = live::follow(source, idle, std::io::BufWriter::new(out))?;
+    let t = live::follow(source, idle, live::json_lines(std::io::BufWriter::new(out)))?;
     note!(
         "followed {} bytes: {} runs ended, {} cut, {} good frames, {} bad frames",
         t.bytes,
