@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod cli;
 pub mod commands;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod export;
 pub mod live;
@@ -15,6 +16,7 @@ pub mod numerics;
 pub mod prompts;
 pub mod run;
 pub mod tl;
+pub mod tokenizer;
 pub mod trace;
 pub mod weights;
 

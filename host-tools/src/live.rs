@@ -66,7 +66,7 @@ impl<E: FnMut(serde_json::Value) -> io::Result<()>> Follower<E> {
     /// continues with the next call).
     pub fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.totals.bytes += bytes.len() as u64;
-        let max = crate::trace::max_frame_bytes();
+        let max = crate::trace::MAX_FRAME_BYTES;
         let mut rest = bytes;
         while !rest.is_empty() {
             let zero = rest.iter().position(|b| *b == 0);
@@ -91,7 +91,7 @@ impl<E: FnMut(serde_json::Value) -> io::Result<()>> Follower<E> {
     /// restarted, which cuts the open runs; then the decoder gets the chunk.
     fn delimiter(&mut self) {
         let mut chunk = std::mem::take(&mut self.chunk);
-        if !chunk.is_empty() && chunk.len() <= crate::trace::max_frame_bytes() {
+        if !chunk.is_empty() && chunk.len() <= crate::trace::MAX_FRAME_BYTES {
             self.scratch.clear();
             self.scratch.extend_from_slice(&chunk);
             let header_of = match decode_frame(&mut self.scratch) {

@@ -506,3 +506,50 @@ fn the_streaming_decoder_gives_the_same_result_for_any_split() {
     let (runs, report) = d.finish();
     assert_eq!((runs.len(), report.runs), (1, 2));
 }
+
+#[test]
+fn frames_waiting_for_a_header_are_bounded() {
+    use tinylens_host::trace::{Decoder, Keep};
+    let frames = intact_frames_cached();
+    // Endless frames of runs whose header never comes (ids 1000..): the oldest are
+    // dropped as orphans once 10 kB wait; the run whose header comes is whole.
+    let mut d = Decoder::with_pending_limit(Keep::All, 10_000);
+    let orphan = |id: u32| craft::record_f32(id, 1, (HookPoint::Embed, 0, None, 0), &[1.0; 32]);
+    for i in 0..2000 {
+        d.push(&orphan(1000 + i % 7), &mut |_, _| {});
+    }
+    // Already dropped while streaming (each frame is ~150 bytes: ~66 are held).
+    assert!(
+        d.report().orphan_frames > 1900,
+        "{}",
+        d.report().orphan_frames
+    );
+    let early = frames[3].clone();
+    d.push(&early, &mut |_, _| {});
+    for f in frames {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].loss.is_complete());
+    assert_eq!(runs[0].loss.duplicate_frames, 1);
+    assert_eq!(report.orphan_frames, 2000);
+}
+
+#[test]
+fn a_chunk_longer_than_any_frame_is_skipped_not_kept() {
+    use tinylens_host::trace::{Decoder, Keep, MAX_FRAME_BYTES};
+    let mut d = Decoder::new(Keep::All);
+    // Noise without a delimiter, longer than any frame, pushed in pieces.
+    let noise = vec![0x55u8; 1 << 16];
+    for _ in 0..(MAX_FRAME_BYTES >> 16) + 2 {
+        d.push(&noise, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    for f in intact_frames_cached() {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(report.bad_frames, 1);
+    assert!(runs[0].loss.is_complete());
+}

@@ -26,7 +26,7 @@ pub struct HeadsArgs {
     pub prompt: PromptArgs,
     /// Score the patterns of a recorded trace instead of running the model (it must
     /// hold `blocks.*.attn.hook_pattern`).
-    #[arg(long, conflicts_with_all = ["tokens", "repeated"])]
+    #[arg(long, conflicts_with_all = ["tokens", "text", "repeated"])]
     pub trace: Option<PathBuf>,
     /// Which run of the trace (0 = first).
     #[arg(long, default_value_t = 0)]
@@ -52,7 +52,7 @@ pub struct HeadsReport {
     pub previous_token: Vec<Vec<f64>>,
     pub duplicate_token: Vec<Vec<f64>>,
     pub induction: Vec<Vec<f64>>,
-    /// `tokens`, `repeated` or `trace`.
+    /// `tokens`, `text`, `repeated` or `trace`.
     pub source: &'static str,
     pub sequences: Vec<Vec<u32>>,
     pub options: DetectOptions,
@@ -71,7 +71,7 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
         if a.batch == 0 {
             return Err(Error::Argument("--batch must be at least 1".into()));
         }
-        let prompts = a.prompt.prompts(&model, a.batch)?;
+        let prompts = a.prompt.prompts(&model, &bytes, a.batch)?;
         let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
         let recs = prompts
             .iter()
@@ -79,6 +79,8 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
             .collect::<Result<Vec<_>>>()?;
         let source = if a.prompt.repeated.is_some() {
             "repeated"
+        } else if a.prompt.text.is_some() {
+            "text"
         } else {
             "tokens"
         };
