@@ -247,9 +247,12 @@ pub fn json_lines(mut out: impl Write) -> impl FnMut(serde_json::Value) -> io::R
 
 /// Follows `source` until its end (or, for a growing file, until it has not grown
 /// for `idle`), handing each event to `emit`.
+///
+/// `out` names where `emit` writes, for its errors (`<stdout>` or a path).
 pub fn follow(
     source: Source<'_>,
     idle: Option<Duration>,
+    out: &Path,
     emit: impl FnMut(serde_json::Value) -> io::Result<()>,
 ) -> Result<Totals> {
     let mut follower = Follower::new(emit);
@@ -280,7 +283,7 @@ pub fn follow(
             Ok(0) => break,
             Ok(n) => {
                 last_data = Instant::now();
-                follower.push(&buf[..n]).map_err(io_err)?;
+                follower.push(&buf[..n]).map_err(|e| Error::io(out, e))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -293,7 +296,7 @@ pub fn follow(
             Err(e) => return Err(io_err(e)),
         }
     }
-    follower.finish().map_err(io_err)
+    follower.finish().map_err(|e| Error::io(out, e))
 }
 
 #[cfg(test)]

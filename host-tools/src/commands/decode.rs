@@ -162,7 +162,17 @@ fn follow(a: &DecodeArgs) -> Result<()> {
         // A live log grows as frames arrive: written in place, not atomically.
         Box::new(std::fs::File::create(&a.output).map_err(|e| Error::io(&a.output, e))?)
     };
-    let t = live::follow(source, idle, live::json_lines(std::io::BufWriter::new(out)))?;
+    let name = if a.output.as_os_str() == "-" {
+        std::path::Path::new("<stdout>")
+    } else {
+        a.output.as_path()
+    };
+    let t = live::follow(
+        source,
+        idle,
+        name,
+        live::json_lines(std::io::BufWriter::new(out)),
+    )?;
     note!(
         "followed {} bytes: {} runs ended, {} cut, {} good frames, {} bad frames",
         t.bytes,

@@ -222,7 +222,8 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         write!(out, "\x1b[H\x1b[2J{}", view.render())?;
         out.flush()
     };
-    live::follow(source, idle, |e| {
+    let stdout = std::path::Path::new("<stdout>");
+    live::follow(source, idle, stdout, |e| {
         view.update(&e);
         // At most ten redraws a second, and always at the end of a run.
         let due = last_draw.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
@@ -232,7 +233,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    draw(&view).map_err(|e| Error::io(std::path::Path::new("-"), e))?;
+    draw(&view).map_err(|e| Error::io(stdout, e))?;
     Ok(())
 }
 
