@@ -11,6 +11,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod live;
 pub mod numerics;
 pub mod prompts;
 pub mod run;

@@ -417,6 +417,14 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         "no-such-dir",
     );
 
+    // Live decoding: decode --follow / --serial, monitor.
+    add(&["decode", "--follow", &missing], "no-such-file");
+    add(&["decode", "--serial", &missing], "serial port");
+    add(&["decode", "--follow", &trace, "--idle", "nan"], "--idle");
+    add(&["monitor", &missing], "no-such-file");
+    add(&["monitor", "--serial", &missing], "serial port");
+    add(&["monitor", &trace, "--idle", "nan"], "--idle");
+
     // Analysis commands: their own arguments.
     add(&["circuits", &model, "--compare", &missing], "no-such-file");
     add(&["circuits", &model, "--compare", &text], "bad magic");
@@ -713,6 +721,8 @@ fn unwritable_stdout_is_a_one_line_error_for_every_command() {
     cases.push(vec!["decode", &trace]);
     cases.push(vec!["decode", &trace, "--format", "npy"]);
     cases.push(vec!["decode", &trace, "--format", "safetensors"]);
+    cases.push(vec!["decode", "--follow", &trace]);
+    cases.push(vec!["monitor", &trace]);
     cases.push(vec!["run", &model, "--tokens", "1", "--help"]);
     let present = subcommands();
     for args in cases {

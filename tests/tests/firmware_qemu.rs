@@ -382,18 +382,22 @@ fn semihosting_microbit_soft_float_defaults_bit_exact() {
     Case::defaults(M0).check();
 }
 
-#[test]
-fn semihosting_microbit_soft_float_all_hooks_int8_bit_exact() {
+/// Every hook as int8, a short prompt with repeats, 4 generated tokens, run 9.
+fn all_hooks_int8(triple: &str, uart: bool) -> Case<'_> {
     Case {
-        triple: M0,
-        uart: false,
+        triple,
+        uart,
         args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
         prompt: &[0, 7, 7, 7, 2],
         generate: 4,
         probes: &["*:int8"],
         run_id: 9,
     }
-    .check();
+}
+
+#[test]
+fn semihosting_microbit_soft_float_all_hooks_int8_bit_exact() {
+    all_hooks_int8(M0, false).check();
 }
 
 #[test]
@@ -416,16 +420,7 @@ fn uart_netduinoplus2() {
 
 #[test]
 fn uart_netduinoplus2_all_hooks_int8() {
-    Case {
-        triple: STM32,
-        uart: true,
-        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
-        prompt: &[0, 7, 7, 7, 2],
-        generate: 4,
-        probes: &["*:int8"],
-        run_id: 9,
-    }
-    .check();
+    all_hooks_int8(STM32, true).check();
 }
 
 #[test]
@@ -444,16 +439,7 @@ fn semihosting_mps2_an505() {
 
 #[test]
 fn semihosting_mps2_an505_all_hooks_int8() {
-    Case {
-        triple: M33,
-        uart: false,
-        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
-        prompt: &[0, 7, 7, 7, 2],
-        generate: 4,
-        probes: &["*:int8"],
-        run_id: 9,
-    }
-    .check();
+    all_hooks_int8(M33, false).check();
 }
 
 /// Frames written from inside the step (no ring) are the same bytes.
