@@ -8,6 +8,7 @@ pub mod convert;
 pub mod error;
 pub mod export;
 pub mod numerics;
+pub mod quantize;
 pub mod run;
 pub mod tl;
 pub mod trace;
