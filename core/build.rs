@@ -1,18 +1,65 @@
-//! Tells the kernels whether the target has the Armv7E-M DSP extension (SMLAD, SXTB16).
+//! Tells the kernels whether the target has the DSP extension (SMLAD, SXTB16) and an
+//! FPU the DSP kernel may use.
 //!
 //! Stable Rust does not expose ARM target features to `cfg` (`target_feature = "dsp"`
-//! is unstable), so the target triple decides: `thumbv7em-*-eabihf` (Cortex-M4F,
-//! Cortex-M7F) has the DSP instructions and an FPU, and its LLVM target enables both
-//! (the kernel's last step converts with VFP instructions). Set `TINYLENS_NO_DSP=1` to
-//! build the portable kernels only (for comparisons).
+//! is unstable) nor to build scripts, so this script decides from the target triple
+//! and the compiler flags, as CMSIS-NN keys on `__ARM_FEATURE_DSP`:
+//!
+//! - Armv7E-M (`thumbv7em-none-eabi`, `thumbv7em-none-eabihf`: Cortex-M4, M7): the
+//!   DSP extension is part of the architecture, so the DSP kernel is always on;
+//! - Armv8-M Mainline (`thumbv8m.main-none-eabi[hf]`: Cortex-M33 in nRF5340, STM32U5,
+//!   RP2350; M35P, M55, M85): the extension is optional, so it is on when the flags
+//!   say the core has it: `-C target-feature=+dsp`, or `-C target-cpu=` one of
+//!   cortex-m33, cortex-m35p, cortex-m55, cortex-m85 (in `RUSTFLAGS` or
+//!   `.cargo/config.toml`'s `rustflags`), or when `TINYLENS_DSP=1` forces it (the build
+//!   then needs one of those flags for the assembler to accept the instructions);
+//! - `TINYLENS_NO_DSP=1` builds the portable kernels only (for comparisons).
+//!
+//! `cfg(tinylens_dsp)` turns the DSP kernel on; `cfg(tinylens_dsp_vfp)` lets it convert
+//! with VFP instructions (hard-float targets, whose LLVM target enables the FPU), else
+//! it converts in Rust (the same operations, so the same bits).
 use std::env;
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(tinylens_dsp)");
+    println!("cargo:rustc-check-cfg=cfg(tinylens_dsp_vfp)");
     println!("cargo:rerun-if-env-changed=TINYLENS_NO_DSP");
+    println!("cargo:rerun-if-env-changed=TINYLENS_DSP");
     let target = env::var("TARGET").unwrap_or_default();
-    let off = env::var_os("TINYLENS_NO_DSP").is_some_and(|v| !v.is_empty() && v != "0");
-    if target.starts_with("thumbv7em") && target.ends_with("eabihf") && !off {
+    let flag = |name: &str| env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
+    // The flags rustc gets for this crate, separated by 0x1f.
+    let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let flags: Vec<&str> = rustflags.split('\x1f').collect();
+    let has = |prefix: &str, pred: &dyn Fn(&str) -> bool| {
+        flags.iter().enumerate().any(|(i, f)| {
+            let value = match f.strip_prefix("-C") {
+                Some("") => flags.get(i + 1).copied().unwrap_or(""),
+                Some(v) => v,
+                None => f.strip_prefix("--codegen=").unwrap_or(""),
+            };
+            value.strip_prefix(prefix).is_some_and(pred)
+        })
+    };
+    let dsp_feature = has("target-feature=", &|v| {
+        v.split(',').any(|f| f == "+dsp") && !v.split(',').any(|f| f == "-dsp")
+    });
+    let dsp_cpu = has("target-cpu=", &|v| {
+        matches!(
+            v,
+            "cortex-m33" | "cortex-m35p" | "cortex-m55" | "cortex-m85"
+        )
+    });
+    let dsp = if target.starts_with("thumbv7em") {
+        true
+    } else if target.starts_with("thumbv8m.main") {
+        dsp_feature || dsp_cpu || flag("TINYLENS_DSP")
+    } else {
+        false
+    };
+    if dsp && !flag("TINYLENS_NO_DSP") {
         println!("cargo:rustc-cfg=tinylens_dsp");
+        if target.ends_with("eabihf") {
+            println!("cargo:rustc-cfg=tinylens_dsp_vfp");
+        }
     }
 }

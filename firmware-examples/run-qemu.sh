@@ -15,9 +15,14 @@
 #
 # options:
 #   --timeout SECS     kill QEMU after SECS seconds (default $QEMU_TIMEOUT or 30)
-#   --machine NAME     QEMU machine (default from the ELF's CPU architecture:
-#                      v7E-M -> mps2-an386 (Cortex-M4F), v6-M -> microbit (Cortex-M0),
+#   --machine NAME     QEMU machine (default from the ELF's CPU architecture and load
+#                      address: v7E-M at 0x0800_0000 -> netduinoplus2 (STM32F405),
+#                      other v7E-M -> mps2-an386 (Cortex-M4F), v6-M -> microbit
+#                      (Cortex-M0), v8-M.mainline -> mps2-an505 (Cortex-M33),
 #                      v7-M -> mps2-an385 (Cortex-M3))
+#   --serial FILE      capture the machine's first UART (serial0) into FILE
+#                      (`-serial file:FILE`; the firmware's transport=uart), or
+#                      `--serial pty` for a pseudo-terminal (QEMU prints its path)
 #   --defmt-out FILE   also keep the raw defmt stream in FILE
 #   --no-decode        do not run defmt-print (raw stream goes to --defmt-out, or to
 #                      <app.elf>.defmt)
@@ -30,8 +35,8 @@
 #   --qemu-arg ARG     pass ARG to qemu-system-arm (repeatable)
 #
 # Always on: -icount shift=0 (guest time follows the instruction count, so runs are
-# repeatable), semihosting with target=native, no display/monitor, UART to null,
-# stdin from /dev/null.
+# repeatable), semihosting with target=native, no display/monitor, UART to null
+# unless --serial, stdin from /dev/null.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
@@ -42,6 +47,7 @@ die() { echo "run-qemu.sh: $*" >&2; exit 2; }
 
 timeout_s="${QEMU_TIMEOUT:-30}"
 machine=""
+serial=null
 defmt_keep=""
 decode=1
 icount=0
@@ -54,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout_s="${2:?}"; shift 2 ;;
         --machine) machine="${2:?}"; shift 2 ;;
         --defmt-out) defmt_keep="${2:?}"; shift 2 ;;
+        --serial) serial="${2:?}"; shift 2 ;;
         --no-decode) decode=0; shift ;;
         --icount) icount=1; shift ;;
         --icount=*) icount=1; icount_out="${1#--icount=}"; shift ;;
@@ -75,7 +82,11 @@ command -v readelf >/dev/null || die "readelf not found (apt-get install binutil
 if [[ -z "$machine" ]]; then
     arch="$(readelf -A "$elf" | sed -n 's/^ *Tag_CPU_arch: *//p' | head -n1)"
     case "$arch" in
-        v7E-M) machine=mps2-an386 ;;
+        v7E-M)
+            # The STM32 memory map links the vector table at 0x0800_0000.
+            vectors="$(readelf -SW "$elf" | sed -n 's/.*\.vector_table  *PROGBITS  *\([0-9a-f]*\) .*/\1/p')"
+            if [[ "$vectors" == 08000000 ]]; then machine=netduinoplus2; else machine=mps2-an386; fi ;;
+        v8-M.mainline) machine=mps2-an505 ;;
         v6-M|v6S-M) machine=microbit ;;
         v7-M) machine=mps2-an385 ;;
         *) die "cannot tell the machine for CPU architecture '$arch'; pass --machine" ;;
@@ -85,6 +96,7 @@ case "$machine" in
     mps2-an386) cpu=cortex-m4 ;;
     mps2-an385|mps2-an511) cpu=cortex-m3 ;;
     mps2-an500) cpu=cortex-m7 ;;
+    mps2-an505) cpu=cortex-m33 ;;
     microbit) cpu=cortex-m0 ;;
     *) cpu="" ;;
 esac
@@ -132,6 +144,17 @@ for a in "$@"; do
     semi+="$(qarg "$a")"
 done
 
+case "$serial" in
+    null|pty) serial_args=(-serial "$serial") ;;
+    *) serial_args=(-serial "file:$(realpath -m "$serial")") ;;
+esac
+
+# QEMU 7.2's -kernel on netduinoplus2 reads the reset vector at 0 before the image
+# at 0x0800_0000 shows through its alias there (the core locks up); the generic
+# loader device places the ELF as ROM data that the reset does see.
+load=(-kernel "$elf")
+[[ $machine != netduinoplus2 ]] || load=(-device "loader,file=$elf")
+
 plugin_args=()
 if [[ $icount == 1 ]]; then
     if [[ ! -f "$plugin" ]]; then
@@ -152,12 +175,12 @@ if [[ $icount == 1 ]]; then
 fi
 
 qemu=(qemu-system-arm -machine "$machine" ${cpu:+-cpu "$cpu"}
-      -display none -monitor none -serial null
+      -display none -monitor none "${serial_args[@]}"
       -icount shift=0
       -semihosting-config "$semi"
       "${plugin_args[@]}"
       "${qemu_extra[@]}"
-      -kernel "$elf")
+      "${load[@]}")
 
 status=0
 timeout -k 2 "$timeout_s" "${qemu[@]}" </dev/null || status=$?

@@ -22,7 +22,8 @@
 # targets) and run `cargo test -p tinylens-tests --test fuzz_regressions`.
 #
 # Targets run one at a time in a single libFuzzer process each. Environment: FUZZ_ARGS,
-# extra libFuzzer flags (e.g. FUZZ_ARGS=-max_len=4096).
+# extra libFuzzer flags (e.g. FUZZ_ARGS=-max_len=4096); RSS_LIMIT_MB, the memory limit
+# (default 1024: an allocation bomb is a finding).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -108,7 +109,7 @@ for t in "${TARGETS[@]}"; do
     log="$WORK/logs/$t.log"
     set +e
     cargo +nightly fuzz run --fuzz-dir "$dir" --target-dir "$TARGET_DIR" -O "$t" "$corpus" "${seeds[@]}" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=20 -rss_limit_mb=2560 -max_len=262144 \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=20 -rss_limit_mb="${RSS_LIMIT_MB:-1024}" -max_len=262144 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" ${FUZZ_ARGS:-} >"$log" 2>&1
     status=$?
     set -e

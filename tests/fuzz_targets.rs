@@ -234,25 +234,79 @@ pub fn cobs_encode(src: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The host's `decode_stream` (and the cache, token list and expected records of every
-/// run it finds) on the bytes as a stream, then on the bytes split at `0x00` with each
-/// piece made a well-formed frame ([`frame_of`]).
+/// The host's trace decoder on the bytes as a stream, then on the bytes split at `0x00`
+/// with each piece made a well-formed frame ([`frame_of`]).
 pub fn trace_stream(data: &[u8]) {
     decode_all(data);
     let framed: Vec<u8> = data.split(|b| *b == 0).flat_map(frame_of).collect();
     decode_all(&framed);
 }
 
+/// Values of a cache the target writes out in full (16 MiB of f32); larger ones (up to
+/// the decoder's 2^28) are only described, which is what bounds the target's memory.
+const MAX_EXPORTED_VALUES: usize = 1 << 22;
+
+/// `decode_stream`, the same through the streaming [`trace::Decoder`] in pieces (the same
+/// runs and counts for any split), then every run's loss, token list and cache export.
 fn decode_all(stream: &[u8]) {
+    use tinylens_host::export::Arrays;
     let (runs, report) = trace::decode_stream(stream);
     assert_eq!(report.runs, runs.len());
+    let step = 1 + stream.first().copied().unwrap_or(0) as usize * 3;
+    let mut d = trace::Decoder::new(trace::Keep::All);
+    for piece in stream.chunks(step) {
+        d.push(piece, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    let (pieced, r2) = d.finish();
+    assert_eq!(
+        (r2.frames_ok, r2.bad_frames, r2.orphan_frames, pieced.len()),
+        (
+            report.frames_ok,
+            report.bad_frames,
+            report.orphan_frames,
+            runs.len()
+        )
+    );
+    for (run, p) in runs.iter().zip(&pieced) {
+        assert_eq!(run.records.len(), p.records.len());
+        assert_eq!(run.loss.missing_count, p.loss.missing_count);
+    }
     for run in &runs {
-        let cache = run.cache();
         let tokens = run.token_list();
         assert_eq!(tokens.len(), run.positions());
         assert!(run.positions() <= run.config.n_ctx as usize);
-        for (shape, data) in cache.values() {
-            assert_eq!(shape.iter().product::<usize>(), data.len());
+        let l = &run.loss;
+        assert!(l.missing_records.len() <= trace::MAX_MISSING_LISTED);
+        assert!(l.missing_count <= run.expected_count());
+        let listed: u64 = l
+            .missing_records
+            .iter()
+            .map(|m| m.sites().count() as u64)
+            .sum();
+        assert!(listed <= l.missing_count);
+        let positions = run.positions();
+        for m in l.missing_records.iter().take(4) {
+            let (a, b) = m.positions;
+            assert!(u32::from(a) < b && b as usize <= positions);
+            for k in m.sites().take(3) {
+                assert!(run.is_expected(&k) && !run.records.contains_key(&k));
+            }
+        }
+        let view = run.cache_view(true);
+        let list = view.list();
+        let total: usize = list.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        if total <= MAX_EXPORTED_VALUES {
+            for (i, (_, shape)) in list.iter().enumerate() {
+                let mut n = 0;
+                view.emit(i, &mut |piece| {
+                    n += piece.len();
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(n, shape.iter().product::<usize>());
+            }
+            tinylens_host::export::write_safetensors(&view, &mut std::io::sink()).unwrap();
         }
     }
 }
@@ -422,4 +476,195 @@ pub fn tl_safetensors(data: &[u8]) {
     if let Ok((bytes, _)) = convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None) {
         Model::from_bytes(&bytes).expect("written blob loads");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Crafted frames
+// ---------------------------------------------------------------------------------------
+
+/// Frames with any content and a valid CRC, as a hostile or broken sender could write
+/// them (the wire format of `core/TRACE_FORMAT.md`, field for field): for the
+/// regression tests of content the decoder must not believe.
+pub mod craft {
+    use serde::Serialize;
+    use tinylens_core::probe::{Precision, Probe};
+    use tinylens_core::{Config, HookPoint};
+
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        run: u32,
+        seq: u32,
+        body: Body<'a>,
+    }
+
+    #[derive(Serialize)]
+    enum Body<'a> {
+        Header {
+            format: u16,
+            model_crc: u32,
+            config: Config,
+            processing: u32,
+            probes: &'a [Probe],
+        },
+        Token {
+            pos: u16,
+            token: u32,
+        },
+        Record {
+            point: HookPoint,
+            layer: u16,
+            head: Option<u16>,
+            pos: u16,
+            precision: Precision,
+            scale: f32,
+            data: &'a [u8],
+        },
+        End {
+            positions: u32,
+            records: u32,
+            dropped: u32,
+        },
+    }
+
+    fn frame(run: u32, seq: u32, body: Body<'_>) -> Vec<u8> {
+        let content = postcard::to_allocvec(&Frame { run, seq, body }).expect("serializes");
+        super::frame_of(&content)
+    }
+
+    /// A header frame (seq 0, format 1).
+    pub fn header(run: u32, model_crc: u32, config: Config, probes: &[Probe]) -> Vec<u8> {
+        let body = Body::Header {
+            format: 1,
+            model_crc,
+            config,
+            processing: 0,
+            probes,
+        };
+        frame(run, 0, body)
+    }
+
+    pub fn token(run: u32, seq: u32, pos: u16, token: u32) -> Vec<u8> {
+        frame(run, seq, Body::Token { pos, token })
+    }
+
+    /// A record frame of f32 `values`.
+    pub fn record_f32(
+        run: u32,
+        seq: u32,
+        site: (HookPoint, u16, Option<u16>, u16),
+        values: &[f32],
+    ) -> Vec<u8> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        record(run, seq, site, Precision::F32, 1.0, &data)
+    }
+
+    /// A record frame of raw payload bytes at `precision` with `scale`.
+    pub fn record(
+        run: u32,
+        seq: u32,
+        site: (HookPoint, u16, Option<u16>, u16),
+        precision: Precision,
+        scale: f32,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let (point, layer, head, pos) = site;
+        let body = Body::Record {
+            point,
+            layer,
+            head,
+            pos,
+            precision,
+            scale,
+            data,
+        };
+        frame(run, seq, body)
+    }
+
+    pub fn end(run: u32, seq: u32, positions: u32, records: u32) -> Vec<u8> {
+        let body = Body::End {
+            positions,
+            records,
+            dropped: 0,
+        };
+        frame(run, seq, body)
+    }
+
+    /// The 54-byte allocation bomb of issue #11: a valid header selecting every position
+    /// of `blocks.*.hook_resid_pre` for a 255-layer, 16384-context, d_model 64 model
+    /// (just under the per-header limits: 2^22 - 1 records, 2^28 - 2^20 values) and an
+    /// end frame claiming all 16384 positions.
+    pub fn resid_bomb() -> Vec<u8> {
+        let config = Config {
+            n_layers: 255,
+            n_heads: 1,
+            d_model: 64,
+            d_head: 1,
+            d_vocab: 200,
+            d_vocab_out: 2,
+            n_ctx: 16384,
+            normalization: tinylens_core::Normalization::None,
+            positional: tinylens_core::Positional::Standard,
+            eps: 0.0,
+            attn_scale: 1.0,
+        };
+        let probes = [Probe::all(HookPoint::ResidPre)];
+        [header(7, 0, config, &probes), end(7, 1, 16384, 0)].concat()
+    }
+}
+
+/// The crafted inputs of the regression corpus (`tests/fuzz_corpus/<target>/<name>`),
+/// made here so that `fuzz_regressions` can check the committed files are these bytes.
+pub fn crafted_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use tinylens_core::probe::Probe;
+    let eight: Vec<u8> = (0..8).flat_map(|_| craft::resid_bomb()).collect();
+    let cfg = Config {
+        n_layers: 2,
+        n_heads: 2,
+        d_model: 4,
+        d_head: 2,
+        d_vocab: 10,
+        d_vocab_out: 10,
+        n_ctx: 4,
+        normalization: Normalization::LN,
+        positional: Positional::Standard,
+        eps: 1e-5,
+        attn_scale: 1.0,
+    };
+    let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z)];
+    let embed = |seq, layer, head, v: f32| {
+        craft::record_f32(1, seq, (HookPoint::Embed, layer, head, 0), &[v; 4])
+    };
+    let believed = [
+        craft::header(1, 0xabcd, cfg, &probes),
+        craft::token(1, 1, 0, 3),
+        embed(2, 0, None, 1.0),
+        embed(3, 9, None, 9.0),
+        embed(4, 0, Some(1), 9.0),
+        craft::record_f32(1, 5, (HookPoint::Z, 1, Some(1), 0), &[1.0]),
+        craft::record(
+            1,
+            6,
+            (HookPoint::Z, 0, Some(0), 0),
+            Precision::Int8,
+            f32::NAN,
+            &[1, 2],
+        ),
+        craft::end(1, 7, 1, 5),
+    ]
+    .concat();
+    let shared = [
+        craft::header(5, 0xaaaa, cfg, &probes),
+        craft::header(5, 0xbbbb, cfg, &probes),
+        craft::record_f32(5, 1, (HookPoint::Embed, 0, None, 0), &[1.0; 4]),
+        craft::record_f32(5, 1, (HookPoint::Embed, 0, None, 0), &[2.0; 4]),
+        craft::end(5, 2, 1, 1),
+        craft::end(5, 2, 1, 1),
+    ]
+    .concat();
+    vec![
+        ("trace_stream", "crafted-resid-bomb-54", craft::resid_bomb()),
+        ("trace_stream", "crafted-resid-bomb-8x", eight),
+        ("trace_stream", "crafted-believability", believed),
+        ("trace_stream", "crafted-shared-run-id", shared),
+    ]
 }

@@ -104,7 +104,7 @@ impl Config {
                 field: "attn_scale",
             });
         }
-        if self.workspace_words_u64() > MAX_WORKSPACE_WORDS {
+        if self.workspace_words_u64(1) > MAX_WORKSPACE_WORDS {
             return Err(Error::InvalidConfig {
                 field: "model too large (working memory over 1 GiB)",
             });
@@ -151,10 +151,18 @@ impl Config {
     /// assert!(CFG.workspace_len() as f32 <= 1.05 * CFG.minimum_len() as f32);
     /// ```
     pub const fn workspace_len(&self) -> usize {
-        to_usize(self.workspace_words_u64())
+        self.block_workspace_len(1)
     }
 
-    const fn workspace_words_u64(&self) -> u64 {
+    /// Working memory, in f32 words, of a session that processes up to `block`
+    /// positions at once ([`crate::Session::with_block`]): the KV caches once, and every
+    /// per-position buffer `block` times. `block_workspace_len(1)` is
+    /// [`Config::workspace_len`].
+    pub const fn block_workspace_len(&self, block: usize) -> usize {
+        to_usize(self.workspace_words_u64(block as u64))
+    }
+
+    const fn workspace_words_u64(&self, n: u64) -> u64 {
         let kv = self.kv_cache_u64();
         let d_model = self.d_model as u64;
         let qkv = self.n_heads as u64 * self.d_head as u64;
@@ -164,20 +172,22 @@ impl Config {
             Positional::Standard => 0,
         };
         // Terms of single dimensions stay below 2^36; the caches and `qkv` (products) saturate.
+        let per_position = (d_model // resid
+            + d_model // normalized input to the layer
+            + shortformer // query/key input with W_pos added
+            + self.d_head as u64 // z of one head
+            + d_model // result of one head
+            + d_model // attn_out
+            + self.d_vocab_out as u64 // logits
+            + 1) // the int8 scale of the position's quantized activations
+        .saturating_add(qkv); // q for all heads
         kv.saturating_mul(2)
-            .saturating_add(
-                d_model // resid
-                + d_model // normalized input to the layer
-                + shortformer // query/key input with W_pos added
-                + self.n_ctx as u64 // one row of attention scores
-                + self.d_head as u64 // z of one head
-                + d_model // result of one head
-                + d_model // attn_out
-                + self.d_vocab_out as u64, // logits
-            )
-            .saturating_add(qkv) // q for all heads at this position
-            .saturating_add(widest.div_ceil(4)) // int8-quantized activations, four per word
-            .saturating_add(widest.div_ceil(4) * 2) // the same as 16-bit pairs (DSP kernel)
+            .saturating_add(self.n_ctx as u64) // one row of attention scores
+            .saturating_add(per_position.saturating_mul(n))
+            // int8-quantized activations, four per word, then the same as 16-bit pairs
+            // (DSP kernel)
+            .saturating_add(widest.saturating_mul(n).div_ceil(4))
+            .saturating_add(widest.div_ceil(4).saturating_mul(2).saturating_mul(n))
     }
 
     /// Longest vector quantized to int8 for a matrix-vector product: the widest of

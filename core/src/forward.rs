@@ -1,22 +1,39 @@
-//! The forward pass: one token at a time, with a KV cache, in caller-provided memory.
+//! The forward pass, with a KV cache, in caller-provided memory.
 //!
-//! Processing a prompt is stepping through it; position `p` attends to the cached keys
-//! and values of positions `0..=p`, which gives exactly TransformerLens's causal
-//! attention over the whole prompt, and makes decoding and prompt processing the same
-//! computation.
+//! The pass processes a *block* of consecutive positions at once: every weight matrix
+//! multiplies the whole block ([`kernels::MatMul`]), so each weight is fetched once
+//! per block instead of once per position. Stepping one token is the block of one,
+//! and any block gives the same bits as stepping its positions one by one: each
+//! matrix product keeps the sums of the matrix-vector kernel, position `p` attends to
+//! the cached keys and values of positions `0..=p` (TransformerLens's causal attention
+//! over the whole prompt), and int8 activations are quantized per position as
+//! stepping does. A device with slow flash can prefill a block too, as far as its
+//! RAM allows ([`Config::block_workspace_len`]).
+//!
+//! Hooks see every value per [`Site`] (layer, head, position) as before; a block hands
+//! them over point by point (every position of the block at that point, through
+//! [`Hooks::hook_rows`]), which is the same set of values, each at its own site, each
+//! handed over before anything that uses it is computed.
 
 use crate::blob::{LayerTensors, Model};
 use crate::config::{Config, Normalization, Positional};
 use crate::hooks::{HookPoint, Hooks, NoHooks, Site};
-use crate::kernels::{self, Input};
+use crate::kernels::{self, Block, MatMul, Portable};
 use crate::quant::Tensor;
 use crate::Error;
 
-/// A model with its working memory: KV caches, residual stream and scratch, all carved
-/// from one caller-provided `&mut [f32]` of at least [`Config::workspace_len`] words.
-pub struct Session<'m, 'w> {
+/// A model with its working memory: KV caches, residual streams and scratch for a
+/// block of positions, all carved from one caller-provided `&mut [f32]` of at least
+/// [`Config::block_workspace_len`] words (`Config::workspace_len` for one position).
+/// `K` is the matrix-product implementation ([`Portable`] unless a host plugs in its
+/// own, which must give the same bits).
+pub struct Session<'m, 'w, K: MatMul = Portable> {
     model: Model<'m>,
+    kernels: K,
     pos: usize,
+    block: usize,
+    /// Positions of the last block processed (its logits are `logits[..last_n]`).
+    last_n: usize,
     k_cache: &'w mut [f32],
     v_cache: &'w mut [f32],
     resid: &'w mut [f32],
@@ -28,6 +45,8 @@ pub struct Session<'m, 'w> {
     result: &'w mut [f32],
     attn_out: &'w mut [f32],
     logits: &'w mut [f32],
+    /// The int8 scale of each position's quantized activations.
+    scales: &'w mut [f32],
     xq: &'w mut [i8],
     /// `xq` laid out for the DSP int8 kernel ([`kernels::arrange_pairs`]).
     pairs: &'w mut [u32],
@@ -39,12 +58,35 @@ fn take<'w>(buf: &mut &'w mut [f32], n: usize) -> &'w mut [f32] {
     head
 }
 
-impl<'m, 'w> Session<'m, 'w> {
-    /// Lays the session out in `workspace`; a buffer shorter than
+impl<'m, 'w> Session<'m, 'w, Portable> {
+    /// Lays a one-position session out in `workspace`; a buffer shorter than
     /// [`Config::workspace_len`] is [`Error::BufferTooSmall`].
     pub fn new(model: &Model<'m>, workspace: &'w mut [f32]) -> Result<Self, Error> {
+        Self::with_block(model, workspace, 1)
+    }
+
+    /// A session that processes up to `block` positions at once (at least one), in
+    /// [`Config::block_workspace_len`]`(block)` words.
+    pub fn with_block(
+        model: &Model<'m>,
+        workspace: &'w mut [f32],
+        block: usize,
+    ) -> Result<Self, Error> {
+        Session::with_kernels(model, workspace, block, Portable)
+    }
+}
+
+impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
+    /// [`Session::with_block`] with other matrix-product kernels.
+    pub fn with_kernels(
+        model: &Model<'m>,
+        workspace: &'w mut [f32],
+        block: usize,
+        kernels: K,
+    ) -> Result<Self, Error> {
         let cfg = *model.config();
-        let needed = cfg.workspace_len();
+        let n = block.max(1);
+        let needed = cfg.block_workspace_len(n);
         if workspace.len() < needed {
             return Err(Error::BufferTooSmall {
                 needed,
@@ -60,24 +102,28 @@ impl<'m, 'w> Session<'m, 'w> {
         };
         let mut s = Session {
             model: *model,
+            kernels,
             pos: 0,
+            block: n,
+            last_n: 0,
             k_cache: take(&mut buf, cfg.kv_cache_len()),
             v_cache: take(&mut buf, cfg.kv_cache_len()),
-            resid: take(&mut buf, d_model),
-            normed: take(&mut buf, d_model),
-            pos_embed: take(&mut buf, shortformer),
-            q: take(&mut buf, qkv),
+            resid: take(&mut buf, n * d_model),
+            normed: take(&mut buf, n * d_model),
+            pos_embed: take(&mut buf, n * shortformer),
+            q: take(&mut buf, n * qkv),
             scores: take(&mut buf, cfg.n_ctx as usize),
-            z: take(&mut buf, d_head),
-            result: take(&mut buf, d_model),
-            attn_out: take(&mut buf, d_model),
-            logits: take(&mut buf, cfg.d_vocab_out as usize),
+            z: take(&mut buf, n * d_head),
+            result: take(&mut buf, n * d_model),
+            attn_out: take(&mut buf, n * d_model),
+            logits: take(&mut buf, n * cfg.d_vocab_out as usize),
+            scales: take(&mut buf, n),
             xq: &mut [],
             pairs: &mut [],
         };
         // The int8 activations share the f32 region, four to a word, followed by their
         // DSP layout, two 16-bit lanes to a word (see `Config::workspace_len`).
-        let q_words = cfg.quantized_input_len().div_ceil(4);
+        let q_words = (n * cfg.quantized_input_len()).div_ceil(4);
         let (q, pairs) = buf.split_at_mut(q_words.min(buf.len()));
         s.xq = bytemuck::cast_slice_mut::<f32, i8>(q);
         s.pairs = bytemuck::cast_slice_mut::<f32, u32>(pairs);
@@ -97,14 +143,27 @@ impl<'m, 'w> Session<'m, 'w> {
         self.pos
     }
 
+    /// Most positions one [`Session::forward`] call takes.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
     /// Forgets all positions; the next token is position 0.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.last_n = 0;
     }
 
     /// The logits of the last processed position.
     pub fn logits(&self) -> &[f32] {
-        self.logits
+        let v = self.model.config().d_vocab_out as usize;
+        let at = self.last_n.saturating_sub(1) * v;
+        &self.logits[at..at + v]
+    }
+
+    /// The logits of every position of the last block, `[positions][d_vocab_out]`.
+    pub fn block_logits(&self) -> &[f32] {
+        &self.logits[..self.last_n * self.model.config().d_vocab_out as usize]
     }
 
     /// Processes one token at the next position; returns the logits for the position after it.
@@ -112,12 +171,13 @@ impl<'m, 'w> Session<'m, 'w> {
         self.step_with(token, &mut NoHooks)
     }
 
-    /// Processes `tokens` from the current position; returns the last position's logits.
+    /// Processes `tokens` from the current position, a block at a time; returns the
+    /// last position's logits.
     pub fn prefill<H: Hooks>(&mut self, tokens: &[u32], hooks: &mut H) -> Result<&[f32], Error> {
-        for &t in tokens {
-            self.step_with(t, hooks)?;
+        for chunk in tokens.chunks(self.block) {
+            self.forward(chunk, hooks)?;
         }
-        Ok(self.logits)
+        Ok(self.logits())
     }
 
     /// [`Session::step`] with hooks: every hook point is handed to `hooks` as it is
@@ -125,217 +185,333 @@ impl<'m, 'w> Session<'m, 'w> {
     ///
     /// On error nothing of this position is kept: the position does not advance.
     pub fn step_with<H: Hooks>(&mut self, token: u32, hooks: &mut H) -> Result<&[f32], Error> {
+        self.forward(&[token], hooks)?;
+        Ok(self.logits())
+    }
+
+    /// Processes a block of `tokens` (at most [`Session::block`]) at the next
+    /// positions; returns their logits, `[tokens.len()][d_vocab_out]`. The values, and
+    /// what the hooks see and change, are those of stepping the tokens one by one.
+    ///
+    /// A token out of range or a block past the context is refused before anything is
+    /// computed. Non-finite logits at a position end the block there: the positions
+    /// before it are kept (as stepping would have kept them), it and those after are not.
+    pub fn forward<H: Hooks>(&mut self, tokens: &[u32], hooks: &mut H) -> Result<&[f32], Error> {
         let cfg = *self.model.config();
-        if token >= cfg.d_vocab {
+        let n = tokens.len();
+        if n > self.block {
+            return Err(Error::BufferTooSmall {
+                needed: cfg.block_workspace_len(n),
+                provided: cfg.block_workspace_len(self.block),
+            });
+        }
+        if let Some(&token) = tokens.iter().find(|&&t| t >= cfg.d_vocab) {
             return Err(Error::TokenOutOfRange {
                 token,
                 d_vocab: cfg.d_vocab,
             });
         }
-        if self.pos >= cfg.n_ctx as usize {
+        if self.pos + n > cfg.n_ctx as usize {
             return Err(Error::ContextFull { n_ctx: cfg.n_ctx });
         }
-        let p = self.pos;
-        if HOOKS_COMPILED {
-            hooks.token(p as u16, token);
+        if n == 0 {
+            return Ok(&[]);
         }
-        let site = |point, layer: usize, head: Option<usize>| Site {
+        let p0 = self.pos;
+        let d_model = cfg.d_model as usize;
+        if HOOKS_COMPILED {
+            for (i, &t) in tokens.iter().enumerate() {
+                hooks.token((p0 + i) as u16, t);
+            }
+        }
+        let site = |point, layer: usize| Site {
             point,
             layer: layer as u16,
-            head: head.map(|h| h as u16),
-            pos: p as u16,
+            head: None,
+            pos: p0 as u16,
         };
 
-        self.model.w_e().dequantize_row(token as usize, self.resid);
-        if active(hooks, HookPoint::Embed) {
-            hooks.hook(site(HookPoint::Embed, 0, None), self.resid);
+        for (i, &t) in tokens.iter().enumerate() {
+            self.model
+                .w_e()
+                .dequantize_row(t as usize, &mut self.resid[i * d_model..(i + 1) * d_model]);
         }
+        emit(hooks, site(HookPoint::Embed, 0), n, d_model, self.resid);
         let pos_buf: &mut [f32] = match cfg.positional {
             Positional::Standard => self.normed,
             Positional::Shortformer => self.pos_embed,
         };
-        self.model.w_pos().dequantize_row(p, pos_buf);
-        if active(hooks, HookPoint::PosEmbed) {
-            hooks.hook(site(HookPoint::PosEmbed, 0, None), pos_buf);
+        for i in 0..n {
+            self.model
+                .w_pos()
+                .dequantize_row(p0 + i, &mut pos_buf[i * d_model..(i + 1) * d_model]);
         }
+        emit(hooks, site(HookPoint::PosEmbed, 0), n, d_model, pos_buf);
         if cfg.positional == Positional::Standard {
-            for (r, e) in self.resid.iter_mut().zip(self.normed.iter()) {
+            for (r, e) in self.resid[..n * d_model].iter_mut().zip(self.normed.iter()) {
                 *r += e;
             }
         }
 
         for layer in 0..cfg.n_layers as usize {
             let lt = self.model.layer(layer);
-            if active(hooks, HookPoint::ResidPre) {
-                hooks.hook(site(HookPoint::ResidPre, layer, None), self.resid);
-            }
+            emit(
+                hooks,
+                site(HookPoint::ResidPre, layer),
+                n,
+                d_model,
+                self.resid,
+            );
             layer_norm(
                 &cfg,
-                self.resid,
+                &self.resid[..n * d_model],
                 self.normed,
                 lt.ln1_w.zip(lt.ln1_b),
                 hooks,
                 (HookPoint::Ln1Scale, HookPoint::Ln1Normalized),
-                site(HookPoint::Ln1Scale, layer, None),
+                site(HookPoint::Ln1Scale, layer),
             );
-            self.attention(&cfg, &lt, layer, hooks);
-            lt.b_o.add_row_to(0, self.attn_out);
-            if active(hooks, HookPoint::AttnOut) {
-                hooks.hook(site(HookPoint::AttnOut, layer, None), self.attn_out);
+            self.attention(&cfg, &lt, layer, n, hooks);
+            let attn_out = &mut self.attn_out[..n * d_model];
+            for row in attn_out.chunks_exact_mut(d_model) {
+                lt.b_o.add_row_to(0, row);
             }
-            for (r, a) in self.resid.iter_mut().zip(self.attn_out.iter()) {
+            emit(hooks, site(HookPoint::AttnOut, layer), n, d_model, attn_out);
+            for (r, a) in self
+                .resid
+                .iter_mut()
+                .zip(self.attn_out[..n * d_model].iter())
+            {
                 *r += a;
             }
-            if active(hooks, HookPoint::ResidPost) {
-                hooks.hook(site(HookPoint::ResidPost, layer, None), self.resid);
-            }
+            emit(
+                hooks,
+                site(HookPoint::ResidPost, layer),
+                n,
+                d_model,
+                self.resid,
+            );
         }
 
         layer_norm(
             &cfg,
-            self.resid,
+            &self.resid[..n * d_model],
             self.normed,
             self.model.ln_final(),
             hooks,
             (HookPoint::LnFinalScale, HookPoint::LnFinalNormalized),
-            site(HookPoint::LnFinalScale, 0, None),
+            site(HookPoint::LnFinalScale, 0),
         );
         let w_u = self.model.w_u();
-        let input = prepare(
+        let v = cfg.d_vocab_out as usize;
+        let x = quantize_rows(
+            n,
+            d_model,
             self.normed,
             self.xq,
+            self.scales,
             self.pairs,
             kernels::needs_quantized_input(w_u.kind),
         );
-        kernels::matvec(&w_u, &input, self.logits);
-        self.model.b_u().add_row_to(0, self.logits);
-        if active(hooks, HookPoint::Logits) {
-            hooks.hook(site(HookPoint::Logits, 0, None), self.logits);
+        let logits = &mut self.logits[..n * v];
+        self.kernels.matmul(&w_u, &x, logits);
+        for row in logits.chunks_exact_mut(v) {
+            self.model.b_u().add_row_to(0, row);
         }
-        if !self.logits.iter().all(|v| v.is_finite()) {
-            return Err(Error::NonFiniteLogits { pos: p as u32 });
+        emit(hooks, site(HookPoint::Logits, 0), n, v, logits);
+        if let Some(bad) = logits
+            .chunks_exact(v)
+            .position(|row| !row.iter().all(|x| x.is_finite()))
+        {
+            self.pos = p0 + bad;
+            self.last_n = bad;
+            return Err(Error::NonFiniteLogits {
+                pos: (p0 + bad) as u32,
+            });
         }
-        self.pos += 1;
-        Ok(self.logits)
+        self.pos = p0 + n;
+        self.last_n = n;
+        Ok(&self.logits[..n * v])
     }
 
-    /// One attention layer at the current position: fills the caches' row for this
-    /// position, and leaves `sum_h result_h` (without `b_O`) in `attn_out`.
+    /// One attention layer for the block: fills the caches' rows for its positions,
+    /// and leaves `sum_h result_h` (without `b_O`) in `attn_out`.
     fn attention<H: Hooks>(
         &mut self,
         cfg: &Config,
         lt: &LayerTensors<'_>,
         layer: usize,
+        n: usize,
         hooks: &mut H,
     ) {
-        let p = self.pos;
+        let p0 = self.pos;
         let (n_heads, d_head, d_model) = (
             cfg.n_heads as usize,
             cfg.d_head as usize,
             cfg.d_model as usize,
         );
+        let qkv = n_heads * d_head;
         let n_ctx = cfg.n_ctx as usize;
         let slot = |h: usize, j: usize| ((layer * n_heads + h) * n_ctx + j) * d_head;
-        let site = |point, head: usize| Site {
+        let site = |point, head: usize, pos: usize| Site {
             point,
             layer: layer as u16,
             head: Some(head as u16),
-            pos: p as u16,
+            pos: pos as u16,
         };
         let quantized = |t: &Tensor<'_>| kernels::needs_quantized_input(t.kind);
 
         // Values read the normalized residual; with shortformer positions, queries and
         // keys read it plus W_pos, so V is computed first and W_pos added in place after.
         // All heads in one product (each row's sum is the same however the rows are
-        // grouped), into `q` (free until W_Q's turn), then into each head's cache row.
-        let scale = prepare_scale(self.normed, self.xq, self.pairs, quantized(&lt.w_v));
-        let input = Input {
-            x: self.normed,
-            q: self.xq,
-            scale,
-            pairs: self.pairs,
+        // grouped), into `q` (free until W_Q's turn), then into each head's cache rows.
+        let normed = &mut self.normed[..n * d_model];
+        let x = quantize_rows(
+            n,
+            d_model,
+            normed,
+            self.xq,
+            self.scales,
+            self.pairs,
+            quantized(&lt.w_v),
+        );
+        self.kernels.matmul(&lt.w_v, &x, &mut self.q[..n * qkv]);
+        let to_cache = |cache: &mut [f32], q: &[f32], b: &Tensor<'_>| {
+            for (i, row) in q.chunks_exact(qkv).enumerate() {
+                for h in 0..n_heads {
+                    let out = &mut cache[slot(h, p0 + i)..slot(h, p0 + i) + d_head];
+                    out.copy_from_slice(&row[h * d_head..(h + 1) * d_head]);
+                    b.add_range_to(h * d_head, out);
+                }
+            }
         };
-        kernels::matvec(&lt.w_v, &input, self.q);
-        for h in 0..n_heads {
-            let out = &mut self.v_cache[slot(h, p)..slot(h, p) + d_head];
-            out.copy_from_slice(&self.q[h * d_head..(h + 1) * d_head]);
-            add_bias(&lt.b_v, h * d_head, out);
-        }
-        let mut requantize = quantized(&lt.w_v);
+        to_cache(self.v_cache, &self.q[..n * qkv], &lt.b_v);
+        let mut quantized_now = quantized(&lt.w_v);
         if cfg.positional == Positional::Shortformer {
-            for (x, e) in self.normed.iter_mut().zip(self.pos_embed.iter()) {
+            for (x, e) in self.normed[..n * d_model]
+                .iter_mut()
+                .zip(self.pos_embed.iter())
+            {
                 *x += e;
             }
-            requantize = false;
+            quantized_now = false;
         }
         let need_q = quantized(&lt.w_q) || quantized(&lt.w_k);
-        let scale = if need_q && !requantize {
-            prepare_scale(self.normed, self.xq, self.pairs, true)
-        } else {
-            scale
-        };
-        let input = Input {
-            x: self.normed,
-            q: self.xq,
-            scale,
-            pairs: self.pairs,
-        };
+        let x = quantize_rows(
+            n,
+            d_model,
+            &self.normed[..n * d_model],
+            self.xq,
+            self.scales,
+            self.pairs,
+            need_q && !quantized_now,
+        );
         // K first, through `q` as V went, then Q itself.
-        kernels::matvec(&lt.w_k, &input, self.q);
-        for h in 0..n_heads {
-            let out = &mut self.k_cache[slot(h, p)..slot(h, p) + d_head];
-            out.copy_from_slice(&self.q[h * d_head..(h + 1) * d_head]);
-            add_bias(&lt.b_k, h * d_head, out);
+        self.kernels.matmul(&lt.w_k, &x, &mut self.q[..n * qkv]);
+        to_cache(self.k_cache, &self.q[..n * qkv], &lt.b_k);
+        self.kernels.matmul(&lt.w_q, &x, &mut self.q[..n * qkv]);
+        for row in self.q[..n * qkv].chunks_exact_mut(qkv) {
+            lt.b_q.add_row_to(0, row);
         }
-        kernels::matvec(&lt.w_q, &input, self.q);
-        lt.b_q.add_row_to(0, self.q);
-        for (point, h) in [HookPoint::Q, HookPoint::K, HookPoint::V]
-            .into_iter()
-            .flat_map(|pt| (0..n_heads).map(move |h| (pt, h)))
-        {
+        for point in [HookPoint::Q, HookPoint::K, HookPoint::V] {
             if !active(hooks, point) {
                 continue;
             }
-            let v = match point {
-                HookPoint::Q => &mut self.q[h * d_head..(h + 1) * d_head],
-                HookPoint::K => &mut self.k_cache[slot(h, p)..slot(h, p) + d_head],
-                _ => &mut self.v_cache[slot(h, p)..slot(h, p) + d_head],
-            };
-            hooks.hook(site(point, h), v);
+            for h in 0..n_heads {
+                // Q is `[pos][head][d_head]`; a head's cache rows are consecutive.
+                let (values, stride) = match point {
+                    HookPoint::Q => (&mut self.q[h * d_head..n * qkv], qkv),
+                    HookPoint::K => (&mut self.k_cache[slot(h, p0)..slot(h, p0 + n)], d_head),
+                    _ => (&mut self.v_cache[slot(h, p0)..slot(h, p0 + n)], d_head),
+                };
+                hooks.hook_rows(site(point, h, p0), n, d_head, stride, values);
+            }
         }
 
         let quantize_z = quantized(&lt.w_o);
         for h in 0..n_heads {
-            let q = &self.q[h * d_head..(h + 1) * d_head];
-            let scores = &mut self.scores[..=p];
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head])
-                    / cfg.attn_scale;
+            for i in 0..n {
+                let p = p0 + i;
+                let q = &self.q[i * qkv + h * d_head..i * qkv + (h + 1) * d_head];
+                let scores = &mut self.scores[..=p];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head])
+                        / cfg.attn_scale;
+                }
+                if active(hooks, HookPoint::AttnScores) {
+                    hooks.hook(site(HookPoint::AttnScores, h, p), scores);
+                }
+                softmax(scores);
+                if active(hooks, HookPoint::Pattern) {
+                    hooks.hook(site(HookPoint::Pattern, h, p), scores);
+                }
+                weighted_sum(
+                    scores,
+                    &self.v_cache[slot(h, 0)..],
+                    d_head,
+                    &mut self.z[i * d_head..(i + 1) * d_head],
+                );
             }
-            if active(hooks, HookPoint::AttnScores) {
-                hooks.hook(site(HookPoint::AttnScores, h), scores);
-            }
-            softmax(scores);
-            if active(hooks, HookPoint::Pattern) {
-                hooks.hook(site(HookPoint::Pattern, h), scores);
-            }
-            weighted_sum(scores, &self.v_cache[slot(h, 0)..], d_head, self.z);
-            if active(hooks, HookPoint::Z) {
-                hooks.hook(site(HookPoint::Z, h), self.z);
-            }
-            let input = prepare(self.z, self.xq, self.pairs, quantize_z);
-            kernels::matvec(&lt.w_o.rows(h * d_model, d_model), &input, self.result);
-            if active(hooks, HookPoint::Result) {
-                hooks.hook(site(HookPoint::Result, h), self.result);
-            }
+            let z = &mut self.z[..n * d_head];
+            emit(hooks, site(HookPoint::Z, h, p0), n, d_head, z);
+            let x = quantize_rows(n, d_head, z, self.xq, self.scales, self.pairs, quantize_z);
+            let result = &mut self.result[..n * d_model];
+            self.kernels
+                .matmul(&lt.w_o.rows(h * d_model, d_model), &x, result);
+            emit(hooks, site(HookPoint::Result, h, p0), n, d_model, result);
             if h == 0 {
-                self.attn_out.copy_from_slice(self.result);
+                self.attn_out[..n * d_model].copy_from_slice(result);
             } else {
-                for (o, r) in self.attn_out.iter_mut().zip(self.result.iter()) {
+                for (o, r) in self.attn_out.iter_mut().zip(result.iter()) {
                     *o += r;
                 }
             }
         }
+    }
+}
+
+/// Hands the `n` rows of `width` values in `values` (one per position from `site.pos`)
+/// to the hooks, if they want the point.
+#[inline(always)]
+fn emit<H: Hooks>(hooks: &mut H, site: Site, n: usize, width: usize, values: &mut [f32]) {
+    if active(hooks, site.point) {
+        hooks.hook_rows(site, n, width, width, &mut values[..n * width]);
+    }
+}
+
+/// The block of `n` rows of `cols` values in `x` as a matrix product's input; when a
+/// quantized weight will read it (`quantize`), each row is quantized to int8 with its
+/// own scale first, as stepping quantizes each position's vector (and, with the DSP
+/// kernel, laid out in pairs too). Without `quantize`, what `xq` and `scales` already
+/// hold is kept (the previous product's quantization of the same values).
+fn quantize_rows<'x>(
+    n: usize,
+    cols: usize,
+    x: &'x [f32],
+    xq: &'x mut [i8],
+    scales: &'x mut [f32],
+    pairs: &'x mut [u32],
+    quantize: bool,
+) -> Block<'x> {
+    let pl = kernels::pairs_len(cols);
+    if quantize {
+        for t in 0..n {
+            let q = &mut xq[t * cols..(t + 1) * cols];
+            scales[t] = kernels::quantize_input(&x[t * cols..(t + 1) * cols], q);
+            if kernels::DSP {
+                let end = ((t + 1) * pl).min(pairs.len());
+                kernels::arrange_pairs(q, &mut pairs[(t * pl).min(end)..end]);
+            }
+        }
+    }
+    let pairs_end = (n * pl).min(pairs.len());
+    Block {
+        n,
+        cols,
+        x: &x[..n * cols],
+        q: &xq[..n * cols],
+        scales: &scales[..n],
+        pairs: &pairs[..pairs_end],
     }
 }
 
@@ -347,30 +523,6 @@ pub const HOOKS_COMPILED: bool = !cfg!(feature = "strip-hooks");
 #[inline(always)]
 fn active<H: Hooks>(hooks: &H, point: HookPoint) -> bool {
     HOOKS_COMPILED && hooks.wants(point)
-}
-
-/// Quantizes `x` into `xq` when a quantized weight will read it (and, with the DSP
-/// kernel, lays it out in `pairs` too); returns its scale.
-fn prepare_scale(x: &[f32], xq: &mut [i8], pairs: &mut [u32], quantize: bool) -> f32 {
-    if !quantize {
-        return 0.0;
-    }
-    let n = x.len().min(xq.len());
-    let scale = kernels::quantize_input(&x[..n], &mut xq[..n]);
-    if kernels::DSP {
-        kernels::arrange_pairs(&xq[..n], pairs);
-    }
-    scale
-}
-
-fn prepare<'x>(x: &'x [f32], xq: &'x mut [i8], pairs: &'x mut [u32], quantize: bool) -> Input<'x> {
-    let scale = prepare_scale(x, xq, pairs, quantize);
-    Input {
-        x,
-        q: xq,
-        scale,
-        pairs,
-    }
 }
 
 /// `z = Σ_j a[j] · v_j`, `v_j = values[j * d_head..][..d_head]`: each element summed from
@@ -408,11 +560,6 @@ fn weighted_sum(a: &[f32], values: &[f32], d_head: usize, z: &mut [f32]) {
     }
 }
 
-/// `out[i] += b[offset + i]` for a one-row bias.
-fn add_bias(b: &Tensor<'_>, offset: usize, out: &mut [f32]) {
-    b.add_range_to(offset, out);
-}
-
 /// TransformerLens's LayerNorm / LayerNormPre (or a copy for `normalization = None`):
 /// centre, divide by `sqrt(mean(x^2) + eps)` (`hook_scale`), hook (`hook_normalized`),
 /// then `* w + b` for LN. The scale is handed
@@ -426,36 +573,41 @@ fn layer_norm<H: Hooks>(
     points: (HookPoint, HookPoint),
     site: Site,
 ) {
+    // One row per position of the block (`x` holds exactly the block's rows).
+    let d = cfg.d_model as usize;
+    let n = x.len() / d.max(1);
+    let out = &mut out[..n * d];
     out.copy_from_slice(x);
     if cfg.normalization == Normalization::None {
         return;
     }
-    let n = out.len() as f32;
-    let mean = out.iter().sum::<f32>() / n;
-    for v in out.iter_mut() {
-        *v -= mean;
-    }
-    let var = out.iter().map(|v| v * v).sum::<f32>() / n;
-    let mut scale = [libm::sqrtf(var + cfg.eps)];
-    if active(hooks, points.0) {
-        hooks.hook(site, &mut scale);
-    }
-    for v in out.iter_mut() {
-        *v /= scale[0];
+    for (i, row) in out.chunks_exact_mut(d).enumerate() {
+        let len = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / len;
+        for v in row.iter_mut() {
+            *v -= mean;
+        }
+        let var = row.iter().map(|v| v * v).sum::<f32>() / len;
+        let mut scale = [libm::sqrtf(var + cfg.eps)];
+        if active(hooks, points.0) {
+            let pos = site.pos.wrapping_add(i as u16);
+            hooks.hook(Site { pos, ..site }, &mut scale);
+        }
+        for v in row.iter_mut() {
+            *v /= scale[0];
+        }
     }
     // TransformerLens hooks the normalized value before the LayerNorm weight and bias.
-    if active(hooks, points.1) {
-        hooks.hook(
-            Site {
-                point: points.1,
-                ..site
-            },
-            out,
-        );
-    }
+    let normalized = Site {
+        point: points.1,
+        ..site
+    };
+    emit(hooks, normalized, n, d, out);
     if let Some((w, b)) = wb {
-        w.zip_row(0, out, |o, wv| *o *= wv);
-        b.add_row_to(0, out);
+        for row in out.chunks_exact_mut(d) {
+            w.zip_row(0, row, |o, wv| *o *= wv);
+            b.add_row_to(0, row);
+        }
     }
 }
 

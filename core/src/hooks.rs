@@ -178,6 +178,27 @@ pub trait Hooks {
     /// Sees (and may change in place) the value at `site`.
     fn hook(&mut self, site: Site, value: &mut [f32]);
 
+    /// Sees the values of `n` consecutive positions at once, as a block of positions
+    /// produces them: position `site.pos + i` is `values[i * stride..][..width]`. The
+    /// default hands each row to [`Hooks::hook`]; a hook that copies whole blocks (an
+    /// in-memory cache) can take them in one go. Values are the same either way.
+    #[inline]
+    fn hook_rows(&mut self, site: Site, n: usize, width: usize, stride: usize, values: &mut [f32]) {
+        for i in 0..n {
+            let at = i * stride;
+            let Some(row) = values.get_mut(at..at + width) else {
+                return;
+            };
+            self.hook(
+                Site {
+                    pos: site.pos.wrapping_add(i as u16),
+                    ..site
+                },
+                row,
+            );
+        }
+    }
+
     /// Called when position `pos` starts, with its input token.
     #[inline(always)]
     fn token(&mut self, _pos: u16, _token: u32) {}
@@ -209,6 +230,11 @@ impl<H: Hooks + ?Sized> Hooks for &mut H {
     }
 
     #[inline(always)]
+    fn hook_rows(&mut self, site: Site, n: usize, width: usize, stride: usize, values: &mut [f32]) {
+        (**self).hook_rows(site, n, width, stride, values)
+    }
+
+    #[inline(always)]
     fn token(&mut self, pos: u16, token: u32) {
         (**self).token(pos, token)
     }
@@ -229,6 +255,16 @@ impl<A: Hooks, B: Hooks> Hooks for (A, B) {
         }
         if self.1.wants(site.point) {
             self.1.hook(site, value);
+        }
+    }
+
+    #[inline(always)]
+    fn hook_rows(&mut self, site: Site, n: usize, width: usize, stride: usize, values: &mut [f32]) {
+        if self.0.wants(site.point) {
+            self.0.hook_rows(site, n, width, stride, values);
+        }
+        if self.1.wants(site.point) {
+            self.1.hook_rows(site, n, width, stride, values);
         }
     }
 

@@ -264,16 +264,21 @@ fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
     s
 }
 
-/// The Armv7E-M DSP int8 kernel (Cortex-M4/M7 only). It is the crate's one module with
-/// `unsafe` code (inline assembly; see `lib.rs`), so it alone is allowed it; the
-/// portable [`dot_i8`] stays the reference it is tested against bit for bit.
+/// The DSP int8 kernel (Armv7E-M: Cortex-M4/M7; Armv8-M Mainline with the DSP
+/// extension: Cortex-M33 and up, see `build.rs`). One of the crate's two modules with
+/// `unsafe` code (inline assembly; see `lib.rs`), so it is allowed it; the portable
+/// [`dot_i8`] stays the reference it is tested against bit for bit.
 #[cfg(tinylens_dsp)]
 #[allow(unsafe_code)]
 mod dsp;
 
-/// Whether int8 matrix-vector products in this build use the DSP kernel (Armv7E-M
-/// targets: `SXTB16`/`SMLAD`; see `kernels/dsp.rs`). The results are the same bits
-/// either way.
+mod block;
+pub use block::{matmul, Block, MatMul, Portable};
+
+/// Whether int8 matrix-vector products in this build use the DSP kernel (`SXTB16`/
+/// `SMLAD`; Armv7E-M targets always, Armv8-M Mainline ones when the flags say the core
+/// has the extension: see `build.rs` and `kernels/dsp.rs`). The results are the same
+/// bits either way.
 pub const DSP: bool = cfg!(tinylens_dsp);
 
 /// An input vector prepared for a matrix-vector product: the floats, and (when any

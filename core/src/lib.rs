@@ -1,9 +1,11 @@
 #![cfg_attr(not(test), no_std)]
-// No `unsafe` anywhere but in one module: the Cortex-M DSP int8 kernel
-// (`kernels/dsp.rs`, compiled only for Armv7E-M targets), whose inline assembly is
-// necessarily `unsafe`. `deny` rather than `forbid` so that that module alone can
-// `#[allow(unsafe_code)]`; every other module stays free of it, and the portable kernel
-// it must match bit for bit remains the reference.
+// No `unsafe` anywhere but in two isolated modules: the Cortex-M DSP int8 kernel
+// (`kernels/dsp.rs`, compiled only for targets with the DSP extension), whose inline
+// assembly is necessarily `unsafe`, and the lock-free trace ring (`trace/ring.rs`),
+// whose bytes a producer and a consumer (main loop, interrupt, DMA) share. `deny`
+// rather than `forbid` so that those modules alone can `#[allow(unsafe_code)]`; every
+// other module stays free of it, and the portable kernel the DSP one must match bit for
+// bit remains the reference.
 #![deny(unsafe_code)]
 #![doc = include_str!("../README.md")]
 
@@ -19,6 +21,8 @@ pub mod quant;
 pub mod sample;
 pub mod trace;
 
+#[cfg(test)]
+mod block_tests;
 #[cfg(test)]
 mod robustness_tests;
 

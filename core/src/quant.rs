@@ -163,7 +163,7 @@ impl<'a> Tensor<'a> {
 
     /// Scale number `i` as f32 (NaN when the view has no such scale).
     #[inline(always)]
-    pub(crate) fn scale(&self, i: usize) -> f32 {
+    pub fn scale(&self, i: usize) -> f32 {
         match self.scales.get(2 * i..2 * i + 2) {
             Some(b) => f16_le_to_f32([b[0], b[1]]),
             None => f32::NAN,

@@ -35,7 +35,11 @@ fn config(d_model: u32, d_head: u32, n_heads: u32, norm: Normalization) -> Confi
 }
 
 /// A blob for `cfg` with every tensor in `kind`, element `e` of tensor `t` = `value(t, e)`.
-fn build(cfg: &Config, kind: StorageKind, value: impl Fn(usize, usize) -> f32) -> Vec<u8> {
+pub(crate) fn build(
+    cfg: &Config,
+    kind: StorageKind,
+    value: impl Fn(usize, usize) -> f32,
+) -> Vec<u8> {
     let n = blob::tensor_count(cfg);
     let data_start = (blob::HEADER_LEN + n * blob::ENTRY_LEN).next_multiple_of(blob::ALIGN);
     let mut out = write::header(cfg, Processing::default(), n as u16).to_vec();

@@ -1,8 +1,11 @@
 //! `tinylens`: convert TransformerLens models to blobs, run them with probes, decode
 //! traces and analyse circuits.
 
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use tinylens_host::commands;
+use tinylens_host::{cli, commands};
 
 #[derive(Parser)]
 #[command(
@@ -13,6 +16,10 @@ use tinylens_host::commands;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for every command that runs the model (default: one per core); the
+    /// results are the same bits for any number.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +50,15 @@ enum Command {
     Bench(commands::bench::BenchArgs),
 }
 
-fn main() {
+/// The exit-status contract (README, "What is guaranteed for malformed input"):
+/// - 0: done; also `--help` and `--version`, printed on standard output;
+/// - 1: the command ran and failed (bad input, a file that cannot be read or written,
+///   standard output that cannot be written): one line `error: ...` on standard error;
+/// - 2: the command line itself is not valid (unknown subcommand or option, a missing
+///   or malformed argument), clap's convention: one line `error: ...` with clap's tip
+///   and usage on the same line; `tinylens` without a subcommand prints the help on
+///   standard error.
+fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of our output goes away
     // (`tinylens run ... | head`) instead of panicking on a broken pipe.
     #[cfg(unix)]
@@ -52,7 +67,14 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    if let Err(e) = tinylens_host::engine::set_threads(cli.threads) {
+        cli::note(format_args!("error: {e}"));
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
@@ -67,8 +89,45 @@ fn main() {
         Command::Demo(a) => commands::demo::run(a),
         Command::Bench(a) => commands::bench::run(a),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    match result.and_then(|()| cli::flush_out()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            cli::note(format_args!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version on standard output (exit 0); a command line clap refused as one
+/// escaped line (exit 2).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let text = e.render().to_string();
+            match cli::out(format_args!("{text}")).and_then(|()| cli::flush_out()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    cli::note(format_args!("error: {err}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            // clap's message, tip and usage, each on its own line: joined into one.
+            let text = e.render().to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            let line = parts.join("; ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            cli::note(format_args!("error: {line}"));
+            ExitCode::from(2)
+        }
     }
 }

@@ -661,3 +661,243 @@ fn hostile_but_valid_numbers_are_accepted() {
         );
     }
 }
+
+/// Runs `tinylens args` with standard output to `stdout`; (status code, stderr lines).
+fn run_with_stdout(args: &[&str], stdout: std::process::Stdio) -> (Option<i32>, Vec<String>) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        stderr.lines().map(str::to_string).collect(),
+    )
+}
+
+/// Issue #11, 2: every command that prints, with and without `--json`, answers a
+/// standard output it cannot write (`> /dev/full`) with one `error:` line and status 1.
+#[test]
+fn unwritable_stdout_is_a_one_line_error_for_every_command() {
+    let f = files();
+    let (model, trace) = (f.path("model.tlm"), f.path("trace.tlt"));
+    let (weights, config) = (f.path("weights.safetensors"), f.path("config.json"));
+    let out = f.path("full.tlm");
+    let prompt = ["--tokens", "1,2,3"];
+    let mut cases: Vec<Vec<&str>> = vec![
+        vec!["info", &model],
+        vec!["circuits", &model],
+        vec!["run", &model, prompt[0], prompt[1]],
+        vec!["heads", &model, "--repeated", "4"],
+        vec!["attribute", &model, prompt[0], prompt[1]],
+        vec!["paths", &model, prompt[0], prompt[1]],
+        vec!["ablate", &model, "--repeated", "4"],
+        vec!["bench", &model, "--seconds", "0.01"],
+        vec![
+            "convert",
+            "--weights",
+            &weights,
+            "--config",
+            &config,
+            "-o",
+            &out,
+        ],
+    ];
+    for c in cases.clone() {
+        let mut j = c.clone();
+        j.push("--json");
+        cases.push(j);
+    }
+    cases.push(vec!["decode", &trace]);
+    cases.push(vec!["decode", &trace, "--format", "npy"]);
+    cases.push(vec!["decode", &trace, "--format", "safetensors"]);
+    cases.push(vec!["run", &model, "--tokens", "1", "--help"]);
+    let present = subcommands();
+    for args in cases {
+        if !present.contains(args[0]) {
+            continue;
+        }
+        let full = std::fs::File::create("/dev/full").unwrap();
+        let (code, lines) = run_with_stdout(&args, full.into());
+        let line = lines.first().cloned().unwrap_or_default();
+        assert!(
+            code == Some(1)
+                && lines.len() == 1
+                && line.starts_with("error: <stdout>: ")
+                && !line.contains("panicked"),
+            "tinylens {} > /dev/full: status {code:?}, stderr {lines:?}",
+            args.join(" ")
+        );
+    }
+}
+
+/// Issue #11, 5: the command-line contract. Usage errors exit 2 with one `error:` line
+/// (clap's message, tip and usage joined); help and version exit 0 on stdout; bad input
+/// exits 1 (the table above).
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let model = files().path("model.tlm");
+    for (args, expect) in [
+        (vec!["frobnicate"], "unrecognized subcommand"),
+        (vec!["info"], "required"),
+        (vec!["info", &model, "--frobnicate"], "--frobnicate"),
+        (vec!["decode", &model, "--formt", "json"], "--format"),
+        (vec!["decode", &model, "--run", "x"], "--run"),
+        (vec!["decode", &model, "--run", "1\nerror: forged"], "--run"),
+        (vec!["run", &model, "--temperature", "hot"], "hot"),
+    ] {
+        let (code, lines) = run_with_stdout(&args, std::process::Stdio::null());
+        assert!(
+            code == Some(2)
+                && lines.len() == 1
+                && lines[0].starts_with("error: ")
+                && lines[0].contains(expect),
+            "tinylens {:?}: status {code:?}, stderr {lines:?}",
+            args
+        );
+    }
+    for args in [vec!["--help"], vec!["--version"], vec!["decode", "--help"]] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty() && out.stderr.is_empty(),
+            "tinylens {args:?}: {:?}",
+            out.status
+        );
+    }
+    // No subcommand: the help, on stderr, status 2.
+    let out = Command::new(BIN).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+}
+
+/// Issue #11, 3: text from the input is escaped in every message: one line, no forged
+/// `error:` line, no terminal escape.
+#[test]
+fn input_text_in_messages_is_escaped() {
+    let f = files();
+    let dir = &f.dir;
+    let evil = "evil\nname\nerror: fake\u{1b}[31m";
+    // A state dict with a hostile tensor name (and nothing else).
+    let data = vec![0u8; 4];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &data).unwrap();
+    let st = dir.join("evil.safetensors");
+    std::fs::write(&st, safetensors::serialize([(evil, view)], None).unwrap()).unwrap();
+    // A config with a hostile string.
+    let config = std::fs::read_to_string(fixture("attn1_ln", "config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    cfg["positional_embedding_type"] = evil.into();
+    let cfg_path = dir.join("evil_config.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (st, cfg_path) = (
+        st.to_string_lossy().into_owned(),
+        cfg_path.to_string_lossy().into_owned(),
+    );
+    let (weights, config) = (f.path("weights.safetensors"), f.path("config.json"));
+    let model = f.path("model.tlm");
+    let missing = dir.join(evil).to_string_lossy().into_owned();
+    let out = f.path("evil_out.tlm");
+    let probe = format!("--probe={evil}");
+    let (trace, patch) = (f.path("trace.tlt"), format!("{missing}:hook_embed"));
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["convert", "--weights", &st, "--config", &config, "-o", &out],
+        vec![
+            "convert",
+            "--weights",
+            &weights,
+            "--config",
+            &cfg_path,
+            "-o",
+            &out,
+        ],
+        vec!["run", &model, "--tokens", "1", &probe],
+        vec!["info", &missing],
+        vec!["decode", &missing],
+        vec!["decode", &trace, "--format", evil],
+        vec!["run", &model, "--tokens", "1", "--patch", &patch],
+    ];
+    for args in cases {
+        let (code, lines) = run_with_stdout(&args, std::process::Stdio::null());
+        let all = lines.join("\n");
+        assert!(
+            code == Some(1)
+                && lines.len() == 1
+                && lines[0].starts_with("error: ")
+                && !all.contains('\u{1b}')
+                && lines[0].contains("evil\\nname"),
+            "tinylens {:?}: status {code:?}, stderr {lines:?}",
+            args
+        );
+    }
+}
+
+/// Issue #11, 6: a failing write leaves the previous file as it was (the injected
+/// failures are in `cli::tests`); here, an output that is a directory, or a path in a
+/// missing directory, fails without a stray temporary file.
+#[test]
+fn failed_outputs_leave_no_files_behind() {
+    let f = files();
+    let dir = f.dir.join("atomic");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let trace = f.path("trace.tlt");
+    let target = dir.join("sub").to_string_lossy().into_owned();
+    let (code, lines) = run_with_stdout(
+        &["decode", &trace, "-o", &target],
+        std::process::Stdio::null(),
+    );
+    assert!(code == Some(1) && lines.len() == 1, "{lines:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    // A good decode over an existing file replaces it whole, keeping its mode.
+    let out = dir.join("cache.json");
+    std::fs::write(&out, b"old").unwrap();
+    let o = out.to_string_lossy().into_owned();
+    let (code, _) = run_with_stdout(&["decode", &trace, "-o", &o], std::process::Stdio::null());
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(v.get("blocks.0.attn.hook_pattern").is_some());
+}
+
+/// Issue #11, 1: `decode -` decodes as the bytes come and stops at the selected run's
+/// end frame, so a pipe that never closes (a serial line, QEMU) gives its cache.
+#[test]
+fn decode_works_on_a_pipe_that_never_closes() {
+    use std::io::{Read, Write};
+    let trace = std::fs::read(files().path("trace.tlt")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["decode", "-", "--run", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Two runs, then the pipe stays open (stdin is kept until the child has exited).
+    stdin.write_all(&trace).unwrap();
+    stdin.write_all(&trace).unwrap();
+    stdin.flush().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("decode - waited for the end of a pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+}

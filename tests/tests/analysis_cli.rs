@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tinylens_core::{Model, StorageKind};
 use tinylens_host::commands::{ablate, attribute, circuits, heads, paths};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_tests::*;
 
 const TOL: f64 = 1e-3;
@@ -17,19 +18,14 @@ fn blob_file(name: &str, dir: &Path) -> PathBuf {
     p
 }
 
-fn prompt_args(tokens: &[u32]) -> heads::PromptArgs {
-    heads::PromptArgs {
-        tokens: Some(
-            tokens
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        repeated: None,
-        seed: 0,
-        bos: "auto".into(),
-    }
+fn prompt_args(tokens: &[u32]) -> PromptArgs {
+    PromptArgs::from_tokens(
+        &tokens
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// Compares a JSON array nested `shape.len()` deep with a row-major reference tensor.
@@ -191,12 +187,7 @@ fn heads_from_a_recorded_trace() {
     std::fs::write(&trace, &out.trace).unwrap();
     let args = heads::HeadsArgs {
         model: model_path,
-        prompt: heads::PromptArgs {
-            tokens: None,
-            repeated: None,
-            seed: 0,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::default(),
         trace: Some(trace.clone()),
         run: 0,
         batch: 1,
@@ -361,6 +352,9 @@ fn ablate_means_match_transformerlens_and_feed_run() {
         let r = ablate::report(&ablate::AblateArgs {
             model: model_path.clone(),
             data: Some(data),
+            text_data: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: None,
             batch: 1,
             seed: 0,
@@ -416,11 +410,10 @@ fn bad_input_is_an_error() {
     let model = blob_file("attn1_ln", &dir);
     let heads_args = |tokens: Option<&str>, repeated: Option<usize>| heads::HeadsArgs {
         model: model.clone(),
-        prompt: heads::PromptArgs {
+        prompt: PromptArgs {
             tokens: tokens.map(String::from),
             repeated,
-            seed: 0,
-            bos: "auto".into(),
+            ..Default::default()
         },
         trace: None,
         run: 0,
@@ -471,6 +464,9 @@ fn bad_input_is_an_error() {
     let e = ablate::report(&ablate::AblateArgs {
         model,
         data: None,
+        text_data: None,
+        prepend_bos: false,
+        tokenizer: None,
         repeated: Some(4),
         batch: 2,
         seed: 0,

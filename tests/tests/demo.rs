@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use tinylens_core::Model;
 use tinylens_host::commands::{convert, demo, heads};
+use tinylens_host::prompts::PromptArgs;
 use tinylens_tests::*;
 
 #[test]
@@ -22,6 +23,7 @@ fn committed_demo_blob_is_what_convert_makes() {
         quant: "int8".into(),
         embed_quant: None,
         vocab: Some(d.join("vocab.txt")),
+        tokenizer: None,
         fold_ln: false,
         center_writing_weights: false,
         center_unembed: false,
@@ -114,12 +116,7 @@ fn demo_finds_the_induction_circuit_transformerlens_finds() {
         .collect();
     let j = heads::json(&heads::HeadsArgs {
         model: path,
-        prompt: heads::PromptArgs {
-            tokens: Some(tokens.join(",")),
-            repeated: None,
-            seed: 0,
-            bos: "auto".into(),
-        },
+        prompt: PromptArgs::from_tokens(&tokens.join(",")),
         trace: None,
         run: 0,
         batch: 1,

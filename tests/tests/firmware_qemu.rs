@@ -4,8 +4,20 @@
 //! generated tokens are the host's; `tinylens decode -` reads it from the QEMU pipe;
 //! bad arguments end the firmware with status 1 and a message, never a hang.
 //!
-//! Cortex-M4F (`thumbv7em-none-eabihf`, QEMU `mps2-an386`, hardware float) and
-//! Cortex-M0 (`thumbv6m-none-eabi`, QEMU `microbit`, 16 KiB RAM, soft-float).
+//! Machines (the firmware's build script picks one per target):
+//! - Cortex-M4F (`thumbv7em-none-eabihf`, QEMU `mps2-an386`, hardware float);
+//! - STM32F405 (`thumbv7em-none-eabi`, QEMU `netduinoplus2`: flash at 0x0800_0000,
+//!   128 KiB SRAM; soft-float ABI, DSP kernel);
+//! - Cortex-M0 (`thumbv6m-none-eabi`, QEMU `microbit`, 16 KiB RAM, soft-float);
+//! - Cortex-M33 (`thumbv8m.main-none-eabihf` with `target-cpu=cortex-m33`, QEMU
+//!   `mps2-an505`, Secure state, DSP kernel).
+//!
+//! Tests are named after the transport and the machine (`uart_netduinoplus2`,
+//! `semihosting_mps2_an505`, ...), so that a filter runs one. The semihosting ones take
+//! the trace from QEMU's stdout; the UART ones from the machine's real UART registers,
+//! captured with `-serial file:...`. The firmware writes the trace into a ring that
+//! the main loop drains between steps (`sink=ring`, its default) unless a test says
+//! otherwise.
 //!
 //! The firmware ELFs are built by the test command (`scripts/test.sh`) before the
 //! tests run; a missing ELF is built here with cargo, except under `CI=true`, where it
@@ -46,6 +58,9 @@ const QEMU_TIMEOUT_S: u64 = 30;
 
 const M4: &str = "thumbv7em-none-eabihf";
 const M0: &str = "thumbv6m-none-eabi";
+/// STM32F405 (QEMU netduinoplus2).
+const STM32: &str = "thumbv7em-none-eabi";
+const M33: &str = "thumbv8m.main-none-eabihf";
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -64,18 +79,37 @@ fn scratch(name: &str) -> PathBuf {
 /// The defmt log is kept raw in the scratch directory (not decoded), so that runs in
 /// parallel never share a file.
 fn qemu(triple: &str, args: &[&str]) -> Output {
+    qemu_on(triple, args, false)
+}
+
+/// [`qemu`], with `uart`: the firmware sends the trace through the machine's UART
+/// (`transport=uart`), captured by QEMU into a file; the capture replaces `stdout`.
+fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
     require_tools();
     let elf = firmware(triple);
     let dir = scratch("qemu");
+    let capture = dir.join("uart.tlt");
     let mut cmd = Command::new(examples().join("run-qemu.sh"));
     cmd.arg("--timeout")
         .arg(QEMU_TIMEOUT_S.to_string())
         .arg("--no-decode")
         .arg("--defmt-out")
-        .arg(dir.join("log.defmt"))
-        .arg(&elf)
-        .args(args);
-    let out = run_with_watchdog(cmd, Duration::from_secs(QEMU_TIMEOUT_S + 15));
+        .arg(dir.join("log.defmt"));
+    if uart {
+        cmd.arg("--serial").arg(&capture);
+    }
+    cmd.arg(&elf).args(args);
+    if uart {
+        cmd.arg("transport=uart");
+    }
+    let mut out = run_with_watchdog(cmd, Duration::from_secs(QEMU_TIMEOUT_S + 15));
+    if uart {
+        assert!(
+            out.stdout.is_empty(),
+            "transport=uart wrote to semihosting stdout"
+        );
+        out.stdout = std::fs::read(&capture).unwrap_or_default();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     assert_ne!(
         out.status,
@@ -165,6 +199,8 @@ fn assert_same_bytes(device: &[u8], host: &[u8], what: &str) {
 
 struct Case<'a> {
     triple: &'a str,
+    /// Trace through the machine's UART instead of semihosting.
+    uart: bool,
     /// Firmware arguments (empty: the compiled-in defaults).
     args: &'a [&'a str],
     prompt: &'a [u32],
@@ -177,6 +213,7 @@ impl Case<'_> {
     fn defaults(triple: &str) -> Case<'_> {
         Case {
             triple,
+            uart: false,
             args: &[],
             prompt: &DEFAULT_PROMPT,
             generate: DEFAULT_GENERATE,
@@ -200,7 +237,7 @@ impl Case<'_> {
     /// returns the trace, the blob's path and the host's generated tokens.
     fn check(&self) -> (Vec<u8>, PathBuf, Vec<u32>) {
         let start = Instant::now();
-        let out = qemu(self.triple, self.args);
+        let out = qemu_on(self.triple, self.args, self.uart);
         let elapsed = start.elapsed();
         assert_eq!(
             out.status,
@@ -230,8 +267,9 @@ impl Case<'_> {
         assert_eq!(&tokens[self.prompt.len()..], &host.generated[..]);
         assert_eq!(host.generated.len(), self.generate);
         eprintln!(
-            "{} {:?}: {} bytes, {} records, bit-exact with the host ({}), generated {:?}, QEMU {:?}",
+            "{}{} {:?}: {} bytes, {} records, bit-exact with the host ({}), generated {:?}, QEMU {:?}",
             self.triple,
+            if self.uart { " over the UART" } else { "" },
             self.args,
             out.stdout.len(),
             device.records.len(),
@@ -244,14 +282,15 @@ impl Case<'_> {
 }
 
 #[test]
-fn m4_defaults_prompt_and_generation_bit_exact() {
+fn semihosting_mps2_an386_defaults_prompt_and_generation_bit_exact() {
     Case::defaults(M4).check();
 }
 
 #[test]
-fn m4_all_hooks_prompt_bit_exact() {
+fn semihosting_mps2_an386_all_hooks_prompt_bit_exact() {
     Case {
         triple: M4,
+        uart: false,
         args: &["tokens=0,3,9,27,4,8,3,9", "generate=0", "probe=*", "run=7"],
         prompt: &[0, 3, 9, 27, 4, 8, 3, 9],
         generate: 0,
@@ -262,9 +301,10 @@ fn m4_all_hooks_prompt_bit_exact() {
 }
 
 #[test]
-fn m4_mixed_precisions_heads_positions_bit_exact() {
+fn semihosting_mps2_an386_mixed_precisions_heads_positions_bit_exact() {
     Case {
         triple: M4,
+        uart: false,
         args: &[
             "tokens=1,2,3,4,1,2",
             "generate=6",
@@ -288,9 +328,10 @@ fn m4_mixed_precisions_heads_positions_bit_exact() {
 }
 
 #[test]
-fn m4_no_probes_still_traces_tokens() {
+fn semihosting_mps2_an386_no_probes_still_traces_tokens() {
     Case {
         triple: M4,
+        uart: false,
         args: &["probe=none", "generate=3"],
         prompt: &DEFAULT_PROMPT,
         generate: 3,
@@ -301,14 +342,15 @@ fn m4_no_probes_still_traces_tokens() {
 }
 
 #[test]
-fn m0_soft_float_defaults_bit_exact() {
+fn semihosting_microbit_soft_float_defaults_bit_exact() {
     Case::defaults(M0).check();
 }
 
 #[test]
-fn m0_soft_float_all_hooks_int8_bit_exact() {
+fn semihosting_microbit_soft_float_all_hooks_int8_bit_exact() {
     Case {
         triple: M0,
+        uart: false,
         args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
         prompt: &[0, 7, 7, 7, 2],
         generate: 4,
@@ -319,14 +361,184 @@ fn m0_soft_float_all_hooks_int8_bit_exact() {
 }
 
 #[test]
-fn m4_record_off_writes_no_trace() {
+fn uart_mps2_an386() {
+    Case {
+        uart: true,
+        ..Case::defaults(M4)
+    }
+    .check();
+}
+
+#[test]
+fn uart_netduinoplus2() {
+    Case {
+        uart: true,
+        ..Case::defaults(STM32)
+    }
+    .check();
+}
+
+#[test]
+fn uart_netduinoplus2_all_hooks_int8() {
+    Case {
+        triple: STM32,
+        uart: true,
+        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
+        prompt: &[0, 7, 7, 7, 2],
+        generate: 4,
+        probes: &["*:int8"],
+        run_id: 9,
+    }
+    .check();
+}
+
+#[test]
+fn uart_microbit() {
+    Case {
+        uart: true,
+        ..Case::defaults(M0)
+    }
+    .check();
+}
+
+#[test]
+fn semihosting_mps2_an505() {
+    Case::defaults(M33).check();
+}
+
+#[test]
+fn semihosting_mps2_an505_all_hooks_int8() {
+    Case {
+        triple: M33,
+        uart: false,
+        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
+        prompt: &[0, 7, 7, 7, 2],
+        generate: 4,
+        probes: &["*:int8"],
+        run_id: 9,
+    }
+    .check();
+}
+
+/// Frames written from inside the step (no ring) are the same bytes.
+#[test]
+fn semihosting_mps2_an386_direct_sink() {
+    Case {
+        args: &["sink=direct"],
+        ..Case::defaults(M4)
+    }
+    .check();
+}
+
+/// `overflow=block` with a drain only after the run: every step that finds the ring
+/// full waits for the drain (here: drains inline), and nothing is lost.
+#[test]
+fn semihosting_mps2_an386_ring_block_all_hooks() {
+    Case {
+        triple: M4,
+        uart: false,
+        args: &["probe=*", "generate=2", "drain=end", "overflow=block"],
+        prompt: &DEFAULT_PROMPT,
+        generate: 2,
+        probes: &["*"],
+        run_id: DEFAULT_RUN_ID,
+    }
+    .check();
+}
+
+/// `overflow=drop` with a ring far too small for the run (every hook, drained only at
+/// the end): the device drops whole frames, never a torn one; the end frame still
+/// arrives and counts them; the host sees exactly those frames missing and lists
+/// their records; every frame that did arrive is the host's, bit for bit.
+#[test]
+fn uart_mps2_an386_ring_drop_reports_exactly_what_is_missing() {
+    let args = ["probe=*", "generate=2", "drain=end", "overflow=drop"];
+    let out = qemu_on(M4, &args, true);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let (mut runs, report) = decode_stream(&out.stdout);
+    assert_eq!(report.bad_frames, 0, "a torn or corrupt frame");
+    assert_eq!(report.orphan_frames, 0);
+    assert_eq!(runs.len(), 1);
+    let device = runs.pop().unwrap();
+    let loss = &device.loss;
+    assert!(loss.end_seen, "the end frame was dropped");
+    assert!(
+        loss.dropped_on_device > 100,
+        "expected most frames dropped, got {}",
+        loss.dropped_on_device
+    );
+    assert_eq!(
+        loss.lost_frames, loss.dropped_on_device as usize,
+        "frames missing on the host = frames the device dropped"
+    );
+    let missing_tokens = device.token_list().iter().filter(|t| t.is_none()).count();
+    assert_eq!(
+        loss.missing_count as usize + missing_tokens,
+        loss.dropped_on_device as usize,
+        "the missing records and tokens are exactly the dropped frames"
+    );
+
+    let (_, blob) = embedded_blob(device.model_crc);
+    let model = Model::from_bytes(&blob).unwrap();
+    let host = run(
+        &model,
+        &Case {
+            triple: M4,
+            uart: true,
+            args: &args,
+            prompt: &DEFAULT_PROMPT,
+            generate: 2,
+            probes: &["*"],
+            run_id: DEFAULT_RUN_ID,
+        }
+        .host_options(),
+    )
+    .expect("host run");
+    // Every device frame but the end frame (whose counts differ) is one of the host's
+    // frames, in the host's order.
+    let host_frames = frames(&host.trace);
+    let device_frames = frames(&out.stdout);
+    let (end, written) = device_frames.split_last().unwrap();
+    let mut end = end.to_vec();
+    assert!(matches!(
+        tinylens_core::trace::decode_frame(&mut end).map(|f| f.body),
+        Ok(tinylens_core::trace::Body::End { .. })
+    ));
+    let mut at = 0;
+    for f in written {
+        let found = host_frames[at..].iter().position(|h| h == f);
+        let Some(i) = found else {
+            panic!("a device frame that is not the host's next frames");
+        };
+        at += i + 1;
+    }
+    let (host_runs, _) = decode_stream(&host.trace);
+    let expected = &host_runs[0];
+    assert_eq!(
+        device.records.len() + loss.missing_count as usize,
+        expected.records.len()
+    );
+    for (key, values) in &device.records {
+        let want = &expected.records[key];
+        assert!(
+            values
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{key:?} differs from the host"
+        );
+    }
+}
+
+#[test]
+fn semihosting_mps2_an386_record_off_writes_no_trace() {
     let out = qemu(M4, &["record=0"]);
     assert_eq!(out.status, Some(0), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "record=0 wrote to the trace channel");
 }
 
 #[test]
-fn bad_arguments_fail_with_a_message() {
+fn semihosting_mps2_an386_bad_arguments_fail_with_a_message() {
     let cases: [(&[&str], &str); 7] = [
         (&["generate=many"], "bad argument `generate=many`"),
         (&["tokens=1,x"], "bad argument `tokens=1,x`"),
@@ -377,7 +589,7 @@ fn tinylens_cli() -> PathBuf {
 }
 
 #[test]
-fn decode_cli_reads_the_qemu_pipe() {
+fn semihosting_mps2_an386_decode_cli_reads_the_qemu_pipe() {
     require_tools();
     let elf = firmware(M4);
     let cli = tinylens_cli();
@@ -411,9 +623,28 @@ fn decode_cli_reads_the_qemu_pipe() {
     let mut cache = run.cache();
     let tokens: Vec<f32> = run.token_list().iter().map(|t| t.unwrap() as f32).collect();
     cache.insert("tokens".into(), (vec![tokens.len()], tokens));
+    // Compared as numbers: the CLI and `to_json` may spell a float differently
+    // (shortest f32 vs f64 digits), never its value.
     let expected: serde_json::Value =
         serde_json::from_str(&export::to_json(&cache).to_string()).unwrap();
-    assert_eq!(decoded, expected, "tinylens decode - of the QEMU pipe");
+    let (got, want) = (decoded.as_object().unwrap(), expected.as_object().unwrap());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "arrays of `tinylens decode -` of the QEMU pipe"
+    );
+    let as_f32 = |v: &serde_json::Value| -> Vec<Option<u32>> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().map(|f| (f as f32).to_bits()))
+            .collect()
+    };
+    for (key, g) in got {
+        assert_eq!(g["shape"], want[key]["shape"], "{key}: shape");
+        assert!(as_f32(g) == as_f32(&want[key]), "{key}: values differ");
+    }
     for key in [
         "blocks.0.attn.hook_pattern",
         "blocks.0.attn.hook_result",

@@ -100,3 +100,25 @@ fn walk(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The crafted inputs (`fuzz_targets::crafted_corpus`) are committed in the corpus as
+/// exactly those bytes (`TINYLENS_WRITE_CORPUS=1` writes them).
+#[test]
+fn crafted_inputs_are_in_the_corpus() {
+    let write = std::env::var_os("TINYLENS_WRITE_CORPUS").is_some();
+    for (target, name, bytes) in tinylens_tests::fuzz_targets::crafted_corpus() {
+        let path = repo_root()
+            .join("tests/fuzz_corpus")
+            .join(target)
+            .join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "{} differs from crafted_corpus()",
+            path.display()
+        );
+    }
+}

@@ -157,7 +157,8 @@ proptest! {
         // 3. When the header and the end frame arrived, the missing list is exactly what is gone.
         if arrived(&frames[0]) && arrived(frames.last().unwrap()) && report.orphan_frames == 0 {
             let missing: BTreeSet<String> = intact.keys().filter(|k| !decoded.contains_key(k)).map(describe).collect();
-            let reported: BTreeSet<String> = run.loss.missing_records.iter().cloned().collect();
+            let reported: BTreeSet<String> = run.loss.missing_records.iter().flat_map(|m| m.sites()).map(|k| describe(&k)).collect();
+            prop_assert_eq!(run.loss.missing_count, missing.len() as u64);
             prop_assert_eq!(missing, reported);
         }
     }
@@ -218,7 +219,14 @@ fn each_kind_of_damage_is_reported() {
     lost.remove(at);
     let (runs, _) = decode_stream(&lost.concat());
     assert_eq!(runs[0].loss.lost_frames, 1);
-    assert_eq!(runs[0].loss.missing_records, vec![describe(&gone)]);
+    let listed: Vec<String> = runs[0]
+        .loss
+        .missing_records
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(listed, vec![describe(&gone)]);
+    assert_eq!(runs[0].loss.missing_count, 1);
     // A corrupted byte costs that frame only.
     let mut bytes = frames.concat();
     let at = frames[..n / 3].iter().map(|f| f.len()).sum::<usize>() + 3;
@@ -252,4 +260,296 @@ fn each_kind_of_damage_is_reported() {
     assert_eq!(report.orphan_frames, 0);
     assert!(runs[0].loss.missing_records.is_empty());
     assert_eq!(records(&early.concat()), records(&frames.concat()));
+}
+
+// ---- Crafted frames with valid CRCs (issue #11): believed only if a recorder of the
+// run could have written them. ----
+
+use tinylens_core::probe::{Precision, Probe};
+use tinylens_core::{Config, HookPoint, Normalization, Positional};
+use tinylens_tests::fuzz_targets::craft;
+
+fn small_config() -> Config {
+    Config {
+        n_layers: 2,
+        n_heads: 2,
+        d_model: 4,
+        d_head: 2,
+        d_vocab: 10,
+        d_vocab_out: 10,
+        n_ctx: 4,
+        normalization: Normalization::LN,
+        positional: Positional::Standard,
+        eps: 1e-5,
+        attn_scale: 1.0,
+    }
+}
+
+/// A one-position run recording `hook_embed`, `blocks.*.attn.hook_z` and
+/// `blocks.*.ln1.hook_scale:int8`, with `extra` frames before its end frame.
+fn run_with(
+    extra: &[Vec<u8>],
+) -> (
+    Vec<tinylens_host::trace::Run>,
+    tinylens_host::trace::StreamReport,
+) {
+    let mut int8 = Probe::all(HookPoint::Ln1Scale);
+    int8.precision = Precision::Int8;
+    let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z), int8];
+    let mut frames = vec![
+        craft::header(1, 0xabcd, small_config(), &probes),
+        craft::token(1, 1, 0, 3),
+        craft::record_f32(1, 2, (HookPoint::Embed, 0, None, 0), &[1.0, 2.0, 3.0, 4.0]),
+    ];
+    let mut seq = 3;
+    for f in extra {
+        frames.push(f.clone());
+        seq += 1;
+    }
+    frames.push(craft::end(1, seq, 1, 0));
+    decode_stream(&frames.concat())
+}
+
+#[test]
+fn hook_embed_with_a_layer_or_a_head_is_not_believed() {
+    let embed = [9.0f32; 4];
+    for (layer, head) in [(9, None), (1, None), (0, Some(0)), (0, Some(1))] {
+        let (runs, report) = run_with(&[craft::record_f32(
+            1,
+            3,
+            (HookPoint::Embed, layer, head, 0),
+            &embed,
+        )]);
+        assert_eq!(report.bad_frames, 1, "layer {layer} head {head:?}");
+        let r = &runs[0];
+        assert_eq!(
+            r.records[&(HookPoint::Embed, 0, None, 0)],
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+        assert_eq!(r.cache()["hook_embed"].1, vec![1.0, 2.0, 3.0, 4.0]);
+        // hook_embed arrived; the 2 x 2 hook_z and 2 ln1 scales did not.
+        assert_eq!(r.loss.missing_count, 6);
+        assert!(!r
+            .loss
+            .missing_records
+            .iter()
+            .any(|m| m.point == HookPoint::Embed));
+    }
+}
+
+#[test]
+fn records_of_the_wrong_width_or_head_are_bad_frames_and_listed_missing() {
+    let site = (HookPoint::Z, 1, Some(1), 0);
+    for values in [&[1.0f32][..], &[1.0, 2.0, 3.0], &[]] {
+        let (runs, report) = run_with(&[craft::record_f32(1, 3, site, values)]);
+        assert_eq!(report.bad_frames, 1, "{} values", values.len());
+        let r = &runs[0];
+        assert!(!r.records.contains_key(&site));
+        let listed: Vec<String> = r
+            .loss
+            .missing_records
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert!(
+            listed.contains(&"blocks.1.attn.hook_z[1]@0".to_string()),
+            "{listed:?}"
+        );
+        assert_eq!(r.loss.missing_count, 6);
+    }
+    // A head past n_heads, a hook_z without a head, an unselected hook, another precision.
+    for (site, precision) in [
+        ((HookPoint::Z, 0, Some(2), 0), Precision::F32),
+        ((HookPoint::Z, 0, None, 0), Precision::F32),
+        ((HookPoint::ResidPre, 0, None, 0), Precision::F32),
+        ((HookPoint::Z, 0, Some(0), 0), Precision::F16),
+    ] {
+        let data = vec![0x3c; 2 * precision.bytes_per_value()];
+        let (runs, report) = run_with(&[craft::record(1, 3, site, precision, 1.0, &data)]);
+        assert_eq!(report.bad_frames, 1, "{site:?} {precision:?}");
+        assert_eq!(runs[0].records.len(), 1);
+    }
+    // The right width is believed.
+    let (runs, report) = run_with(&[craft::record_f32(1, 3, site, &[1.0, 2.0])]);
+    assert_eq!(report.bad_frames, 0);
+    assert_eq!(runs[0].records[&site], vec![1.0, 2.0]);
+    assert_eq!(runs[0].loss.missing_count, 5);
+}
+
+#[test]
+fn int8_records_need_a_finite_scale() {
+    let site = (HookPoint::Ln1Scale, 0, None, 0);
+    for scale in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0] {
+        let (runs, report) = run_with(&[craft::record(1, 3, site, Precision::Int8, scale, &[5])]);
+        assert_eq!(report.bad_frames, 1, "scale {scale}");
+        assert!(!runs[0].records.contains_key(&site));
+    }
+    let (runs, report) = run_with(&[craft::record(1, 3, site, Precision::Int8, 0.5, &[6])]);
+    assert_eq!(report.bad_frames, 0);
+    assert_eq!(runs[0].records[&site], vec![3.0]);
+}
+
+#[test]
+fn runs_sharing_an_id_with_different_headers_are_never_merged() {
+    let probes = [Probe::all(HookPoint::Embed)];
+    let cfg = small_config();
+    let a = |seq, v: f32| {
+        craft::record_f32(5, seq, (HookPoint::Embed, 0, None, seq as u16 - 1), &[v; 4])
+    };
+    // Two recorders, models 0xaaaa and 0xbbbb, both numbering their run 5, interleaved.
+    let stream = [
+        craft::header(5, 0xaaaa, cfg, &probes),
+        craft::header(5, 0xbbbb, cfg, &probes),
+        a(1, 1.0),
+        a(1, 2.0),
+        a(2, 1.0),
+        a(2, 2.0),
+        craft::end(5, 3, 2, 2),
+        craft::end(5, 3, 2, 2),
+    ]
+    .concat();
+    let (runs, _) = decode_stream(&stream);
+    assert_eq!(runs.len(), 2, "the two headers are two runs");
+    assert_eq!((runs[0].model_crc, runs[1].model_crc), (0xaaaa, 0xbbbb));
+    for r in &runs {
+        assert!(
+            r.loss.shared_id,
+            "run of model {:08x} not marked",
+            r.model_crc
+        );
+        assert!(!r.loss.is_complete());
+    }
+    // Frames of one run with the same number but other content are conflicts, not
+    // duplicates.
+    let stream = [
+        craft::header(5, 0xaaaa, cfg, &probes),
+        a(1, 1.0),
+        a(1, 2.0),
+        a(1, 1.0),
+        craft::end(5, 2, 1, 1),
+    ]
+    .concat();
+    let (runs, _) = decode_stream(&stream);
+    assert_eq!(runs.len(), 1);
+    let l = &runs[0].loss;
+    assert_eq!((l.duplicate_frames, l.conflicting_frames), (1, 1));
+    assert!(!l.is_complete());
+    // The same header twice is a duplicate of one run.
+    let stream = [
+        craft::header(5, 0xaaaa, cfg, &probes),
+        craft::header(5, 0xaaaa, cfg, &probes),
+        a(1, 1.0),
+        craft::end(5, 2, 1, 1),
+    ]
+    .concat();
+    let (runs, _) = decode_stream(&stream);
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].loss.is_complete());
+    assert_eq!(runs[0].loss.duplicate_frames, 1);
+}
+
+#[test]
+fn a_54_byte_trace_is_counted_not_enumerated() {
+    let bomb = craft::resid_bomb();
+    assert_eq!(bomb.len(), 54);
+    let (runs, report) = decode_stream(&bomb);
+    assert_eq!((runs.len(), report.bad_frames), (1, 0));
+    let l = &runs[0].loss;
+    assert_eq!(l.missing_count, 255 * 16384);
+    assert_eq!(
+        l.missing_records.len(),
+        tinylens_host::trace::MAX_MISSING_LISTED
+    );
+    assert_eq!(
+        l.missing_records[0].to_string(),
+        "blocks.0.hook_resid_pre@0..16384"
+    );
+    // The cache is described, not built: 255 arrays of [16384, 64].
+    use tinylens_host::export::Arrays;
+    let view = runs[0].cache_view(true);
+    let list = view.list();
+    assert_eq!(list.len(), 256);
+    assert_eq!(list[0].1, vec![16384, 64]);
+    // Eight of them in 432 bytes: eight runs, each counted the same way.
+    let eight: Vec<u8> = (0..8).flat_map(|_| craft::resid_bomb()).collect();
+    let (runs, _) = decode_stream(&eight);
+    assert_eq!(runs.len(), 8);
+}
+
+#[test]
+fn the_streaming_decoder_gives_the_same_result_for_any_split() {
+    use tinylens_host::trace::{Decoder, Keep};
+    let bytes = intact_frames_cached().concat();
+    let whole = records(&bytes);
+    for step in [1, 2, 7, 254, 255, 1000, bytes.len()] {
+        let mut d = Decoder::new(Keep::All);
+        let mut events = 0;
+        for piece in bytes.chunks(step) {
+            d.push(piece, &mut |_, _| events += 1);
+        }
+        let (runs, report) = d.finish();
+        assert_eq!(report.bad_frames, 0, "step {step}");
+        assert!(runs[0].loss.is_complete());
+        assert!(events > runs[0].records.len());
+        let got: BTreeMap<Key, Vec<u32>> = runs[0]
+            .records
+            .iter()
+            .map(|(k, v)| (*k, v.iter().map(|x| x.to_bits()).collect()))
+            .collect();
+        assert_eq!(got, whole, "step {step}");
+    }
+    // Keeping one run of several: the others are counted, not kept.
+    let two = [bytes.clone(), bytes.clone()].concat();
+    let mut d = Decoder::new(Keep::Only(1));
+    d.push(&two, &mut |_, _| {});
+    assert!(d.run(0).is_none() && d.run_ended(1));
+    let (runs, report) = d.finish();
+    assert_eq!((runs.len(), report.runs), (1, 2));
+}
+
+#[test]
+fn frames_waiting_for_a_header_are_bounded() {
+    use tinylens_host::trace::{Decoder, Keep};
+    let frames = intact_frames_cached();
+    // Endless frames of runs whose header never comes (ids 1000..): the oldest are
+    // dropped as orphans once 10 kB wait; the run whose header comes is whole.
+    let mut d = Decoder::with_pending_limit(Keep::All, 10_000);
+    let orphan = |id: u32| craft::record_f32(id, 1, (HookPoint::Embed, 0, None, 0), &[1.0; 32]);
+    for i in 0..2000 {
+        d.push(&orphan(1000 + i % 7), &mut |_, _| {});
+    }
+    // Already dropped while streaming (each frame is ~150 bytes: ~66 are held).
+    assert!(
+        d.report().orphan_frames > 1900,
+        "{}",
+        d.report().orphan_frames
+    );
+    let early = frames[3].clone();
+    d.push(&early, &mut |_, _| {});
+    for f in frames {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].loss.is_complete());
+    assert_eq!(runs[0].loss.duplicate_frames, 1);
+    assert_eq!(report.orphan_frames, 2000);
+}
+
+#[test]
+fn a_chunk_longer_than_any_frame_is_skipped_not_kept() {
+    use tinylens_host::trace::{Decoder, Keep, MAX_FRAME_BYTES};
+    let mut d = Decoder::new(Keep::All);
+    // Noise without a delimiter, longer than any frame, pushed in pieces.
+    let noise = vec![0x55u8; 1 << 16];
+    for _ in 0..(MAX_FRAME_BYTES >> 16) + 2 {
+        d.push(&noise, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    for f in intact_frames_cached() {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(report.bad_frames, 1);
+    assert!(runs[0].loss.is_complete());
 }

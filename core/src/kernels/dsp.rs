@@ -1,5 +1,7 @@
-//! The int8 matrix-vector product with the Armv7E-M DSP instructions (Cortex-M4/M7):
-//! the one module of the crate with `unsafe` code, because inline assembly is `unsafe`.
+//! The int8 matrix-vector product with the DSP instructions of Armv7E-M (Cortex-M4/M7)
+//! and of Armv8-M Mainline cores that have the extension (Cortex-M33/M35P/M55/M85; see
+//! `build.rs` for when it is on): one of the crate's two modules with `unsafe` code,
+//! because inline assembly is `unsafe`.
 //!
 //! `SXTB16` sign-extends bytes 0 and 2 (or, rotated by 8, bytes 1 and 3) of a word of
 //! four int8 weights into two 16-bit lanes; `SMLAD` multiplies two pairs of 16-bit
@@ -242,9 +244,21 @@ fn rows_any(w: *const u8, x: *const u32, out: *mut f32, rows: usize, cols: usize
     }
 }
 
+/// `out[r] = (bits of out[r] as i32) as f32 * (f16 scales[r] * in_scale)` without an
+/// FPU the kernel may use (soft-float targets such as `thumbv7em-none-eabi`): the
+/// portable kernel's expression itself, so the same bits.
+#[cfg(not(tinylens_dsp_vfp))]
+fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
+    for (o, s) in out.iter_mut().zip(scales.chunks_exact(2)) {
+        let sum = o.to_bits() as i32;
+        *o = sum as f32 * (crate::quant::f16_le_to_f32([s[0], s[1]]) * in_scale);
+    }
+}
+
 /// `out[r] = (bits of out[r] as i32) as f32 * (f16 scales[r] * in_scale)`, the
 /// portable kernel's float operations in its order: `VCVT.F32.S32` (round to nearest,
 /// as `as f32`), `VCVTB.F32.F16` (exact), then the two multiplications.
+#[cfg(tinylens_dsp_vfp)]
 fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     let rows = out.len();
     let mut o = out.as_mut_ptr();

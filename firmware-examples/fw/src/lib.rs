@@ -31,20 +31,14 @@ use tinylens_core::{sample, Config, Error, Model, Session};
 // ---------------------------------------------------------------------------
 // The embedded model and the sizes it implies
 
-/// Wrapper that raises the alignment of its contents (model blobs hold `f32`/`f16`
-/// tensors that the core views in place).
-#[repr(C, align(16))]
-pub struct Aligned<T: ?Sized>(pub T);
-
 /// The model blob as a `const`, for compile-time parsing of its config. Not aligned
 /// and not meant for run time: use [`MODEL_BLOB`].
 pub const MODEL_BYTES: &[u8] = include_bytes!(env!("TINYLENS_FW_MODEL_PATH"));
 
-static MODEL_ALIGNED: Aligned<[u8; MODEL_BYTES.len()]> =
-    Aligned(*include_bytes!(env!("TINYLENS_FW_MODEL_PATH")));
-
-/// The model blob embedded in flash, 16-byte aligned.
-pub static MODEL_BLOB: &[u8] = &MODEL_ALIGNED.0;
+/// The model blob embedded in flash, 16-byte aligned (`include_bytes!` alone promises
+/// no alignment, and the DSP kernel needs 4: `Model::from_bytes` refuses a misaligned
+/// blob in DSP builds).
+pub static MODEL_BLOB: &[u8] = tinylens_core::include_blob!(env!("TINYLENS_FW_MODEL_PATH"));
 
 /// File name of the embedded blob (for the log).
 pub const MODEL_NAME: &str = env!("TINYLENS_FW_MODEL_NAME");
@@ -275,6 +269,14 @@ pub struct Outcome {
 ///
 /// Exactly what `tinylens run MODEL --tokens .. --probe .. --generate N --run-id ID`
 /// does on the host, so the two traces are equal byte for byte.
+///
+/// `between_steps` runs after every step, outside the measured region, and once after
+/// the end frame: the place to drain a trace ring ([`tinylens_core::trace::FrameRing`])
+/// to the transport when nothing drains it from an interrupt (`|| {}` otherwise).
+///
+/// A sink that drops frames when it is full ([`tinylens_core::trace::DropWhenFull`])
+/// is not a failure: the dropped frames are counted in [`Outcome::summary`] and in the
+/// trace's end frame.
 pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
     blob: &[u8],
     workspace: &mut [f32],
@@ -282,6 +284,7 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
     settings: &Settings,
     stepper: &mut Stepper<P, D, C>,
     sink: S,
+    mut between_steps: impl FnMut(),
 ) -> Result<Outcome, RunError> {
     let model = Model::from_bytes(blob).map_err(RunError::Model)?;
     let cfg = *model.config();
@@ -364,6 +367,7 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         });
         next = result.map_err(|error| RunError::Step { pos, error })?;
         step_ticks += ticks as u64;
+        between_steps();
         defmt::info!(
             "pos {=usize} {=str} token {=u32} -> {=u32}: {=u32} ticks ({=u32} us), marks {=u32}",
             pos,
@@ -378,14 +382,17 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
     let summary = match recorder {
         Some(r) => {
             let (summary, _) = r.finish();
+            between_steps();
             defmt::info!(
                 "trace: {=u32} frames, {=u32} records, {=u32} dropped",
                 summary.frames,
                 summary.records,
                 summary.dropped
             );
-            if let Some(e) = summary.error {
-                return Err(RunError::Trace(e));
+            match summary.error {
+                // Frames a full ring dropped by the caller's policy: counted, not fatal.
+                None | Some(Error::SinkFull) => {}
+                Some(e) => return Err(RunError::Trace(e)),
             }
             Some(summary)
         }
@@ -403,6 +410,86 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         summary,
         step_ticks,
     })
+}
+
+// ---------------------------------------------------------------------------
+// The ring sink, either policy
+
+/// A trace ring's writer with the policy chosen at run time (one type for both, so
+/// that a binary calls [`run`] once).
+pub enum RingSink<'a, const N: usize, F> {
+    /// Drop whole frames that do not fit (counted in the end frame).
+    Drop(trace::DropWhenFull<'a, N>),
+    /// Wait (run `F`) until the drain made room.
+    Block(trace::BlockWhenFull<'a, N, F>),
+}
+
+impl<const N: usize, F: FnMut()> Sink for RingSink<'_, N, F> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.write_frame(frame),
+            RingSink::Block(s) => s.write_frame(frame),
+        }
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.write_last_frame(frame),
+            RingSink::Block(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            RingSink::Drop(s) => s.lend(max),
+            RingSink::Block(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.commit(len),
+            RingSink::Block(s) => s.commit(len),
+        }
+    }
+}
+
+/// A trace ring ([`RingSink`]) or a direct sink `D` (a closure that writes each frame
+/// to the transport from inside the step), chosen at run time: one sink type, so that
+/// a firmware that offers both holds one copy of the traced forward pass.
+pub enum TraceSink<R, D> {
+    Ring(R),
+    Direct(D),
+}
+
+impl<R: Sink, D: Sink> Sink for TraceSink<R, D> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_frame(frame),
+            TraceSink::Direct(s) => s.write_frame(frame),
+        }
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_last_frame(frame),
+            TraceSink::Direct(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            TraceSink::Ring(s) => s.lend(max),
+            TraceSink::Direct(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.commit(len),
+            TraceSink::Direct(s) => s.commit(len),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,12 +1,25 @@
-//! tinylens example firmware for QEMU: `mps2-an386` (Cortex-M4F, thumbv7em-none-eabihf)
-//! or `microbit` (Cortex-M0, thumbv6m-none-eabi). Run it with `../run-qemu.sh`.
+//! tinylens example firmware for QEMU. Run it with `../run-qemu.sh`. The build script
+//! picks the machine from the target (or `TINYLENS_QEMU_MACHINE`):
+//!
+//! | target | machine | core | memory |
+//! |---|---|---|---|
+//! | `thumbv7em-none-eabihf` | `mps2-an386` | Cortex-M4F | 4 MiB code at 0, 4 MiB RAM at 0x2000_0000 |
+//! | `thumbv7em-none-eabi` | `netduinoplus2` | STM32F405 (M4, soft-float ABI) | 1 MiB flash at 0x0800_0000, 128 KiB SRAM |
+//! | `thumbv6m-none-eabi` | `microbit` | nRF51822 (Cortex-M0) | 256 KiB flash, 16 KiB RAM |
+//! | `thumbv8m.main-none-eabihf` | `mps2-an505` | Cortex-M33 (Secure) | 4 MiB SSRAM1 at 0x1000_0000, 4 MiB SSRAM2/3 at 0x3800_0000 |
 //!
 //! Runs the embedded model (see `tinylens_fw`): the prompt, then greedy generation
-//! with the KV cache, recording the probe set as trace frames.
+//! with the KV cache, recording the probe set as trace frames. The recorder writes
+//! into a [`FrameRing`] (`sink=ring`, the default), which the main loop drains to the
+//! transport between steps (`drain=steps`) or only after the run (`drain=end`); when
+//! the ring is full the step waits for the drain (`overflow=block`, the default) or
+//! drops whole frames and counts them in the end frame (`overflow=drop`).
+//! `sink=direct` writes every frame to the transport from inside the step instead.
 //!
-//! Channels (all semihosting, `-semihosting-config enable=on,target=native`):
-//! - **trace** (binary COBS frames from the core's recorder): the host's **stdout**
-//!   (`:tt` opened for writing), or the host file given as `trace=PATH`.
+//! Channels (semihosting, `-semihosting-config enable=on,target=native`, unless said):
+//! - **trace** (binary COBS frames from the core's recorder): with `transport=uart`, the
+//!   machine's UART (see `uart.rs`; QEMU's `-serial file:PATH`); otherwise the host's
+//!   **stdout** (`:tt` opened for writing), or the host file given as `trace=PATH`.
 //!   QEMU writes these bytes unchanged, 0x00..=0xFF included.
 //! - **defmt log** (binary defmt frames: progress, per-step timings): the host file
 //!   given as `defmt=PATH` (`run-qemu.sh` passes a FIFO read by `defmt-print`), else
@@ -17,7 +30,8 @@
 //! (`-semihosting-config enable=on,target=native,arg=qemu,arg=tokens=0,,1,,2`; the
 //! first word is the program name): `tokens=1,2,3`, `generate=N`, `probe=PATTERN`
 //! (repeatable), `run=ID`, `record=0` (see `tinylens_fw::Settings::apply`), and
-//! `defmt=PATH`, `trace=PATH`.
+//! `defmt=PATH`, `trace=PATH`, `transport=semihosting|uart`, `sink=ring|direct`,
+//! `overflow=block|drop`, `drain=steps|end`.
 //!
 //! Exit status: 0 after a normal run; 1 after a bad argument, a model that does not
 //! fit, a panic, a HardFault or an unexpected interrupt (semihosting `SYS_EXIT`, so
@@ -27,28 +41,42 @@
 
 mod logger;
 mod semihost;
+mod uart;
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::fmt::{self, Write as _};
 
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use semihost::HostFile;
+use tinylens_core::trace::FrameRing;
 use tinylens_core::Error;
 use tinylens_fw::{
-    Clock, NoDelay, NoPin, Settings, Stepper, FRAME_BUFFER_LEN, MODEL_BLOB, WORKSPACE_WORDS,
+    Clock, NoDelay, NoPin, RingSink, Settings, Stepper, TraceSink, FRAME_BUFFER_LEN, MODEL_BLOB,
+    WORKSPACE_WORDS,
 };
+use uart::Uart;
 
-/// RAM of the emulated machine (see the memory-*.x files).
+/// RAM of the emulated machine (see the memory-*.x files) and where it starts.
 const RAM_BYTES: usize = if cfg!(microbit) {
     16 * 1024
+} else if cfg!(netduinoplus2) {
+    128 * 1024
 } else {
     4 * 1024 * 1024
 };
+const RAM_START: u32 = if cfg!(mps2_an505) {
+    0x3800_0000
+} else {
+    0x2000_0000
+};
+/// Bytes of the trace ring: a few steps of the default probes (about 2 KB a step with
+/// the demo model), so that `overflow=drop` with `drain=steps` never drops.
+const TRACE_RING: usize = if cfg!(microbit) { 2048 } else { 8192 };
 /// RAM left for the stack, the logger and the other statics.
 const STACK_RESERVE: usize = 6 * 1024;
 const _: () = assert!(
-    WORKSPACE_WORDS * 4 + FRAME_BUFFER_LEN + STACK_RESERVE <= RAM_BYTES,
+    WORKSPACE_WORDS * 4 + FRAME_BUFFER_LEN + TRACE_RING + STACK_RESERVE <= RAM_BYTES,
     "the embedded model needs more working memory than this machine's RAM \
      (see `tinylens info MODEL`; pick a smaller model with TINYLENS_MODEL)"
 );
@@ -59,9 +87,39 @@ const CMDLINE_LEN: usize = 1024;
 /// about a thousandth of the instruction count, not a hardware latency.
 const CORE_HZ: u32 = if cfg!(microbit) {
     16_000_000
+} else if cfg!(netduinoplus2) {
+    168_000_000
+} else if cfg!(mps2_an505) {
+    20_000_000
 } else {
     25_000_000
 };
+
+/// Where trace bytes leave the chip.
+enum Transport {
+    Semihosting(HostFile),
+    Uart(Uart),
+}
+
+impl Transport {
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        match self {
+            Transport::Semihosting(f) => f.write_all(bytes).map_err(|_| Error::SinkFailed),
+            Transport::Uart(u) => {
+                u.write_all(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How frames reach the transport (`sink=`, `overflow=`, `drain=` arguments).
+#[derive(Clone, Copy, PartialEq)]
+struct Path {
+    ring: bool,
+    drop_when_full: bool,
+    drain_between_steps: bool,
+}
 
 #[entry]
 fn main() -> ! {
@@ -69,6 +127,7 @@ fn main() -> ! {
     // (in .bss, never on the stack): no `unsafe` needed.
     static mut WORKSPACE: [f32; WORKSPACE_WORDS] = [0.0; WORKSPACE_WORDS];
     static mut FRAME_BUF: [u8; FRAME_BUFFER_LEN] = [0; FRAME_BUFFER_LEN];
+    static mut RING: FrameRing<TRACE_RING> = FrameRing::new();
 
     let mut line = [0u8; CMDLINE_LEN];
     let Some(args) = semihost::cmdline(&mut line) else {
@@ -88,25 +147,40 @@ fn main() -> ! {
     if let Some(log) = log {
         logger::init(log);
     }
-    let mut trace = match value("trace") {
-        Some(path) => HostFile::create(path),
-        None => HostFile::stdout(),
-    }
-    .unwrap_or_else(|| fail("cannot open the trace channel"));
-
+    let mut path = Path {
+        ring: true,
+        drop_when_full: false,
+        drain_between_steps: true,
+    };
+    let mut uart = false;
     let mut settings = Settings::defaults();
     for word in words() {
         let Some((key, val)) = word.split_once('=') else {
             fail(format_args!(
-                "bad argument `{word}`: expected key=value (tokens=, generate=, probe=, run=, record=, trace=, defmt=)"
+                "bad argument `{word}`: expected key=value (tokens=, generate=, probe=, run=, record=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
             ))
+        };
+        let choice = |a: &str, b: &str| {
+            if val == a {
+                true
+            } else if val == b {
+                false
+            } else {
+                fail(format_args!(
+                    "bad argument `{word}`: expected {key}={a} or {key}={b}"
+                ))
+            }
         };
         match key {
             "defmt" | "trace" => {}
+            "transport" => uart = !choice("semihosting", "uart"),
+            "sink" => path.ring = choice("ring", "direct"),
+            "overflow" => path.drop_when_full = !choice("block", "drop"),
+            "drain" => path.drain_between_steps = choice("steps", "end"),
             _ => match settings.apply(key, val) {
                 Ok(true) => {}
                 Ok(false) => fail(format_args!(
-                    "unknown argument `{word}` (known: tokens=, generate=, probe=, run=, record=, trace=, defmt=)"
+                    "unknown argument `{word}` (known: tokens=, generate=, probe=, run=, record=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
                 )),
                 Err(e) => fail(e),
             },
@@ -119,24 +193,67 @@ fn main() -> ! {
     let clock = SysTickClock::start(&mut core.SYST);
     let mut stepper = Stepper::new(NoPin, NoDelay, clock, 0);
 
-    // Every trace frame is one semihosting write; the lowest stack pointer seen at a
-    // write (the deepest point of a step) goes to the log.
-    let low_sp = Cell::new(u32::MAX);
-    let sink = |frame: &[u8]| -> Result<(), Error> {
-        low_sp.set(low_sp.get().min(cortex_m::register::msp::read()));
-        trace.write_all(frame).map_err(|_| Error::SinkFailed)
+    let mut transport = if uart {
+        Transport::Uart(Uart::take())
+    } else {
+        Transport::Semihosting(
+            match value("trace") {
+                Some(path) => HostFile::create(path),
+                None => HostFile::stdout(),
+            }
+            .unwrap_or_else(|| fail("cannot open the trace channel")),
+        )
     };
-    match tinylens_fw::run(
+
+    // The lowest stack pointer seen at a frame write (the deepest point of a step)
+    // goes to the log.
+    let low_sp = Cell::new(u32::MAX);
+    let see_sp = || low_sp.set(low_sp.get().min(cortex_m::register::msp::read()));
+    let (writer, reader) = RING.split();
+    // The reader is shared by the drain between steps and, with `overflow=block`, the
+    // wait of a step that found the ring full: never at the same time.
+    let reader = RefCell::new(reader);
+    let transport = RefCell::new(&mut transport);
+    let drain = || {
+        let _ = reader
+            .borrow_mut()
+            .drain_all(|bytes| transport.borrow_mut().write_all(bytes));
+    };
+    // One sink type for every path, so that the firmware holds one copy of the traced
+    // forward pass (two copies would each inline less of it).
+    let sink = if !path.ring {
+        // Every trace frame is one write to the transport, inside the step.
+        TraceSink::Direct(|frame: &[u8]| {
+            see_sp();
+            transport.borrow_mut().write_all(frame)
+        })
+    } else if path.drop_when_full {
+        TraceSink::Ring(RingSink::Drop(writer.dropping()))
+    } else {
+        TraceSink::Ring(RingSink::Block(writer.blocking(|| {
+            see_sp();
+            drain()
+        })))
+    };
+    let result = tinylens_fw::run(
         MODEL_BLOB,
         WORKSPACE,
         FRAME_BUF,
         &settings,
         &mut stepper,
         sink,
-    ) {
+        || {
+            if path.drain_between_steps {
+                drain()
+            }
+        },
+    );
+    // `drain=end`: everything left goes now (and a failed run's frames too).
+    drain();
+    match result {
         Ok(_) => {
             if low_sp.get() != u32::MAX {
-                let top = 0x2000_0000 + RAM_BYTES as u32;
+                let top = RAM_START + RAM_BYTES as u32;
                 defmt::info!(
                     "stack: at least {=u32} bytes used (lowest sp {=u32:#010x}); RAM {=usize} bytes",
                     top - low_sp.get(),

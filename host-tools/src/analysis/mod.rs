@@ -19,10 +19,12 @@
 pub mod ablation;
 pub mod attribution;
 pub mod circuits;
+pub mod dynamic;
 pub mod factored;
 pub mod heads;
 pub mod html;
 pub mod recorded;
+pub mod report;
 #[cfg(test)]
 mod tl_fixtures;
 

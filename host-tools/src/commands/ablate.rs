@@ -15,13 +15,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
-use super::heads::{grid_text, resolve_bos};
 use crate::analysis::ablation::{
-    ablate_heads, mean_results, parse_data, repeated_dataset, runs_needed, AblationReport, Mode,
-    Prompt,
+    ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
 };
+use crate::cli::grid_text;
 use crate::export::Cache;
-use crate::{cli, Error, Result};
+use crate::{cli, prompts, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct AblateArgs {
@@ -31,6 +30,15 @@ pub struct AblateArgs {
     /// blank lines and lines starting with `#` are skipped; 2 to n_ctx tokens each.
     #[arg(long, conflicts_with = "repeated")]
     pub data: Option<PathBuf>,
+    /// Prompts as text: one per line, each tokenized as `--text` is (blank lines skipped).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "repeated"])]
+    pub text_data: Option<PathBuf>,
+    /// With --text-data: exactly one BOS before each line (TransformerLens's `to_tokens`).
+    #[arg(long)]
+    pub prepend_bos: bool,
+    /// The tokenizer for --text-data (default: the blob's, from `convert --tokenizer`).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// N random tokens repeated twice, --batch times.
     #[arg(long, value_name = "N")]
     pub repeated: Option<usize>,
@@ -95,24 +103,23 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn prompts(a: &AblateArgs, model: &Model<'_>) -> Result<Vec<Prompt>> {
-    let cfg = model.config();
-    match (&a.data, a.repeated) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            parse_data(&text, cfg.d_vocab, cfg.n_ctx)
-                .map_err(|e| Error::Argument(format!("{}: {e}", path.display())))
+fn prompts(a: &AblateArgs, model: &Model<'_>, blob: &[u8]) -> Result<Vec<Prompt>> {
+    match (&a.data, &a.text_data, a.repeated) {
+        (Some(path), None, None) => prompts::data_file(path, model),
+        (None, Some(path), None) => {
+            let tok =
+                crate::tokenizer::for_blob(blob, a.tokenizer.as_deref())?.ok_or_else(|| {
+                    Error::Argument(
+                    "--text-data needs a tokenizer: convert the blob with --tokenizer, or give \
+                     --tokenizer FILE"
+                        .into(),
+                )
+                })?;
+            prompts::text_file(path, &tok, a.prepend_bos, model)
         }
-        (None, Some(n)) => repeated_dataset(
-            n,
-            a.batch,
-            a.seed,
-            resolve_bos(&a.bos, model)?,
-            cfg.d_vocab,
-            cfg.n_ctx,
-        ),
+        (None, None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
         _ => Err(Error::Argument(
-            "give the data set with --data FILE or --repeated N".into(),
+            "give the data set with --text-data FILE, --data FILE or --repeated N".into(),
         )),
     }
 }
@@ -148,7 +155,7 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         "mean" => Mode::Mean,
         m => return Err(Error::Argument(format!("--mode `{m}`: zero or mean"))),
     };
-    let data = prompts(a, &model)?;
+    let data = prompts(a, &model, &bytes)?;
     let groups = a
         .together
         .iter()
@@ -184,13 +191,13 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
 pub fn run(a: AblateArgs) -> Result<()> {
     let r = report(&a)?;
     if let Some(p) = &a.save_means {
-        eprintln!("mean head results -> {}", p.display());
+        note!("mean head results -> {}", p.display());
     }
     if a.json {
         cli::print_json(&r)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ablation over {} prompts ({} predictions): baseline loss {:.4}{}",
         a.mode,
         r.n_prompts,
@@ -199,8 +206,8 @@ pub fn run(a: AblateArgs) -> Result<()> {
         r.baseline
             .repeat
             .map_or(String::new(), |v| format!(", on the second copies {v:.4}"))
-    );
-    println!(
+    )?;
+    outln!(
         "\n{}",
         grid_text(
             "loss increase (all positions)",
@@ -208,15 +215,15 @@ pub fn run(a: AblateArgs) -> Result<()> {
             |v| format!("{v:+.4}")
         )
         .trim_end()
-    );
+    )?;
     if let Some(g) = &r.repeat_loss_increase {
-        println!(
+        outln!(
             "\n{}",
             grid_text("loss increase on the second copies", g, |v| format!(
                 "{v:+.4}"
             ))
             .trim_end()
-        );
+        )?;
     }
     let mut order: Vec<&crate::analysis::ablation::HeadAblation> = r.heads.iter().collect();
     order.sort_by(|x, y| {
@@ -236,10 +243,10 @@ pub fn run(a: AblateArgs) -> Result<()> {
             )
         })
         .collect();
-    println!("\nmost important heads: {}", ranked.join(", "));
+    outln!("\nmost important heads: {}", ranked.join(", "))?;
     for g in &r.groups {
         let names: Vec<String> = g.heads.iter().map(|[l, h]| format!("L{l}H{h}")).collect();
-        println!(
+        outln!(
             "together {}: loss {:.4} ({:+.4}){}",
             names.join("+"),
             g.loss.all,
@@ -250,7 +257,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
                 .map_or(String::new(), |(v, d)| format!(
                     ", second copies {v:.4} ({d:+.4})"
                 ))
-        );
+        )?;
     }
     Ok(())
 }

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use clap::Args;
 use tinylens_core::Model;
 
-use super::heads::{trace_recording, PromptArgs};
-use crate::analysis::attribution::{direct_logit_attribution, Dla, TargetSource};
-use crate::analysis::recorded::{analysis_probes, record, Recording};
-use crate::convert::{vocab_of, weights_from_model};
+use crate::analysis::attribution::TargetSource;
+pub use crate::analysis::dynamic::attribute;
+use crate::analysis::recorded::{analysis_probes, Recording};
+use crate::convert::vocab_of;
+use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -22,7 +23,7 @@ pub struct AttributeArgs {
     pub prompt: PromptArgs,
     /// Attribute from a recorded trace instead (it must hold hook_embed, hook_pos_embed,
     /// blocks.*.attn.hook_result, ln_final.hook_scale with LayerNorm, and logits).
-    #[arg(long, conflicts_with_all = ["tokens", "repeated"])]
+    #[arg(long, conflicts_with_all = ["tokens", "text", "repeated"])]
     pub trace: Option<PathBuf>,
     /// Attribute the logit of this token at every position (default: each position's
     /// next token; the last position: the model's top prediction).
@@ -36,62 +37,38 @@ pub struct AttributeArgs {
 /// The recording of the prompt (or trace) with everything attribution needs.
 pub fn recording(
     model: &Model<'_>,
+    blob: &[u8],
     prompt: &PromptArgs,
     trace: Option<&PathBuf>,
 ) -> Result<Recording> {
-    match trace {
-        Some(path) => trace_recording(path, 0, model),
-        None => {
-            let p = prompt.prompts(model, 1)?.remove(0);
-            record(model, &p.tokens, &analysis_probes(model.config()))
-        }
-    }
-}
-
-/// Direct logit attribution of a recording.
-pub fn attribute(model: &Model<'_>, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let cfg = model.config();
-    let w = weights_from_model(model);
-    let results = (0..cfg.n_layers as usize)
-        .map(|l| rec.results(l))
-        .collect::<Result<Vec<_>>>()?;
-    direct_logit_attribution(
-        &w,
-        &rec.tokens,
-        &rec.rows("hook_embed")?,
-        &rec.rows("hook_pos_embed")?,
-        &results,
-        rec.final_scale()?.as_deref(),
-        rec.logits()?,
-        target,
-    )
+    crate::prompts::recording(model, blob, prompt, trace, &analysis_probes(model.config()))
 }
 
 /// What `tinylens attribute --json` prints.
 pub fn json(a: &AttributeArgs) -> Result<serde_json::Value> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
     let dla = attribute(&model, &rec, a.target)?;
     serde_json::to_value(&dla).map_err(|e| Error::Argument(e.to_string()))
 }
 
 pub fn run(a: AttributeArgs) -> Result<()> {
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json(&a)?).map_err(|e| Error::Argument(e.to_string()))?
-        );
+        )?;
         return Ok(());
     }
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
     let d = attribute(&model, &rec, a.target)?;
     let vocab = vocab_of(&model);
     let lab = |t: u32| cli::token_label(vocab.as_deref(), t);
     let (nl, nh) = (d.heads.len(), d.heads.first().map_or(0, |h| h.len()));
-    println!(
+    outln!(
         "direct logit attribution: each piece's contribution to the target's logit through the \
          final LayerNorm{} (target: the next token{})",
         if d.ln_final_scale.is_some() {
@@ -104,7 +81,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         } else {
             "; at the last position the model's prediction"
         }
-    );
+    )?;
     let mut header = format!(
         "{:>4} {:>10} {:>10} {:>8}",
         "pos", "token", "target", "direct"
@@ -118,7 +95,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         " {:>7} {:>8} {:>8} {:>9}",
         "biases", "sum", "model", "error"
     ));
-    println!("{header}");
+    outln!("{header}")?;
     for p in 0..d.tokens.len() {
         let mut line = format!(
             "{p:>4} {:>10} {:>10}{} {:>7.3}",
@@ -140,9 +117,9 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             " {:>7.3} {:>8.3} {:>8.3} {:>9.1e}",
             d.biases[p], d.sum[p], d.model_logit[p], d.residual_error[p]
         ));
-        println!("{line}");
+        outln!("{line}")?;
     }
-    println!("(* the model's own prediction: the prompt has no next token there)");
+    outln!("(* the model's own prediction: the prompt has no next token there)")?;
     // Mean contribution per head over the positions with a real next token.
     let scored: Vec<usize> = (0..d.tokens.len())
         .filter(|p| d.target_source[*p] != TargetSource::Prediction)
@@ -157,17 +134,17 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         }
         means.sort_by(|x, y| y.1.total_cmp(&x.1));
         let s: Vec<String> = means.iter().map(|(n, m)| format!("{n} {m:+.3}")).collect();
-        println!("mean contribution per head: {}", s.join(", "));
+        outln!("mean contribution per head: {}", s.join(", "))?;
     }
-    println!(
+    outln!(
         "direct + heads + biases = logits: max |sum - model logit| = {:.2e}{}",
         d.max_abs_residual_error,
-        if super::circuits::storage_summary(&model) == "f32" {
+        if cli::storage_summary(&model) == "f32" {
             ""
         } else {
             " (a quantized blob: the device rounds the unembedding's input to int8, which no \
              linear split contains)"
         }
-    );
+    )?;
     Ok(())
 }

@@ -39,33 +39,6 @@ pub struct Analyzed {
     pub vocab: Option<Vec<String>>,
 }
 
-/// Storage kinds of a blob's matrices, e.g. `int8` or `int4 (W_E, W_pos, W_U: int8)`.
-pub fn storage_summary(model: &Model<'_>) -> String {
-    let cfg = model.config();
-    let mut kinds: Vec<(String, &'static str)> = Vec::new();
-    for i in 0..model.tensor_count() {
-        let Some(slot) = tinylens_core::blob::slot(cfg, i) else {
-            continue;
-        };
-        if slot.rows > 1 {
-            kinds.push((slot.name.to_string(), model.tensor_at(i).kind.name()));
-        }
-    }
-    let attn = kinds
-        .iter()
-        .find(|(n, _)| n.contains("W_Q"))
-        .map_or("?", |k| k.1);
-    let emb = kinds
-        .iter()
-        .find(|(n, _)| n.contains("W_E"))
-        .map_or("?", |k| k.1);
-    if attn == emb {
-        attn.to_string()
-    } else {
-        format!("{attn} (W_E, W_pos, W_U: {emb})")
-    }
-}
-
 pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
     let bytes = cli::read_input(path)?;
     let model = Model::from_bytes(&bytes)?;
@@ -75,7 +48,7 @@ pub fn analyze_blob(path: &Path, opts: &AnalysisOptions) -> Result<Analyzed> {
     let blob = json!({
         "path": path,
         "crc32": format!("{:08x}", model.checksum()),
-        "storage": storage_summary(&model),
+        "storage": cli::storage_summary(&model),
         "processing": {
             "fold_ln": p.fold_ln,
             "center_writing_weights": p.center_writing_weights,
@@ -211,11 +184,11 @@ fn top_pairs(s: &Scores4, top: usize) -> Vec<(usize, usize, usize, usize, f64)> 
     v
 }
 
-fn print_one(x: &Analyzed, top: usize) {
+fn print_one(x: &Analyzed, top: usize) -> Result<()> {
     let r = &x.report;
     let m = &r.model;
     let vocab = x.vocab.as_deref();
-    println!(
+    outln!(
         "{}: {} layers x {} heads, d_model {}, d_head {}, vocab {}; storage {}; crc {}",
         x.blob["path"].as_str().unwrap_or("?"),
         m.n_layers,
@@ -225,29 +198,29 @@ fn print_one(x: &Analyzed, top: usize) {
         m.d_vocab,
         x.blob["storage"].as_str().unwrap_or("?"),
         x.blob["crc32"].as_str().unwrap_or("?")
-    );
-    println!("note: {}\n", r.ln_treatment);
+    )?;
+    outln!("note: {}\n", r.ln_treatment)?;
     if let Some(c) = &r.copying {
-        println!(
+        outln!(
             "{}",
-            super::heads::grid_text(
+            crate::cli::grid_text(
                 "copying score  sum(λ)/sum(|λ|) of the full OV circuit W_E W_V W_O W_U",
                 c,
                 |v| format!("{v:+.3}")
             )
-        );
+        )?;
     }
-    println!("OV / QK spectra (eigenvalues of the d_head x d_head products):");
-    println!(
+    outln!("OV / QK spectra (eigenvalues of the d_head x d_head products):")?;
+    outln!(
         "  head    OV: +real -real complex   top |λ|      QK: +real -real complex  trace/sum|λ|"
-    );
+    )?;
     for h in &r.heads {
         let ov = h.ov.eigen.as_ref();
         let qk = h.qk.eigen.as_ref();
         let top_abs = ov
             .and_then(|e| e.top_eigenvalues.first())
             .map_or(0.0, |z| (z[0] * z[0] + z[1] * z[1]).sqrt());
-        println!(
+        outln!(
             "  L{}H{}  {:>9} {:>5} {:>7}  {:>9.3}  {:>12} {:>5} {:>7}  {:>+8.3}",
             h.layer,
             h.head,
@@ -259,9 +232,9 @@ fn print_one(x: &Analyzed, top: usize) {
             qk.map_or(0, |e| e.n_negative_real),
             qk.map_or(0, |e| e.n_complex),
             qk.map_or(f64::NAN, |e| e.trace_over_abs_sum),
-        );
+        )?;
     }
-    println!("\nlargest full-OV entries per head (attended token -> raised logit):");
+    outln!("\nlargest full-OV entries per head (attended token -> raised logit):")?;
     for h in &r.heads {
         let pairs: Vec<String> =
             h.ov.top_pairs
@@ -276,14 +249,14 @@ fn print_one(x: &Analyzed, top: usize) {
                     )
                 })
                 .collect();
-        println!("  L{}H{}  {}", h.layer, h.head, pairs.join(", "));
+        outln!("  L{}H{}  {}", h.layer, h.head, pairs.join(", "))?;
     }
     if m.n_layers > 1 {
         let b = &r.composition_baseline;
-        println!(
+        outln!(
             "\ncomposition scores (TL all_composition_scores; random baseline {:.3} ± {:.3}, {} samples)",
             b.mean, b.std, b.samples
-        );
+        )?;
         for (name, s) in [
             ("K", &r.composition.k),
             ("Q", &r.composition.q),
@@ -295,7 +268,7 @@ fn print_one(x: &Analyzed, top: usize) {
                     format!("L{l1}H{h1}->L{l2}H{h2} {v:.3} ({:+.3})", v - b.mean)
                 })
                 .collect();
-            println!("  {name}: {}", pairs.join(", "));
+            outln!("  {name}: {}", pairs.join(", "))?;
         }
         let mut vh = r.virtual_heads.virtual_heads.clone();
         vh.sort_by(|a, b| b.norm.total_cmp(&a.norm));
@@ -309,10 +282,10 @@ fn print_one(x: &Analyzed, top: usize) {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "\nvirtual heads, ||W_E OV1 OV2 W_U|| relative to the direct path: {}",
             sizes.join(", ")
-        );
+        )?;
     }
     let singles: Vec<String> = r
         .virtual_heads
@@ -320,11 +293,11 @@ fn print_one(x: &Analyzed, top: usize) {
         .iter()
         .map(|t| format!("L{}H{} {:.2}", t.layer, t.head, t.relative_to_direct))
         .collect();
-    println!(
+    outln!(
         "heads, ||W_E OV W_U|| relative to the direct path: {}",
         singles.join(", ")
-    );
-    println!("\ndirect path W_E W_U (bigrams), top next tokens:");
+    )?;
+    outln!("\ndirect path W_E W_U (bigrams), top next tokens:")?;
     for row in r.bigram_top.iter().take(top) {
         let next: Vec<String> = row
             .next
@@ -332,21 +305,22 @@ fn print_one(x: &Analyzed, top: usize) {
             .take(4)
             .map(|t| format!("{} {:.2}", label(vocab, t.token), t.logit))
             .collect();
-        println!("  {:>8} -> {}", label(vocab, row.token), next.join(", "));
+        outln!("  {:>8} -> {}", label(vocab, row.token), next.join(", "))?;
     }
     if r.bigram_top.len() > top {
-        println!(
+        outln!(
             "  ... ({} more tokens; --json for all)",
             r.bigram_top.len() - top
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn print_compare(x: &Analyzed, y: &Analyzed, top: usize) -> Result<()> {
     let (a, b) = (&x.report, &y.report);
     let v = compare_value(x, y)?;
     let d = &v["difference"];
-    println!(
+    outln!(
         "a: {} ({}, crc {})\nb: {} ({}, crc {})\n",
         x.blob["path"].as_str().unwrap_or("?"),
         x.blob["storage"].as_str().unwrap_or("?"),
@@ -354,22 +328,22 @@ fn print_compare(x: &Analyzed, y: &Analyzed, top: usize) -> Result<()> {
         y.blob["path"].as_str().unwrap_or("?"),
         y.blob["storage"].as_str().unwrap_or("?"),
         y.blob["crc32"].as_str().unwrap_or("?"),
-    );
+    )?;
     if let (Some(ca), Some(cb)) = (&a.copying, &b.copying) {
-        println!("copying score          a         b       b-a");
+        outln!("copying score          a         b       b-a")?;
         for l in 0..ca.len() {
             for h in 0..ca[l].len() {
-                println!(
+                outln!(
                     "  L{l}H{h}          {:>+8.4}  {:>+8.4}  {:>+9.2e}",
                     ca[l][h],
                     cb[l][h],
                     cb[l][h] - ca[l][h]
-                );
+                )?;
             }
         }
     }
     if a.model.n_layers > 1 {
-        println!("\ncomposition, largest in a (a / b / b-a):");
+        outln!("\ncomposition, largest in a (a / b / b-a):")?;
         for (name, sa, sb) in [
             ("K", &a.composition.k, &b.composition.k),
             ("Q", &a.composition.q, &b.composition.q),
@@ -377,26 +351,26 @@ fn print_compare(x: &Analyzed, y: &Analyzed, top: usize) -> Result<()> {
         ] {
             for (l1, h1, l2, h2, va) in top_pairs(sa, top.min(4)) {
                 let vb = sb[l1][h1][l2][h2];
-                println!(
+                outln!(
                     "  {name} L{l1}H{h1}->L{l2}H{h2}  {va:.4} / {vb:.4} / {:+.2e}",
                     vb - va
-                );
+                )?;
             }
         }
         let m = &d["max_abs"];
-        println!(
+        outln!(
             "max |b-a|: copying {:.2e}, composition Q {:.2e}, K {:.2e}, V {:.2e}",
             m["copying"].as_f64().unwrap_or(f64::NAN),
             m["composition_Q"].as_f64().unwrap_or(0.0),
             m["composition_K"].as_f64().unwrap_or(0.0),
             m["composition_V"].as_f64().unwrap_or(0.0)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "direct path size changed by {:+.3}%; top bigram agrees on {:.1}% of tokens",
         100.0 * d["direct_path_norm_relative"].as_f64().unwrap_or(0.0),
         100.0 * d["bigram_top1_agreement"].as_f64().unwrap_or(0.0)
-    );
+    )?;
     Ok(())
 }
 
@@ -409,7 +383,7 @@ pub fn run(a: CircuitsArgs) -> Result<()> {
     let opts = options(&a);
     let first = analyze_blob(&a.model, &opts)?;
     match &a.compare {
-        None => print_one(&first, a.top),
+        None => print_one(&first, a.top)?,
         Some(other) => {
             let second = analyze_blob(other, &opts)?;
             check_same_shape(&first.report, &second.report)?;

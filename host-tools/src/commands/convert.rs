@@ -6,14 +6,16 @@ use clap::Args;
 
 use crate::convert::{core_config, QuantPlan};
 use crate::quantize::{self, budget, calibration, survival};
+use crate::tokenizer::{append_trailer, TextTokenizer};
 use crate::{cli, tl, Error, Result};
 
 /// Calibration and flash-budget options of `tinylens convert`.
 #[derive(Debug, Args, Default)]
 pub struct CalibrationArgs {
     /// Calibrate the int8/int4 rounding (GPTQ through the device's numerics) on FILE
-    /// (one prompt per line, comma-separated token ids, as `ablate --data` reads), or
-    /// on `repeated`: the built-in random tokens repeated twice.
+    /// (one prompt per line: comma-separated token ids, as `ablate --data` reads, or,
+    /// with --tokenizer, text), or on `repeated`: the built-in random tokens repeated
+    /// twice.
     #[arg(long, value_name = "FILE|repeated")]
     pub calibrate: Option<String>,
     /// Seed of `--calibrate repeated` (sequences use seeds S, S+1, ...).
@@ -45,8 +47,14 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub embed_quant: Option<String>,
     /// Token strings, one per line (line i is token i), stored in the blob.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tokenizer")]
     pub vocab: Option<PathBuf>,
+    /// A Hugging Face tokenizer.json: the blob's vocabulary becomes its token strings
+    /// (each token decoded alone, TL's `to_str_tokens`), and the tokenizer itself goes
+    /// into the blob's host-only trailer, so `--text` works with no other file (the
+    /// device flashes only the blob's `total_len` bytes).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     #[arg(long)]
     pub fold_ln: bool,
     #[arg(long)]
@@ -97,7 +105,18 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         (None, false) => 0,
     };
     let mut w = tl::load_files(&a.weights, &a.config)?;
-    let vocab = a.vocab.as_deref().map(cli::read_vocab).transpose()?;
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(TextTokenizer::from_file)
+        .transpose()?;
+    let vocab = match &tokenizer {
+        Some(t) => {
+            t.check_fits(w.cfg.d_vocab as u32)?;
+            Some(t.token_strings(w.cfg.d_vocab as u32))
+        }
+        None => a.vocab.as_deref().map(cli::read_vocab).transpose()?,
+    };
     let requested = tl::Processing {
         fold_ln: a.fold_ln,
         center_writing_weights: a.center_writing_weights,
@@ -116,10 +135,16 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         )?),
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            Some(calibration::from_text(&text, &cfg).map_err(|e| match e {
+            // Token ids; or, with --tokenizer, text (one prompt per line).
+            let at = |e: Error| match e {
                 Error::Argument(m) => Error::Argument(format!("--calibrate {path}: {m}")),
                 e => e,
-            })?)
+            };
+            Some(match (calibration::from_text(&text, &cfg), &tokenizer) {
+                (Ok(p), _) => p,
+                (Err(_), Some(t)) => calibration::from_text_lines(&text, t, &cfg).map_err(at)?,
+                (Err(e), None) => return Err(at(e)),
+            })
         }
     };
     // Auto and the survival report need data; without --calibrate they use the
@@ -172,7 +197,11 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         &tinylens_core::Model::from_bytes(&q.blob)?,
         &eval_prompts,
     )?;
-    let (blob, reports) = (q.blob, q.tensors);
+    let (mut blob, reports) = (q.blob, q.tensors);
+    let device_bytes = blob.len();
+    if let Some(t) = &tokenizer {
+        blob = append_trailer(&blob, t.json())?;
+    }
     cli::write_output(&a.output, &blob)?;
     let params: usize = reports.iter().map(|r| r.shape[0] * r.shape[1]).sum();
     let skipped: Vec<&str> = [
@@ -198,6 +227,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         let j = serde_json::json!({
             "output": a.output,
             "blob_bytes": blob.len(),
+            "device_bytes": device_bytes,
             "parameters": params,
             "config": crate::tl::config_to_json(&w.cfg).parse::<serde_json::Value>().unwrap_or_default(),
             "processing": {
@@ -217,14 +247,19 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             "auto": auto_plan,
             "survival": surv,
         });
-        println!("{j:#}");
+        outln!("{j:#}")?;
     } else {
-        println!(
+        outln!(
             "{:<28} {:>6} {:>12} {:>10} {:>12} {:>10}",
-            "tensor", "kind", "shape", "bytes", "max |err|", "rel RMS"
-        );
+            "tensor",
+            "kind",
+            "shape",
+            "bytes",
+            "max |err|",
+            "rel RMS"
+        )?;
         for r in &reports {
-            println!(
+            outln!(
                 "{:<28} {:>6} {:>12} {:>10} {:>12.3e} {:>10.3e}",
                 r.name,
                 r.kind,
@@ -232,7 +267,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 r.bytes,
                 r.max_abs_error,
                 r.relative_rms_error
-            );
+            )?;
         }
         for r in &q.rounding {
             let how = match r.damping {
@@ -247,39 +282,49 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 ),
                 None => "nearest (GPTQ did not help)".to_string(),
             };
-            println!(
+            outln!(
                 "  {:<26} {:>5} {how}; output error {:.3} of nearest's",
-                r.name, r.kind, r.relative_loss
-            );
+                r.name,
+                r.kind,
+                r.relative_loss
+            )?;
         }
         if let Some(p) = &auto_plan {
-            println!(
+            outln!(
                 "auto: {} of a {}-byte flash budget; predicted KL (sum of per-matrix KLs) {:.5}",
-                p.blob_bytes, p.budget_bytes, p.predicted_kl
-            );
+                p.blob_bytes,
+                p.budget_bytes,
+                p.predicted_kl
+            )?;
             for m in &p.matrices {
                 let opts: Vec<String> = m
                     .options
                     .iter()
                     .map(|o| format!("{} {}B KL {:.2e}", o.kind, o.bytes, o.kl))
                     .collect();
-                println!("  {:<26} {:>5}   [{}]", m.name, m.chosen, opts.join(", "));
+                outln!("  {:<26} {:>5}   [{}]", m.name, m.chosen, opts.join(", "))?;
             }
         }
-        print!("{}", survival::text(&surv));
+        out!("{}", survival::text(&surv))?;
         for (l, h) in &surv.lost_induction_heads {
-            eprintln!("warning: induction head L{l}H{h} fell below 0.5 after quantization");
+            note!("warning: induction head L{l}H{h} fell below 0.5 after quantization");
         }
         for s in &skipped {
-            eprintln!("note: {s} was requested but does not apply to this model (TransformerLens skips it too)");
+            note!("note: {s} was requested but does not apply to this model (TransformerLens skips it too)");
         }
-        println!(
+        outln!(
             "wrote {} ({} bytes, {} parameters, {:.2} bytes/parameter)",
             a.output.display(),
-            blob.len(),
+            device_bytes,
             params,
-            blob.len() as f64 / params.max(1) as f64
-        );
+            device_bytes as f64 / params.max(1) as f64
+        )?;
+        if blob.len() > device_bytes {
+            outln!(
+                "  + host-only trailer of {} bytes (the tokenizer; not flashed)",
+                blob.len() - device_bytes
+            )?;
+        }
     }
     Ok(())
 }

@@ -15,13 +15,13 @@ use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
 use tinylens_core::Model;
 
-use super::heads::{score, top_heads};
-use super::report::{build, Extras};
 use crate::analysis::ablation::{
     ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode,
 };
+use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
+use crate::analysis::report::{build, Extras};
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
 use crate::convert::weights_from_model;
 use crate::{cli, Result};
@@ -266,13 +266,13 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
     // First copy: the predictions inside the first copy (positions 1..=n-1 predict its
     // tokens 2..=n), which nothing can predict.
     let first_copy = {
-        let mut ws = vec![0.0f32; cfg.workspace_len()];
-        let mut s = tinylens_core::Session::new(model, &mut ws)?;
+        let engine = crate::engine::Engine::new(model);
+        let v = cfg.d_vocab_out as usize;
         let (mut sum, mut count) = (0.0, 0);
         for p in &loss_set {
-            s.reset();
-            for (i, &t) in p.tokens.iter().enumerate().take(repeat_len) {
-                let logits = s.step(t)?;
+            let prompt = &p.tokens[..repeat_len.min(p.tokens.len())];
+            let out = engine.run(prompt, 0, &Default::default(), &mut tinylens_core::NoHooks)?;
+            for (i, logits) in out.logits.chunks_exact(v).enumerate() {
                 if i >= 1 {
                     sum += crate::numerics::loss(logits, p.tokens[i + 1]);
                     count += 1;
@@ -331,9 +331,19 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         trace_bytes,
         timings_ms: Vec::new(),
     };
+    let prompts: Vec<(String, Vec<u32>)> = detect_set
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("sequence {} of {}", i + 1, detect_set.len()),
+                p.tokens.clone(),
+            )
+        })
+        .collect();
     let html = build(
         model,
-        &detect_set[0].tokens,
+        &prompts,
         Extras {
             title: "tinylens demo: induction heads in a two-layer attention-only transformer".into(),
             findings: summary_lines(&findings),
@@ -341,12 +351,13 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
                 head_scores,
                 format!(
                     "Averaged over {} sequences of <bos> + {repeat_len} random tokens + the same {repeat_len} \
-                     (the heatmaps show the first), with TL's exclude_bos (attention parked on <bos> \
+                     (the prompt selector shows each), with TL's exclude_bos (attention parked on <bos> \
                      left out of both sums).",
                     detect_set.len()
                 ),
             )),
             ablation: Some(abl),
+            ..Default::default()
         },
     )?;
     lap("attribution, path expansion and report", &mut timings);
@@ -452,7 +463,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let c = model.config();
-    println!(
+    outln!(
         "tinylens demo: a {}-layer, {}-head attention-only transformer trained in TransformerLens \
          on repeated random syllables\n(int8 blob of {} bytes embedded in this binary; {} layers x {} heads, d_model {}, vocab {})",
         c.n_layers,
@@ -462,42 +473,42 @@ pub fn run(a: DemoArgs) -> Result<()> {
         c.n_heads,
         c.d_model,
         c.d_vocab
-    );
-    println!(
+    )?;
+    outln!(
         "ran {} sequences of <bos> + {n} random tokens + the same {n} with probes on every \
          attention pattern; {} bytes of trace decoded\n",
         DETECT_SEQUENCES,
         f.trace_bytes,
         n = REPEAT_LEN.min((c.n_ctx as usize - 1) / 2)
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "previous-token score (exclude_bos)",
             &f.head_scores.previous_token,
             |v| { format!("{v:.2}") }
         )
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text(
+        cli::grid_text(
             "induction score (exclude_bos)",
             &f.head_scores.induction,
             |v| format!("{v:.2}")
         )
-    );
-    print!(
+    )?;
+    out!(
         "{}",
-        super::heads::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
-    );
-    println!();
+        cli::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
+    )?;
+    outln!()?;
     for line in summary_lines(&f) {
-        println!("* {line}");
+        outln!("* {line}")?;
     }
-    println!(
+    outln!(
         "\nreport: {} (open it in a browser)   total {:.2} s",
         a.output.display(),
         start.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }

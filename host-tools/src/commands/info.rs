@@ -57,33 +57,33 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "tensors": kinds.iter().map(|(n, k, shape, b)| serde_json::json!({"name": n, "kind": k, "shape": shape, "bytes": b})).collect::<Vec<_>>(),
             "bytes_per_kind": per_kind.iter().map(|(k, n, b)| serde_json::json!({"kind": k, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
         });
-        println!("{j:#}");
+        outln!("{j:#}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "blob: {} bytes, crc32 {:08x}",
         bytes.len(),
         model.checksum()
-    );
-    println!(
+    )?;
+    outln!(
         "model: {} layers x {} heads, d_model {}, d_head {}, vocab {} -> {}, n_ctx {}, {:?}, {:?} positions",
         c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab, c.d_vocab_out, c.n_ctx, c.normalization, c.positional
-    );
-    println!("processing: {:?}", model.processing());
-    println!(
+    )?;
+    outln!("processing: {:?}", model.processing())?;
+    outln!(
         "device RAM: workspace {ws} bytes (minimum for KV cache + residual + logits: {min} bytes, {:.3}x); trace frame buffer {frame} bytes",
         ws as f64 / min as f64
-    );
+    )?;
     let summary: Vec<String> = per_kind
         .iter()
         .map(|(k, n, b)| format!("{k}: {n} tensors, {b} bytes"))
         .collect();
-    println!("storage: {}", summary.join("; "));
+    outln!("storage: {}", summary.join("; "))?;
     for (n, k, [rows, cols], b) in kinds {
-        println!(
+        outln!(
             "  {n:<28} {k:<5} {:>12} {b:>8} bytes",
             format!("{rows}x{cols}")
-        );
+        )?;
     }
     Ok(())
 }

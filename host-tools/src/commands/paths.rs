@@ -8,13 +8,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 use tinylens_core::Model;
 
-use super::heads::PromptArgs;
-use crate::analysis::attribution::{expand, term_importance, Expansion, TermImportance};
-use crate::analysis::recorded::{analysis_probes, record, Recording};
-use crate::convert::weights_from_model;
+pub use crate::analysis::dynamic::{paths_of, PathsReport, SumCheck};
+use crate::analysis::recorded::{analysis_probes, record};
+use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -31,80 +29,10 @@ pub struct PathsArgs {
     pub json: bool,
 }
 
-/// How well the terms add up.
-#[derive(Debug, Clone, Serialize)]
-pub struct SumCheck {
-    /// max |Σ terms − model logits| over every position and token.
-    pub max_abs_error_vs_model: f64,
-    /// max |Σ terms − the same frozen pass computed densely in f64|.
-    pub max_abs_error_vs_exact: f64,
-    /// max |model logits| (for scale).
-    pub max_abs_logit: f64,
-}
-
-/// `tinylens paths` output (its JSON).
-#[derive(Debug, Clone, Serialize)]
-pub struct PathsReport {
-    pub tokens: Vec<u32>,
-    /// The model's own next-token loss on the prompt.
-    pub model_loss: f64,
-    pub sum_check: SumCheck,
-    pub importance: TermImportance,
-    /// Per term, its logit for the next token at each position `0..n-1`.
-    pub next_token_logits: Vec<(String, Vec<f64>)>,
-}
-
-/// Expands a recording; checks the sum against the recorded logits.
-pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsReport)> {
-    let w = weights_from_model(model);
-    let patterns = rec.patterns()?;
-    let scales = rec.ln_scales()?;
-    let e = expand(&w, &rec.tokens, &patterns, scales.as_deref())?;
-    let logits = rec.logits()?;
-    let total = e.total();
-    let (mut vs_model, mut vs_exact, mut max_logit) = (0.0f64, 0.0f64, 0.0f64);
-    for (p, row) in logits.iter().enumerate() {
-        for (t, v) in row.iter().enumerate() {
-            vs_model = vs_model.max((total[(p, t)] - f64::from(*v)).abs());
-            vs_exact = vs_exact.max((total[(p, t)] - e.exact[(p, t)]).abs());
-            max_logit = max_logit.max(v.abs() as f64);
-        }
-    }
-    let n = rec.tokens.len();
-    let model_loss = (0..n.saturating_sub(1))
-        .map(|p| crate::numerics::loss(&logits[p], rec.tokens[p + 1]))
-        .sum::<f64>()
-        / n.saturating_sub(1).max(1) as f64;
-    let next_token_logits = e
-        .terms
-        .iter()
-        .map(|t| {
-            (
-                t.kind.name(),
-                (0..n.saturating_sub(1))
-                    .map(|p| t.logits[(p, rec.tokens[p + 1] as usize)])
-                    .collect(),
-            )
-        })
-        .collect();
-    let report = PathsReport {
-        tokens: rec.tokens.clone(),
-        model_loss,
-        sum_check: SumCheck {
-            max_abs_error_vs_model: vs_model,
-            max_abs_error_vs_exact: vs_exact,
-            max_abs_logit: max_logit,
-        },
-        importance: term_importance(&e),
-        next_token_logits,
-    };
-    Ok((e, report))
-}
-
 pub fn report(a: &PathsArgs) -> Result<PathsReport> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let p = a.prompt.prompts(&model, 1)?.remove(0);
+    let p = a.prompt.prompt(&model, &bytes)?;
     if p.tokens.len() < 2 {
         return Err(Error::Argument(
             "the path expansion's loss needs at least 2 tokens".into(),
@@ -123,56 +51,64 @@ pub fn run(a: PathsArgs) -> Result<()> {
     let r = report(&a)?;
     let quantized = {
         let bytes = cli::read_input(&a.model)?;
-        super::circuits::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
+        cli::storage_summary(&Model::from_bytes(&bytes)?) != "f32"
     };
     if a.json {
         cli::print_json(&r)?;
         return Ok(());
     }
     let c = &r.sum_check;
-    println!(
+    outln!(
         "frozen-attention path expansion of {} tokens: {} terms",
         r.tokens.len(),
         r.importance.terms.len()
-    );
-    println!(
+    )?;
+    outln!(
         "sum of all terms vs the model's logits: max |error| {:.2e} (logits up to {:.2}); \
          vs the same frozen pass in f64: {:.2e}",
-        c.max_abs_error_vs_model, c.max_abs_logit, c.max_abs_error_vs_exact
-    );
+        c.max_abs_error_vs_model,
+        c.max_abs_logit,
+        c.max_abs_error_vs_exact
+    )?;
     if quantized {
-        println!(
+        outln!(
             "(a quantized blob: the device rounds every matrix-vector input to int8, which no \
              linear split contains; an f32 blob of the same model agrees to float precision)"
-        );
+        )?;
     }
     let t = &r.importance;
-    println!(
+    outln!(
         "\nloss: model {:.4}, all terms {:.4}, biases only {:.4}",
-        r.model_loss, t.loss_all_terms, t.loss_biases_only
-    );
-    println!("order  terms  loss without  increase  loss with orders <= this");
+        r.model_loss,
+        t.loss_all_terms,
+        t.loss_biases_only
+    )?;
+    outln!("order  terms  loss without  increase  loss with orders <= this")?;
     for o in &t.orders {
-        println!(
+        outln!(
             "{:>5} {:>6} {:>13.4} {:>+9.4} {:>25.4}",
-            o.order, o.n_terms, o.loss_without, o.loss_increase_when_dropped, o.loss_up_to
-        );
+            o.order,
+            o.n_terms,
+            o.loss_without,
+            o.loss_increase_when_dropped,
+            o.loss_up_to
+        )?;
     }
-    println!(
+    outln!(
         "\nterm            order   RMS logit  mean next-token logit  loss increase when dropped"
-    );
+    )?;
     for term in t.terms.iter().take(a.top) {
-        println!(
+        outln!(
             "{:<15} {:>5} {:>11.3} {:>22.3} {:>27.4}",
             term.name,
             term.order.map_or("-".into(), |o| o.to_string()),
             term.rms,
             term.mean_next_token_logit,
             term.loss_increase_when_dropped
-        );
+        )?;
     }
     if t.terms.len() > a.top {
-        println!("... {} more (--top, --json)", t.terms.len() - a.top);
+        outln!("... {} more (--top, --json)", t.terms.len() - a.top)?;
     }
     Ok(())
 }

@@ -216,3 +216,41 @@ pub fn cross(float: &[Vec<f32>], device: &[Vec<f32>]) -> nalgebra::DMatrix<f64> 
     }
     c
 }
+
+/// Prompts of a calibration text file, one per line, tokenized as TransformerLens's
+/// `to_tokens` does (BOS prepended when the tokenizer has one); blank lines skipped.
+pub fn from_text_lines(
+    text: &str,
+    tok: &crate::tokenizer::TextTokenizer,
+    cfg: &Config,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let tokens = tok.to_tokens(line, tok.bos().is_some())?;
+        if tokens.len() < 2 || tokens.len() > cfg.n_ctx as usize {
+            return Err(Error::Argument(format!(
+                "line {}: {} tokens; a prompt needs 2 to n_ctx = {}",
+                i + 1,
+                tokens.len(),
+                cfg.n_ctx
+            )));
+        }
+        if let Some(t) = tokens.iter().find(|t| **t >= cfg.d_vocab) {
+            return Err(Error::Argument(format!(
+                "line {}: token {t} is out of range (d_vocab = {})",
+                i + 1,
+                cfg.d_vocab
+            )));
+        }
+        out.push(tokens);
+    }
+    if out.is_empty() {
+        return Err(Error::Argument(
+            "the calibration file holds no prompt".into(),
+        ));
+    }
+    Ok(out)
+}
