@@ -10,7 +10,7 @@ use crate::tokenizer::{append_trailer, TextTokenizer};
 use crate::{cli, tl, Error, Result};
 
 /// Calibration and flash-budget options of `tinylens convert`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 pub struct CalibrationArgs {
     /// Calibrate the int8/int4 rounding (GPTQ through the device's numerics) on FILE
     /// (one prompt per line: comma-separated token ids, as `ablate --data` reads, or,
@@ -28,6 +28,18 @@ pub struct CalibrationArgs {
     /// 1MiB, 64KB, or bytes).
     #[arg(long, value_name = "SIZE")]
     pub flash_budget: Option<String>,
+}
+
+/// The command line's defaults (no calibration, no budget).
+impl Default for CalibrationArgs {
+    fn default() -> Self {
+        CalibrationArgs {
+            calibrate: None,
+            calibrate_seed: 0,
+            calibrate_sequences: calibration::REPEATED_SEQUENCES,
+            flash_budget: None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
