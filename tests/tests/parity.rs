@@ -292,8 +292,8 @@ fn demo_in_40_kib_keeps_its_induction_heads() {
         tinylens_host::tl::process(&mut w, tinylens_host::tl::Processing::NONE).unwrap();
     let vocab = tinylens_host::cli::read_vocab(&d.join("vocab.txt")).unwrap();
     let cfg = tinylens_host::convert::core_config(&w.cfg).unwrap();
-    // 16 sequences rather than the default 64: the same procedure, sized for a debug build.
-    let prompts = calibration::repeated(&cfg, Some(&vocab), CALIBRATION_SEED, 16).unwrap();
+    // 8 sequences rather than the default 64: the same procedure, sized for a debug build.
+    let prompts = calibration::repeated(&cfg, Some(&vocab), CALIBRATION_SEED, 8).unwrap();
     let limit = 40 * 1024;
     let plan = budget::plan(&w, processing, Some(&vocab), &prompts, limit).unwrap();
     let q = quantize::quantize(&w, processing, Some(&vocab), &plan.kinds, Some(&prompts)).unwrap();
