@@ -30,7 +30,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tinylens_core::Model;
+use tinylens_core::{KvStorage, Model};
 use tinylens_host::export;
 use tinylens_host::run::{run, RunOptions};
 use tinylens_host::trace::{decode_stream, Run};
@@ -229,6 +229,11 @@ impl Case<'_> {
             trace: true,
             generate: self.generate,
             run_id: self.run_id,
+            kv: self
+                .args
+                .iter()
+                .find_map(|a| a.strip_prefix("kv="))
+                .map_or(KvStorage::F32, |k| KvStorage::from_name(k).expect("kv=")),
             ..Default::default()
         }
     }
@@ -337,6 +342,37 @@ fn semihosting_mps2_an386_no_probes_still_traces_tokens() {
         generate: 3,
         probes: &[],
         run_id: DEFAULT_RUN_ID,
+    }
+    .check();
+}
+
+/// A quantized KV cache is the same choice on both sides: the int8 cache (and the f16
+/// one on the soft-float M0) gives the host's trace byte for byte.
+#[test]
+fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
+    Case {
+        triple: M4,
+        uart: false,
+        args: &[
+            "tokens=0,3,9,27,4,8,3,9",
+            "generate=3",
+            "probe=*",
+            "run=8",
+            "kv=int8",
+        ],
+        prompt: &[0, 3, 9, 27, 4, 8, 3, 9],
+        generate: 3,
+        probes: &["*"],
+        run_id: 8,
+    }
+    .check();
+}
+
+#[test]
+fn semihosting_microbit_kv_f16_bit_exact() {
+    Case {
+        args: &["kv=f16"],
+        ..Case::defaults(M0)
     }
     .check();
 }

@@ -32,7 +32,10 @@ use crate::{Error, Result};
 
 /// Bytes of attention patterns (one byte per causal entry) over all prompts before the
 /// patterns are block-averaged.
-pub const PATTERN_BUDGET: usize = 2_000_000;
+pub const PATTERN_BUDGET: usize = 1_500_000;
+/// Direct-logit-attribution values (rows × positions) over all prompts; prompts beyond
+/// it show their attention but not their DLA.
+pub const DLA_BUDGET: usize = 120_000;
 /// Bytes of token × token circuit maps (one byte per entry) over all heads.
 pub const CIRCUIT_BUDGET: usize = 600_000;
 /// Largest number of tokens per side of a circuit map.
@@ -316,12 +319,21 @@ fn dla_rows(
         names,
         rows: rows
             .into_iter()
-            .map(|r| r.into_iter().map(round4).collect())
+            .map(|r| r.into_iter().map(round3).collect())
             .collect(),
         targets,
         model_logit: model_logit.into_iter().map(round4).collect(),
         max_abs_error: max_err,
     })
+}
+
+/// `v` to 3 significant digits (the DLA bars; short JSON).
+fn round3(v: f64) -> f64 {
+    if !v.is_finite() || v == 0.0 {
+        return 0.0;
+    }
+    let m = 10f64.powi(2 - v.abs().log10().floor() as i32);
+    (v * m).round() / m
 }
 
 fn round4(v: f64) -> f64 {
@@ -509,10 +521,15 @@ fn prompt_data(
     target: DlaTarget,
     label: &dyn Fn(u32) -> String,
     pool: usize,
+    with_dla: bool,
 ) -> Result<PromptData> {
     let patterns = p.rec.patterns()?;
     let detection = detect_all(&patterns, &p.rec.tokens, DetectOptions::default())?;
-    let dla = dla_rows(w, &p.rec, target, label)?;
+    let dla = if with_dla {
+        Some(dla_rows(w, &p.rec, target, label)?)
+    } else {
+        None
+    };
     let importance = importance_of(w, &p.rec, &patterns)?;
     let (importance, importance_note) = match importance {
         Ok(i) => (Some(i), String::new()),
@@ -637,9 +654,18 @@ pub fn gather(
     };
     let lens: Vec<usize> = prompts.iter().map(|p| p.rec.len()).collect();
     let pool = pattern_pool(model.config(), &lens);
+    // DLA values (rows × positions) of every prompt up to DLA_BUDGET; the first prompt
+    // always has its own.
+    let rows = w.cfg.n_layers * w.cfg.n_heads + 2;
+    let mut dla_values = 0;
     let prompt_data = prompts
         .iter()
-        .map(|p| prompt_data(&w, p, extras.dla_target, &label, pool))
+        .enumerate()
+        .map(|(i, p)| {
+            dla_values += rows * p.rec.len();
+            let with_dla = i == 0 || dla_values <= DLA_BUDGET;
+            prompt_data(&w, p, extras.dla_target, &label, pool, with_dla)
+        })
         .collect::<Result<Vec<_>>>()?;
     let weights = weight_data(&w)?;
     let compare = match compare {
@@ -822,4 +848,53 @@ fn compare_data(
         eigen: weights2.eigen,
         n_prompts: prompts.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_of_many_long_prompts_stay_within_the_budget() {
+        let mut cfg = *Model::from_bytes(crate::commands::demo::DEMO_BLOB)
+            .unwrap()
+            .config();
+        cfg.n_layers = 8;
+        cfg.n_heads = 16;
+        let lens = vec![256; 16];
+        let pool = pattern_pool(&cfg, &lens);
+        let m = 256usize.div_ceil(pool);
+        assert!(16 * 128 * m * (m + 1) / 2 <= PATTERN_BUDGET, "pool {pool}");
+        assert!(pool > 1);
+        // One short prompt is exact.
+        assert_eq!(pattern_pool(&cfg, &[31]), 1);
+    }
+
+    #[test]
+    fn large_circuits_show_the_tokens_with_the_largest_rows() {
+        // Rows 3 and 7 of A B are the largest; the map keeps them, in id order.
+        let a = DMatrix::from_fn(10, 2, |i, j| match (i, j) {
+            (3, 0) => 5.0,
+            (7, 1) => -4.0,
+            _ => 0.1,
+        });
+        let b = DMatrix::from_fn(2, 10, |i, j| if i == j % 2 { 1.0 } else { 0.5 });
+        let m = LowRank::new(a.clone(), b.clone());
+        let dense = &a * &b;
+        let norms = row_norms(&m);
+        for (i, n) in norms.iter().enumerate() {
+            assert!((n - dense.row(i).norm()).abs() < 1e-9);
+        }
+        assert_eq!(map_tokens(&m, 2), vec![3, 7]);
+        assert_eq!(map_tokens(&m, 64).len(), 10);
+        let c = circuit_map(&m, 2);
+        assert_eq!(c.tokens, vec![3, 7]);
+    }
+
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(round3(1234.5), 1230.0);
+        assert_eq!(round3(-0.012345), -0.0123);
+        assert_eq!(round3(f64::NAN), 0.0);
+    }
 }
