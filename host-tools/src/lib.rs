@@ -14,6 +14,7 @@ pub mod export;
 pub mod live;
 pub mod numerics;
 pub mod prompts;
+pub mod quantize;
 pub mod run;
 pub mod tl;
 pub mod tokenizer;

@@ -30,6 +30,7 @@ fn committed_demo_blob_is_what_convert_makes() {
         fold_value_biases: false,
         output: out.clone(),
         json: true,
+        calibration: Default::default(),
     })
     .unwrap();
     let fresh = std::fs::read(&out).unwrap();

@@ -21,12 +21,27 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
     let c = *model.config();
-    let kinds: Vec<(String, &str)> = (0..model.tensor_count())
+    // Per tensor: name, storage kind, stored shape, bytes of data (values and scales).
+    let kinds: Vec<(String, &str, [usize; 2], usize)> = (0..model.tensor_count())
         .map(|i| {
             let slot = tinylens_core::blob::slot(&c, i).expect("validated table");
-            (slot.name.to_string(), model.tensor_at(i).kind.name())
+            let t = model.tensor_at(i);
+            let (rows, cols) = (slot.rows as usize, slot.cols as usize);
+            let bytes = t.kind.data_len(rows, cols).unwrap_or(t.values.len());
+            (slot.name.to_string(), t.kind.name(), [rows, cols], bytes)
         })
         .collect();
+    // Bytes per storage kind, in first-seen order.
+    let mut per_kind: Vec<(&str, usize, usize)> = Vec::new();
+    for (_, k, _, b) in &kinds {
+        match per_kind.iter_mut().find(|(n, _, _)| n == k) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += b;
+            }
+            None => per_kind.push((k, 1, *b)),
+        }
+    }
     let ws = c.workspace_len() * 4;
     let min = c.minimum_len() * 4;
     let frame = frame_buffer_len(&c);
@@ -48,7 +63,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "kv_cache": kv_options.iter().map(|(kv, ws, cache)| serde_json::json!({
                 "storage": kv.name(), "workspace_bytes": ws, "kv_cache_bytes": cache,
             })).collect::<Vec<_>>(),
-            "tensors": kinds.iter().map(|(n, k)| serde_json::json!({"name": n, "kind": k})).collect::<Vec<_>>(),
+            "tensors": kinds.iter().map(|(n, k, shape, b)| serde_json::json!({"name": n, "kind": k, "shape": shape, "bytes": b})).collect::<Vec<_>>(),
+            "bytes_per_kind": per_kind.iter().map(|(k, n, b)| serde_json::json!({"kind": k, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
         });
         outln!("{j:#}")?;
         return Ok(());
@@ -73,8 +89,16 @@ pub fn run(a: InfoArgs) -> Result<()> {
             kv.name()
         )?;
     }
-    for (n, k) in kinds {
-        outln!("  {n:<28} {k}")?;
+    let summary: Vec<String> = per_kind
+        .iter()
+        .map(|(k, n, b)| format!("{k}: {n} tensors, {b} bytes"))
+        .collect();
+    outln!("storage: {}", summary.join("; "))?;
+    for (n, k, [rows, cols], b) in kinds {
+        outln!(
+            "  {n:<28} {k:<5} {:>12} {b:>8} bytes",
+            format!("{rows}x{cols}")
+        )?;
     }
     Ok(())
 }
