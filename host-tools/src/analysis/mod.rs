@@ -24,6 +24,7 @@ pub mod factored;
 pub mod heads;
 pub mod html;
 pub mod recorded;
+pub mod repeats;
 pub mod report;
 #[cfg(test)]
 mod tl_fixtures;
