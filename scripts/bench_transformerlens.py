@@ -6,6 +6,16 @@
     python3 scripts/bench_transformerlens.py --weights tests/fixtures/attn2_shortformer_ln/model.safetensors \\
         --config tests/fixtures/attn2_shortformer_ln/config.json
     python3 scripts/bench_transformerlens.py --json               # one JSON object
+    python3 scripts/bench_transformerlens.py --grid               # the ladder x batch x threads grid
+    python3 scripts/bench_transformerlens.py --grid --ladder mid --batches 1,32 --threads 1,2
+
+Grid mode (``--grid``): the model ladder of ``scripts/make_model_ladder.py`` (demo, "mid",
+the attn-only-2l shape; random-init TransformerLens configs, generated into a temporary
+directory, never committed), prefill only, for every batch size B, prompt length L and
+thread count T: ``tinylens bench --batch B --prompt-tokens L --decode-tokens 0 --threads
+T`` against TransformerLens on ``[B, L]`` tokens with ``torch.set_num_threads(T)``:
+``model(tokens)``, ``run_with_cache(tokens)`` and ``run_with_cache`` with
+``use_attn_result=True``. tokens/s count B x L tokens.
 
 TransformerLens side (PyTorch on the CPU, ``torch.set_num_threads(1)``, batch 1,
 ``torch.inference_mode()``, the model built from its config and ``load_state_dict``):
@@ -138,6 +148,121 @@ def bench_tl(model: HookedTransformer, prompt, decode: int, seconds: float, min_
             "samples": n}
 
 
+def bench_tl_prefill(model: HookedTransformer, prompt, batch: int, seconds: float,
+                     min_samples: int, hooks: bool) -> dict:
+    """Tokens/s of one forward over ``[batch, len(prompt)]`` (plain or run_with_cache)."""
+    tokens = torch.tensor([prompt] * batch, dtype=torch.long)
+    cpu = []
+
+    def sample():
+        t0, c0 = time.perf_counter(), time.process_time()
+        if hooks:
+            out = model.run_with_cache(tokens)
+        else:
+            out = model(tokens)
+        t1, c1 = time.perf_counter(), time.process_time()
+        del out
+        cpu.append(c1 - c0)
+        return t1 - t0, 0.0
+
+    with torch.inference_mode():
+        p, _, n = timed_samples(sample, seconds, min_samples)
+    c = statistics.fmean(cpu[-n:])
+    return {"prefill_tokens_per_s": batch * len(prompt) / p,
+            "prefill_tokens_per_cpu_s": batch * len(prompt) / c, "samples": n}
+
+
+def grid(args, exe: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_model_ladder import make  # noqa: E402
+
+    tmp = tempfile.TemporaryDirectory()
+    out = Path(tmp.name)
+    rows = []
+    for name in [m for m in args.ladder.split(",") if m]:
+        d = make(name, out)
+        weights, config = d / "model.safetensors", d / "config.json"
+        n_ctx = json.loads(config.read_text())["n_ctx"]
+        blobs = {}
+        for kind in [k for k in args.kinds.split(",") if k]:
+            blob = d / f"model-{kind}.tlm"
+            subprocess.run([str(exe), "convert", "--weights", str(weights), "--config",
+                            str(config), "--quant", kind, "-o", str(blob), "--json"],
+                           check=True, stdout=subprocess.DEVNULL)
+            blobs[kind] = blob
+        tl_models = {flag: load_tl(weights, config, flag) for flag in (False, True)}
+        for length in [int(x) for x in args.lengths.split(",") if x]:
+            length = min(length, n_ctx)
+            for batch in [int(x) for x in args.batches.split(",") if x]:
+                for threads in [int(x) for x in args.threads.split(",") if x]:
+                    row = {"model": name, "batch": batch, "prompt_tokens": length,
+                           "threads": threads}
+                    for kind, blob in blobs.items():
+                        cmd = [str(exe), "bench", str(blob), "--json", "--seconds",
+                               str(args.seconds), "--min-samples", str(args.min_samples),
+                               "--batch", str(batch), "--prompt-tokens", str(length),
+                               "--decode-tokens", "0", "--threads", str(threads),
+                               "--only", "off"]
+                        o = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                      text=True).stdout)
+                        cmd[-1] = "all"
+                        a = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                      text=True).stdout)
+                        row[f"tinylens_{kind}"] = o["prefill_tokens_per_s"]
+                        row[f"tinylens_{kind}_cpu"] = o["prefill_tokens_per_cpu_s"]
+                        row[f"tinylens_{kind}_all_hooks_cpu"] = a["prefill_tokens_per_cpu_s_all_hooks"]
+                        row[f"tinylens_{kind}_gflops_cpu"] = o["prefill_gflops_per_cpu_s"]
+                        row[f"tinylens_{kind}_all_hooks_gflops_cpu"] = a["prefill_gflops_per_cpu_s_all_hooks"]
+                        row[f"tinylens_{kind}_all_hooks"] = a["prefill_tokens_per_s_all_hooks"]
+                        row[f"tinylens_{kind}_gflops"] = o["prefill_gflops_per_s"]
+                        row[f"tinylens_{kind}_all_hooks_gflops"] = a["prefill_gflops_per_s_all_hooks"]
+                        row["kernels"] = o["kernels"]
+                        prompt = o["prompt"]
+                    torch.set_num_threads(threads)
+                    for key, flag, hooks in [("tl_plain", False, False),
+                                             ("tl_run_with_cache", False, True),
+                                             ("tl_run_with_cache_attn_result", True, True)]:
+                        r = bench_tl_prefill(tl_models[flag], prompt, batch, args.seconds,
+                                             args.min_samples, hooks)
+                        row[key] = r["prefill_tokens_per_s"]
+                        row[key + "_cpu"] = r["prefill_tokens_per_cpu_s"]
+                    for kind in blobs:
+                        row[f"ratio_{kind}_all_hooks_vs_tl_attn_result"] = (
+                            row[f"tinylens_{kind}_all_hooks"] / row["tl_run_with_cache_attn_result"])
+                        row[f"ratio_{kind}_vs_tl_plain"] = row[f"tinylens_{kind}"] / row["tl_plain"]
+                        row[f"ratio_{kind}_all_hooks_vs_tl_attn_result_cpu"] = (
+                            (row[f"tinylens_{kind}_all_hooks_cpu"] or 0.0)
+                            / row["tl_run_with_cache_attn_result_cpu"])
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    load = open("/proc/loadavg").read().split()[:3]
+    import importlib.metadata as md
+    result = {"machine": {"nproc": os.cpu_count(), "loadavg": load,
+                          "torch": torch.__version__,
+                          "transformer_lens": md.version("transformer-lens")},
+              "grid": rows}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    kinds = list(blobs)
+    print(f"# prefill tokens/s (B x L tokens), load average {' '.join(load)}; "
+          f"tinylens kernels {rows[0]['kernels'] if rows else '?'}")
+    head = (f"{'model':<13} {'B':>3} {'L':>5} {'T':>2} "
+            + "".join(f"{'tl ' + k:>10} {k + ' all':>10} " for k in kinds)
+            + f"{'TL plain':>10} {'TL rwc':>10} {'TL rwc+res':>10} "
+            + "".join(f"{k + ' all/TL':>11} " for k in kinds))
+    print(head)
+    for r in rows:
+        print(f"{r['model']:<13} {r['batch']:>3} {r['prompt_tokens']:>5} {r['threads']:>2} "
+              + "".join(f"{r[f'tinylens_{k}']:>10,.0f} {r[f'tinylens_{k}_all_hooks']:>10,.0f} "
+                        for k in kinds)
+              + f"{r['tl_plain']:>10,.0f} {r['tl_run_with_cache']:>10,.0f} "
+              f"{r['tl_run_with_cache_attn_result']:>10,.0f} "
+              + "".join(f"{r[f'ratio_{k}_all_hooks_vs_tl_attn_result']:>10.2f}x " for k in kinds)
+              + " cpu: " + "".join(f"{r[f'ratio_{k}_all_hooks_vs_tl_attn_result_cpu']:.2f}x "
+                                   for k in kinds))
+
+
 def tinylens_bin(args) -> Path:
     if args.tinylens:
         return Path(args.tinylens)
@@ -159,10 +284,21 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, help="default: half the context")
     ap.add_argument("--tinylens", help="path of the tinylens binary (default: cargo build --release)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--grid", action="store_true",
+                    help="prefill grid over the model ladder, batches, lengths and threads")
+    ap.add_argument("--ladder", default="demo,mid,attn-only-2l")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--lengths", default="256", help="prompt lengths (clamped to n_ctx)")
+    ap.add_argument("--threads", default="1,2")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     exe = tinylens_bin(args)
+    if args.grid:
+        if args.min_samples == 10:
+            args.min_samples = 3
+        grid(args, exe)
+        return
     tmp = tempfile.TemporaryDirectory()
     blobs = [Path(b) for b in args.blob]
     if not blobs:

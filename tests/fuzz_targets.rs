@@ -234,25 +234,79 @@ pub fn cobs_encode(src: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The host's `decode_stream` (and the cache, token list and expected records of every
-/// run it finds) on the bytes as a stream, then on the bytes split at `0x00` with each
-/// piece made a well-formed frame ([`frame_of`]).
+/// The host's trace decoder on the bytes as a stream, then on the bytes split at `0x00`
+/// with each piece made a well-formed frame ([`frame_of`]).
 pub fn trace_stream(data: &[u8]) {
     decode_all(data);
     let framed: Vec<u8> = data.split(|b| *b == 0).flat_map(frame_of).collect();
     decode_all(&framed);
 }
 
+/// Values of a cache the target writes out in full (16 MiB of f32); larger ones (up to
+/// the decoder's 2^28) are only described, which is what bounds the target's memory.
+const MAX_EXPORTED_VALUES: usize = 1 << 22;
+
+/// `decode_stream`, the same through the streaming [`trace::Decoder`] in pieces (the same
+/// runs and counts for any split), then every run's loss, token list and cache export.
 fn decode_all(stream: &[u8]) {
+    use tinylens_host::export::Arrays;
     let (runs, report) = trace::decode_stream(stream);
     assert_eq!(report.runs, runs.len());
+    let step = 1 + stream.first().copied().unwrap_or(0) as usize * 3;
+    let mut d = trace::Decoder::new(trace::Keep::All);
+    for piece in stream.chunks(step) {
+        d.push(piece, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    let (pieced, r2) = d.finish();
+    assert_eq!(
+        (r2.frames_ok, r2.bad_frames, r2.orphan_frames, pieced.len()),
+        (
+            report.frames_ok,
+            report.bad_frames,
+            report.orphan_frames,
+            runs.len()
+        )
+    );
+    for (run, p) in runs.iter().zip(&pieced) {
+        assert_eq!(run.records.len(), p.records.len());
+        assert_eq!(run.loss.missing_count, p.loss.missing_count);
+    }
     for run in &runs {
-        let cache = run.cache();
         let tokens = run.token_list();
         assert_eq!(tokens.len(), run.positions());
         assert!(run.positions() <= run.config.n_ctx as usize);
-        for (shape, data) in cache.values() {
-            assert_eq!(shape.iter().product::<usize>(), data.len());
+        let l = &run.loss;
+        assert!(l.missing_records.len() <= trace::MAX_MISSING_LISTED);
+        assert!(l.missing_count <= run.expected_count());
+        let listed: u64 = l
+            .missing_records
+            .iter()
+            .map(|m| m.sites().count() as u64)
+            .sum();
+        assert!(listed <= l.missing_count);
+        let positions = run.positions();
+        for m in l.missing_records.iter().take(4) {
+            let (a, b) = m.positions;
+            assert!(u32::from(a) < b && b as usize <= positions);
+            for k in m.sites().take(3) {
+                assert!(run.is_expected(&k) && !run.records.contains_key(&k));
+            }
+        }
+        let view = run.cache_view(true);
+        let list = view.list();
+        let total: usize = list.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        if total <= MAX_EXPORTED_VALUES {
+            for (i, (_, shape)) in list.iter().enumerate() {
+                let mut n = 0;
+                view.emit(i, &mut |piece| {
+                    n += piece.len();
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(n, shape.iter().product::<usize>());
+            }
+            tinylens_host::export::write_safetensors(&view, &mut std::io::sink()).unwrap();
         }
     }
 }
@@ -477,6 +531,23 @@ pub mod craft {
         super::frame_of(&content)
     }
 
+    /// A 2-layer, 2-head LayerNorm config with 4 positions, for hand-made runs.
+    pub fn small_config() -> Config {
+        Config {
+            n_layers: 2,
+            n_heads: 2,
+            d_model: 4,
+            d_head: 2,
+            d_vocab: 10,
+            d_vocab_out: 10,
+            n_ctx: 4,
+            normalization: tinylens_core::Normalization::LN,
+            positional: tinylens_core::Positional::Standard,
+            eps: 1e-5,
+            attn_scale: 1.0,
+        }
+    }
+
     /// A header frame (seq 0, format 1).
     pub fn header(run: u32, model_crc: u32, config: Config, probes: &[Probe]) -> Vec<u8> {
         let body = Body::Header {
@@ -563,19 +634,7 @@ pub mod craft {
 pub fn crafted_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     use tinylens_core::probe::Probe;
     let eight: Vec<u8> = (0..8).flat_map(|_| craft::resid_bomb()).collect();
-    let cfg = Config {
-        n_layers: 2,
-        n_heads: 2,
-        d_model: 4,
-        d_head: 2,
-        d_vocab: 10,
-        d_vocab_out: 10,
-        n_ctx: 4,
-        normalization: Normalization::LN,
-        positional: Positional::Standard,
-        eps: 1e-5,
-        attn_scale: 1.0,
-    };
+    let cfg = craft::small_config();
     let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z)];
     let embed = |seq, layer, head, v: f32| {
         craft::record_f32(1, seq, (HookPoint::Embed, layer, head, 0), &[v; 4])

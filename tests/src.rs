@@ -94,6 +94,37 @@ pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> V
         .0
 }
 
+/// A blob for `cfg` with every tensor in `kind` and uniform random values in
+/// [-1, 1) from `seed` (for models larger than the fixtures, e.g. to exercise the
+/// host's SIMD kernels and row-block threads).
+pub fn random_blob(cfg: &tinylens_core::Config, kind: StorageKind, seed: u64) -> Vec<u8> {
+    use tinylens_core::blob::{self, write};
+    let n = blob::tensor_count(cfg);
+    let data_start = (blob::HEADER_LEN + n * blob::ENTRY_LEN).next_multiple_of(blob::ALIGN);
+    let mut out = write::header(cfg, tinylens_core::Processing::default(), n as u16).to_vec();
+    let mut data = Vec::new();
+    let mut rng = tinylens_core::sample::Rng::new(seed);
+    for t in 0..n {
+        let slot = blob::slot(cfg, t).expect("slot");
+        let (rows, cols) = (slot.rows as usize, slot.cols as usize);
+        let src: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect();
+        let mut bytes = vec![0u8; kind.data_len(rows, cols).expect("size")];
+        assert!(tinylens_core::quant::quantize(
+            kind, rows, cols, &src, &mut bytes
+        ));
+        data.resize(data.len().next_multiple_of(blob::ALIGN), 0);
+        let offset = (data_start + data.len()) as u32;
+        out.extend(write::entry(&slot, kind, offset, bytes.len() as u32));
+        data.extend(bytes);
+    }
+    out.resize(data_start, 0);
+    out.extend(data);
+    write::finish(&mut out);
+    out
+}
+
 /// Unprocessed blob of a fixture.
 pub fn blob(name: &str, kind: StorageKind) -> Vec<u8> {
     blob_with(name, kind, tl::Processing::NONE)

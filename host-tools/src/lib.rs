@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod cli;
 pub mod commands;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod export;
 pub mod numerics;

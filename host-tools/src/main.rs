@@ -16,6 +16,10 @@ use tinylens_host::{cli, commands};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for every command that runs the model (default: one per core); the
+    /// results are the same bits for any number.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +71,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    if let Err(e) = tinylens_host::engine::set_threads(cli.threads) {
+        cli::note(format_args!("error: {e}"));
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),

@@ -1,17 +1,18 @@
-//! Running the core on the host with probes and interventions, as `tinylens run` does.
+//! Running the model on the host with probes and interventions, as `tinylens run`
+//! does: options checked here, the model run by the [`crate::engine`].
 
 use std::path::Path;
 
 use tinylens_core::intervene::{Ablation, AblationMode, FreezePatterns, HeadRef, Patch};
 use tinylens_core::probe::ProbeSet;
-use tinylens_core::sample::{self, Rng};
 use tinylens_core::trace::{self, Recorder, Summary};
-use tinylens_core::{Error as CoreError, HookPoint, Hooks, Model, Normalization, Session, Site};
+use tinylens_core::{Error as CoreError, HookPoint, Hooks, Model, Site};
+
+use crate::engine::{Engine, Sampling, Tape};
 
 use crate::{Error, Result};
 
-/// Probe capacity on the host (firmware uses the core's smaller default).
-pub const HOST_PROBES: usize = 128;
+pub use crate::engine::{probe_set, HOST_PROBES};
 
 /// How an ablated head is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Run id written in every trace frame (firmware picks its own; 0 by default).
     pub run_id: u32,
+    /// How the KV cache is stored (as a device with that choice stores it).
+    pub kv: tinylens_core::KvStorage,
 }
 
 /// What a run produced.
@@ -95,38 +98,6 @@ pub fn parse_hook_name(name: &str) -> Result<(HookPoint, u16)> {
         return Err(Error::Argument(format!("`{name}` names no layer")));
     }
     Ok((p.point, p.layer.unwrap_or(0)))
-}
-
-/// Builds the probe set for a list of patterns.
-pub fn probe_set(model: &Model<'_>, patterns: &[String]) -> Result<ProbeSet<HOST_PROBES>> {
-    let mut ps = ProbeSet::new();
-    let c = model.config();
-    for p in patterns {
-        let mut one: ProbeSet<HOST_PROBES> = ProbeSet::new();
-        one.add_pattern(p)
-            .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
-        let before = ps.len();
-        for probe in one.probes() {
-            // A wildcard means "every matching hook the model has": a model without
-            // LayerNorm has no LN hooks, so `*` skips them; an exact name is still refused.
-            if p.contains('*') && probe.point.needs_ln() && c.normalization == Normalization::None {
-                continue;
-            }
-            ps.push(*probe)
-                .map_err(|e| Error::Argument(format!("probe `{p}`: {e}")))?;
-        }
-        if ps.probes()[before..]
-            .iter()
-            .any(|probe| probe.validate(c).is_err())
-        {
-            return Err(Error::Argument(format!(
-                "probe `{p}` names a layer, head, position or hook this model does not have \
-                 ({} layers, {} heads, n_ctx {}, normalization {:?})",
-                c.n_layers, c.n_heads, c.n_ctx, c.normalization
-            )));
-        }
-    }
-    Ok(ps)
 }
 
 /// Runs the prompt (and generation) with the requested probes and interventions.
@@ -204,53 +175,44 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
         patches,
     };
 
-    let mut workspace = vec![0.0f32; cfg.workspace_len()];
-    let mut session = Session::new(model, &mut workspace)?;
-    let mut out = RunOutput::default();
-    let mut rng = Rng::new(opts.seed);
+    // The engine runs the prompt in blocks; a trace is written afterwards from the
+    // values a tape kept, in stepping order, so it is byte for byte a device's.
+    let engine = Engine::new(model).with_kv(opts.kv);
+    let sampling = Sampling {
+        top_k: opts.top_k,
+        temperature: opts.temperature,
+        seed: opts.seed,
+    };
     let probes = probe_set(model, &opts.probes)?;
     let recording = opts.trace || !probes.is_empty();
-    let mut frame_buf = vec![0u8; trace::frame_buffer_len(&cfg)];
-    let mut trace_bytes = Vec::new();
-    let sink = |b: &[u8]| -> std::result::Result<(), CoreError> {
-        trace_bytes.extend_from_slice(b);
-        Ok(())
-    };
-    let mut recorder = if recording {
-        Some(Recorder::begin_run(
-            model,
-            &probes,
-            sink,
-            &mut frame_buf,
-            opts.run_id,
-        )?)
+    let mut tape = Tape::new(&cfg, &probes);
+    let seq = if recording {
+        engine.run(
+            &opts.tokens,
+            opts.generate,
+            &sampling,
+            &mut (&mut interventions, &mut tape),
+        )?
     } else {
-        None
+        engine.run(&opts.tokens, opts.generate, &sampling, &mut interventions)?
     };
-
-    let mut next = None;
-    for i in 0..opts.tokens.len() + opts.generate {
-        let token = if i < opts.tokens.len() {
-            opts.tokens[i]
-        } else {
-            let t = next.take().unwrap_or(0);
-            out.generated.push(t);
-            t
+    let v = cfg.d_vocab_out as usize;
+    let mut out = RunOutput {
+        logits: seq.logits.chunks_exact(v).map(<[f32]>::to_vec).collect(),
+        tokens: seq.tokens,
+        generated: seq.generated,
+        ..Default::default()
+    };
+    if recording {
+        let mut frame_buf = vec![0u8; trace::frame_buffer_len(&cfg)];
+        let mut trace_bytes = Vec::new();
+        let sink = |b: &[u8]| -> std::result::Result<(), CoreError> {
+            trace_bytes.extend_from_slice(b);
+            Ok(())
         };
-        let logits = match recorder.as_mut() {
-            Some(r) => session.step_with(token, &mut (&mut interventions, r))?,
-            None => session.step_with(token, &mut interventions)?,
-        };
-        out.tokens.push(token);
-        out.logits.push(logits.to_vec());
-        next = Some(if opts.top_k > 1 && opts.temperature > 0.0 {
-            sample::top_k::<64>(logits, opts.top_k, opts.temperature, &mut rng)
-        } else {
-            sample::greedy(logits)
-        });
-    }
-    if let Some(r) = recorder {
-        let (summary, _) = r.finish();
+        let mut recorder = Recorder::begin_run(model, &probes, sink, &mut frame_buf, opts.run_id)?;
+        tape.replay(&out.tokens, &mut recorder);
+        let (summary, _) = recorder.finish();
         if let Some(e) = summary.error {
             return Err(Error::Trace(format!("recording failed: {e}")));
         }

@@ -13,12 +13,19 @@
 //! of its hook (a `hook_embed` record with a layer or a head, a row of the wrong length,
 //! an int8 record with a NaN scale are bad frames, and the value is listed as missing).
 //!
-//! Memory: the decoder holds what it kept of the input (records as f32, at most 4 bytes
-//! per input byte plus about 100 bytes per frame), one frame being assembled (at most
+//! Memory: the decoder holds what it kept of the input (runs and records: under 32 bytes
+//! per input byte for the smallest frames, see `tests/tests/decoder_memory.rs`), one
+//! frame being assembled (at most
 //! [`MAX_FRAME_BYTES`]) and at most [`MAX_PENDING_BYTES`] of frames waiting for their
 //! header; missing records are counted and listed as ranges ([`MAX_MISSING_LISTED`]), the
 //! cache is produced a row at a time for export ([`CacheView`]). Nothing is sized by what
 //! a header claims.
+//!
+//! Live use (a serial port, `--follow`, a monitor): push bytes as they are read and act
+//! on the [`Event`]s; [`Decoder::run`] and [`Run::loss_now`] give the state of a run at
+//! any time. A new kind of frame is a `Body` variant in the core, one arm in
+//! `add_frame` (what it changes in the run, and its believability check) and, if callers
+//! need to see it, an [`Event`] variant (the enum is `non_exhaustive`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -26,7 +33,7 @@ use std::io;
 
 use serde::Serialize;
 use tinylens_core::config::limits;
-use tinylens_core::probe::{Precision, Probe, ProbeSet};
+use tinylens_core::probe::{Precision, Probe};
 use tinylens_core::trace::{decode_frame, frame_buffer_len, Body, Frame, Header};
 use tinylens_core::{Config, HookPoint, Normalization, Site};
 
@@ -40,27 +47,21 @@ fn key(site: &Site) -> Key {
 }
 
 /// Longest chunk between two delimiters that can be a frame: the largest frame a
-/// recorder writes for any valid config. A longer chunk is one bad frame, skipped
-/// without being kept.
-pub fn max_frame_bytes() -> usize {
-    let widest = Config {
-        n_layers: 1,
-        n_heads: 1,
-        d_model: limits::MAX_DIM,
-        d_head: 1,
-        d_vocab: limits::MAX_VOCAB,
-        d_vocab_out: limits::MAX_VOCAB,
-        n_ctx: limits::MAX_CTX,
-        normalization: Normalization::None,
-        positional: tinylens_core::Positional::Standard,
-        eps: 0.0,
-        attn_scale: 1.0,
-    };
-    frame_buffer_len(&widest)
-}
-
-/// [`max_frame_bytes`], for the documentation (4 MiB of f32 logits plus framing).
-pub const MAX_FRAME_BYTES: usize = 4 * (1 << 20) + (1 << 15);
+/// recorder writes for any valid config (4 MiB of f32 logits for the largest vocabulary,
+/// plus framing). A longer chunk is one bad frame, skipped without being kept.
+pub const MAX_FRAME_BYTES: usize = frame_buffer_len(&Config {
+    n_layers: 1,
+    n_heads: 1,
+    d_model: limits::MAX_DIM,
+    d_head: 1,
+    d_vocab: limits::MAX_VOCAB,
+    d_vocab_out: limits::MAX_VOCAB,
+    n_ctx: limits::MAX_CTX,
+    normalization: Normalization::None,
+    positional: tinylens_core::Positional::Standard,
+    eps: 0.0,
+    attn_scale: 1.0,
+});
 
 /// Most bytes of frames held while their header has not arrived; beyond, the oldest
 /// are dropped (and counted as orphans), so an endless stream of headerless frames
@@ -86,7 +87,6 @@ pub struct Run {
     /// Sequence number → CRC of the frame kept for it (a second frame with the same
     /// number and other content is a conflict, not a duplicate).
     seqs: BTreeMap<u32, u64>,
-    probe_set: ProbeSet,
     pub loss: Loss,
 }
 
@@ -103,7 +103,8 @@ pub struct Loss {
     /// Another run with the same id but a different header (model, shape or probes) was
     /// open at the same time: their frames cannot be told apart, so values may be mixed.
     pub shared_id: bool,
-    /// Records the device selected but could not write (its sink failed or was full).
+    /// Frames the device could not write (`End.dropped`: its sink failed or its ring
+    /// was full); their sequence numbers are among `lost_frames`.
     pub dropped_on_device: u32,
     /// Whether the end frame arrived.
     pub end_seen: bool,
@@ -180,11 +181,6 @@ pub struct StreamReport {
 
 impl Run {
     fn new(run_id: u32, seq: u32, h: &Header) -> Run {
-        let mut probe_set = ProbeSet::new();
-        for p in &h.probes {
-            // Cannot fail: a header holds at most MAX_PROBES probes.
-            let _ = probe_set.push(*p);
-        }
         Run {
             run_id,
             model_crc: h.model_crc,
@@ -195,7 +191,6 @@ impl Run {
             records: BTreeMap::new(),
             end: None,
             seqs: BTreeMap::from([(seq, 0)]),
-            probe_set,
             loss: Loss::default(),
         }
     }
@@ -220,6 +215,15 @@ impl Run {
         (0..self.positions())
             .map(|p| self.tokens.get(&(p as u16)).copied())
             .collect()
+    }
+
+    /// The precision a recorder of this run writes `site` at (the first probe that
+    /// selects it decides, as in [`tinylens_core::probe::ProbeSet::select`]).
+    fn select(&self, site: &Site) -> Option<Precision> {
+        self.probes
+            .iter()
+            .find(|p| p.matches(site))
+            .map(|p| p.precision)
     }
 
     /// Whether the point is recorded for this run's model at all.
@@ -249,6 +253,10 @@ impl Run {
 
     /// Whether a recorder of this run writes a record at `k` (given the positions).
     pub fn is_expected(&self, k: &Key) -> bool {
+        self.is_expected_within(k, self.positions())
+    }
+
+    fn is_expected_within(&self, k: &Key, positions: usize) -> bool {
         let site = Site {
             point: k.0,
             layer: k.1,
@@ -256,8 +264,8 @@ impl Run {
             pos: k.3,
         };
         self.exists(k.0)
-            && (k.3 as usize) < self.positions().min(self.config.n_ctx as usize)
-            && self.probe_set.select(&site).is_some()
+            && (k.3 as usize) < positions.min(self.config.n_ctx as usize)
+            && self.select(&site).is_some()
     }
 
     /// The position ranges the probes select for (point, layer, head), merged, within
@@ -359,25 +367,43 @@ impl Run {
     /// The missing records: their number and the first `limit` ranges, in site order.
     /// Work and memory follow the records held and `limit`, not the selection's size.
     pub fn missing(&self, limit: usize) -> (u64, Vec<Missing>) {
-        let present = self.records.keys().filter(|k| self.is_expected(k)).count() as u64;
+        let positions = self.positions();
+        let present = self
+            .records
+            .keys()
+            .filter(|k| self.is_expected_within(k, positions))
+            .count() as u64;
         let count = self.expected_count().saturating_sub(present);
         let mut listed = Vec::new();
         if count == 0 || limit == 0 {
             return (count, listed);
         }
         let c = &self.config;
-        let positions = self.positions().min(c.n_ctx as usize) as u32;
+        let positions = positions.min(c.n_ctx as usize) as u32;
         'points: for point in HookPoint::ALL {
             if !self.exists(point) || !self.probes.iter().any(|p| p.point == point) {
                 continue;
             }
+            // Only the layers and heads some probe of the point can select.
+            let of_point = || self.probes.iter().filter(|p| p.point == point);
+            let candidates = |f: fn(&Probe) -> Option<u16>, n: u32| -> Vec<u16> {
+                if of_point().any(|p| f(p).is_none()) {
+                    (0..n as u16).collect()
+                } else {
+                    let set: BTreeSet<u16> = of_point().filter_map(f).collect();
+                    set.into_iter().filter(|x| u32::from(*x) < n).collect()
+                }
+            };
             let layers: Vec<u16> = if point.per_layer() {
-                (0..c.n_layers as u16).collect()
+                candidates(|p| p.layer, c.n_layers)
             } else {
                 vec![0]
             };
             let heads: Vec<Option<u16>> = if point.per_head() {
-                (0..c.n_heads as u16).map(Some).collect()
+                candidates(|p| p.head, c.n_heads)
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             } else {
                 vec![None]
             };
@@ -514,6 +540,10 @@ pub fn record_width(cfg: &Config, point: HookPoint, pos: u16) -> usize {
 }
 
 impl Arrays for CacheView<'_> {
+    fn is_integer(&self, index: usize) -> bool {
+        matches!(self.arrays.get(index), Some((_, ArrayKind::Tokens)))
+    }
+
     fn list(&self) -> Vec<(String, Vec<usize>)> {
         self.arrays
             .iter()
@@ -601,7 +631,8 @@ pub enum Keep {
 }
 
 /// What one frame did, as [`Decoder::push`] reports it. `run` is the index of the run in
-/// the stream (0 = the first header); [`Decoder::run`] gives the run if it is kept.
+/// the stream (0 = the first header); [`Decoder::run`] gives the run if it is kept. Runs
+/// that are not kept ([`Keep::Only`]) report no `Token`, `Record` or `Conflict` events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -615,6 +646,9 @@ pub enum Event {
     RunEnded { run: usize },
     /// A frame the run already had.
     Duplicate { run: usize },
+    /// A frame with the number of one the run already had but other content (two
+    /// recordings share the run id).
+    Conflict { run: usize },
     /// A chunk that is not a frame, or a frame whose content was not believed.
     Bad,
     /// A good frame of a run whose header has not come (yet).
@@ -656,9 +690,15 @@ pub struct Decoder {
     scratch: Vec<u8>,
     runs: Vec<Run>,
     slots: BTreeMap<u32, Slot>,
-    /// Frames before their header, oldest first: (run id, raw chunk).
-    pending: VecDeque<(u32, Vec<u8>)>,
+    /// Frames before their header, by run id, each with its arrival number.
+    pending: BTreeMap<u32, VecDeque<(u64, Vec<u8>)>>,
+    /// Arrival order of the pending frames (run id, arrival number), oldest first, for
+    /// dropping the oldest; entries of frames already taken are skipped (and swept).
+    pending_order: VecDeque<(u32, u64)>,
+    pending_frames: usize,
     pending_bytes: usize,
+    pending_limit: usize,
+    arrivals: u64,
     events: Vec<Event>,
     report: StreamReport,
 }
@@ -667,16 +707,29 @@ impl Decoder {
     pub fn new(keep: Keep) -> Decoder {
         Decoder {
             keep,
-            max_frame: max_frame_bytes(),
+            max_frame: MAX_FRAME_BYTES,
             chunk: Vec::new(),
             overlong: false,
             scratch: Vec::new(),
             runs: Vec::new(),
             slots: BTreeMap::new(),
-            pending: VecDeque::new(),
+            pending: BTreeMap::new(),
+            pending_order: VecDeque::new(),
+            pending_frames: 0,
             pending_bytes: 0,
+            pending_limit: MAX_PENDING_BYTES,
+            arrivals: 0,
             events: Vec::new(),
             report: StreamReport::default(),
+        }
+    }
+
+    /// A decoder that holds at most `bytes` of frames waiting for their header (instead
+    /// of [`MAX_PENDING_BYTES`]).
+    pub fn with_pending_limit(keep: Keep, bytes: usize) -> Decoder {
+        Decoder {
+            pending_limit: bytes,
+            ..Decoder::new(keep)
         }
     }
 
@@ -749,7 +802,7 @@ impl Decoder {
         if !self.chunk.is_empty() || self.overlong {
             self.report.bad_frames += 1;
         }
-        self.report.orphan_frames += self.pending.len();
+        self.report.orphan_frames += self.pending_frames;
         for run in &mut self.runs {
             run.loss = run.loss_now();
         }
@@ -857,31 +910,48 @@ impl Decoder {
         );
         self.events.push(Event::RunStarted { run: index });
         // Frames that came before their header, in the order they came.
-        let mut early = Vec::new();
-        self.pending.retain(|(pid, raw)| {
-            if *pid == id {
-                early.push(raw.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for raw in early {
+        for (_, raw) in self.pending.remove(&id).unwrap_or_default() {
+            self.pending_frames -= 1;
             self.pending_bytes -= raw.len();
             self.report.frames_ok -= 1; // counted again by `frame`
             self.frame(&raw);
         }
+        if self.pending_order.len() > 2 * self.pending_frames + 1024 {
+            let pending = &self.pending;
+            self.pending_order.retain(|(id, n)| {
+                pending
+                    .get(id)
+                    .and_then(|q| q.front())
+                    .is_some_and(|f| f.0 <= *n)
+            });
+        }
     }
 
     fn hold(&mut self, id: u32, raw: Vec<u8>) {
+        self.arrivals += 1;
         self.pending_bytes += raw.len();
-        self.pending.push_back((id, raw));
-        while self.pending_bytes > MAX_PENDING_BYTES {
-            let Some((_, old)) = self.pending.pop_front() else {
+        self.pending_frames += 1;
+        self.pending
+            .entry(id)
+            .or_default()
+            .push_back((self.arrivals, raw));
+        self.pending_order.push_back((id, self.arrivals));
+        while self.pending_bytes > self.pending_limit {
+            let Some((id, n)) = self.pending_order.pop_front() else {
                 break;
             };
-            self.pending_bytes -= old.len();
-            self.report.orphan_frames += 1;
+            let Some(q) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if q.front().is_some_and(|f| f.0 == n) {
+                let (_, old) = q.pop_front().expect("front exists");
+                if q.is_empty() {
+                    self.pending.remove(&id);
+                }
+                self.pending_frames -= 1;
+                self.pending_bytes -= old.len();
+                self.report.orphan_frames += 1;
+            }
         }
     }
 }
@@ -980,7 +1050,7 @@ fn add_frame(run: &mut Run, index: usize, frame: Frame<'_>, print: u64) -> Optio
         Some(_) => {
             // Same number, other content: two recorders share this run id.
             run.loss.conflicting_frames += 1;
-            return Some(Event::Duplicate { run: index });
+            return Some(Event::Conflict { run: index });
         }
         None => {}
     }
@@ -1007,7 +1077,7 @@ fn add_frame(run: &mut Run, index: usize, frame: Frame<'_>, print: u64) -> Optio
                 && site.head.is_none_or(|h| u32::from(h) < c.n_heads)
                 && u32::from(site.pos) < c.n_ctx
                 && run.exists(point)
-                && run.probe_set.select(&site) == Some(r.precision)
+                && run.select(&site) == Some(r.precision)
                 && r.data.len() == record_width(&c, point, site.pos) * bpv
                 && (r.precision != Precision::Int8 || (r.scale.is_finite() && r.scale >= 0.0));
             if !believable {

@@ -859,3 +859,45 @@ fn failed_outputs_leave_no_files_behind() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert!(v.get("blocks.0.attn.hook_pattern").is_some());
 }
+
+/// Issue #11, 1: `decode -` decodes as the bytes come and stops at the selected run's
+/// end frame, so a pipe that never closes (a serial line, QEMU) gives its cache.
+#[test]
+fn decode_works_on_a_pipe_that_never_closes() {
+    use std::io::{Read, Write};
+    let trace = std::fs::read(files().path("trace.tlt")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["decode", "-", "--run", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Two runs, then the pipe stays open (stdin is kept until the child has exited).
+    stdin.write_all(&trace).unwrap();
+    stdin.write_all(&trace).unwrap();
+    stdin.flush().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("decode - waited for the end of a pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+}

@@ -266,24 +266,8 @@ fn each_kind_of_damage_is_reported() {
 // run could have written them. ----
 
 use tinylens_core::probe::{Precision, Probe};
-use tinylens_core::{Config, HookPoint, Normalization, Positional};
+use tinylens_core::HookPoint;
 use tinylens_tests::fuzz_targets::craft;
-
-fn small_config() -> Config {
-    Config {
-        n_layers: 2,
-        n_heads: 2,
-        d_model: 4,
-        d_head: 2,
-        d_vocab: 10,
-        d_vocab_out: 10,
-        n_ctx: 4,
-        normalization: Normalization::LN,
-        positional: Positional::Standard,
-        eps: 1e-5,
-        attn_scale: 1.0,
-    }
-}
 
 /// A one-position run recording `hook_embed`, `blocks.*.attn.hook_z` and
 /// `blocks.*.ln1.hook_scale:int8`, with `extra` frames before its end frame.
@@ -297,7 +281,7 @@ fn run_with(
     int8.precision = Precision::Int8;
     let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z), int8];
     let mut frames = vec![
-        craft::header(1, 0xabcd, small_config(), &probes),
+        craft::header(1, 0xabcd, craft::small_config(), &probes),
         craft::token(1, 1, 0, 3),
         craft::record_f32(1, 2, (HookPoint::Embed, 0, None, 0), &[1.0, 2.0, 3.0, 4.0]),
     ];
@@ -392,7 +376,7 @@ fn int8_records_need_a_finite_scale() {
 #[test]
 fn runs_sharing_an_id_with_different_headers_are_never_merged() {
     let probes = [Probe::all(HookPoint::Embed)];
-    let cfg = small_config();
+    let cfg = craft::small_config();
     let a = |seq, v: f32| {
         craft::record_f32(5, seq, (HookPoint::Embed, 0, None, seq as u16 - 1), &[v; 4])
     };
@@ -505,4 +489,51 @@ fn the_streaming_decoder_gives_the_same_result_for_any_split() {
     assert!(d.run(0).is_none() && d.run_ended(1));
     let (runs, report) = d.finish();
     assert_eq!((runs.len(), report.runs), (1, 2));
+}
+
+#[test]
+fn frames_waiting_for_a_header_are_bounded() {
+    use tinylens_host::trace::{Decoder, Keep};
+    let frames = intact_frames_cached();
+    // Endless frames of runs whose header never comes (ids 1000..): the oldest are
+    // dropped as orphans once 10 kB wait; the run whose header comes is whole.
+    let mut d = Decoder::with_pending_limit(Keep::All, 10_000);
+    let orphan = |id: u32| craft::record_f32(id, 1, (HookPoint::Embed, 0, None, 0), &[1.0; 32]);
+    for i in 0..2000 {
+        d.push(&orphan(1000 + i % 7), &mut |_, _| {});
+    }
+    // Already dropped while streaming (each frame is ~150 bytes: ~66 are held).
+    assert!(
+        d.report().orphan_frames > 1900,
+        "{}",
+        d.report().orphan_frames
+    );
+    let early = frames[3].clone();
+    d.push(&early, &mut |_, _| {});
+    for f in frames {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].loss.is_complete());
+    assert_eq!(runs[0].loss.duplicate_frames, 1);
+    assert_eq!(report.orphan_frames, 2000);
+}
+
+#[test]
+fn a_chunk_longer_than_any_frame_is_skipped_not_kept() {
+    use tinylens_host::trace::{Decoder, Keep, MAX_FRAME_BYTES};
+    let mut d = Decoder::new(Keep::All);
+    // Noise without a delimiter, longer than any frame, pushed in pieces.
+    let noise = vec![0x55u8; 1 << 16];
+    for _ in 0..(MAX_FRAME_BYTES >> 16) + 2 {
+        d.push(&noise, &mut |_, _| {});
+    }
+    d.push(&[0], &mut |_, _| {});
+    for f in intact_frames_cached() {
+        d.push(f, &mut |_, _| {});
+    }
+    let (runs, report) = d.finish();
+    assert_eq!(report.bad_frames, 1);
+    assert!(runs[0].loss.is_complete());
 }

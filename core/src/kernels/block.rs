@@ -143,29 +143,26 @@ fn float_blocks<const B: usize>(
     let (rows, cols) = (w.rows, w.cols);
     let row_len = cols * B;
     let (br, bt) = BLOCK;
-    let mut t = 0;
-    while t < x.n {
-        let nt = if t + bt <= x.n { bt } else { 1 };
-        let mut r = 0;
-        while r < rows {
-            let nr = if r + br <= rows { br } else { 1 };
-            let wr = &w.values[r * row_len..(r + nr) * row_len];
+    // Rows outer: a block of weight rows stays in the cache while every token of the
+    // block passes over it, so each weight is read from memory once per block.
+    let mut r = 0;
+    while r < rows {
+        let nr = if r + br <= rows { br } else { 1 };
+        let wr = &w.values[r * row_len..(r + nr) * row_len];
+        let mut t = 0;
+        while t < x.n {
+            let nt = if t + bt <= x.n { bt } else { 1 };
             let xs = &x.x[t * cols..(t + nt) * cols];
+            let o = &mut out[t * rows + r..];
             match (nr, nt) {
-                (4, 2) => {
-                    float_block::<B, 4, 2>(wr, xs, cols, rows, &mut out[t * rows + r..], load)
-                }
-                (4, _) => {
-                    float_block::<B, 4, 1>(wr, xs, cols, rows, &mut out[t * rows + r..], load)
-                }
-                (_, 2) => {
-                    float_block::<B, 1, 2>(wr, xs, cols, rows, &mut out[t * rows + r..], load)
-                }
-                _ => float_block::<B, 1, 1>(wr, xs, cols, rows, &mut out[t * rows + r..], load),
+                (4, 2) => float_block::<B, 4, 2>(wr, xs, cols, rows, o, load),
+                (4, _) => float_block::<B, 4, 1>(wr, xs, cols, rows, o, load),
+                (_, 2) => float_block::<B, 1, 2>(wr, xs, cols, rows, o, load),
+                _ => float_block::<B, 1, 1>(wr, xs, cols, rows, o, load),
             }
-            r += nr;
+            t += nt;
         }
-        t += nt;
+        r += nr;
     }
 }
 

@@ -24,27 +24,22 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use embedded_hal::{delay::DelayNs, digital::OutputPin};
+use tinylens_core::kernels::Portable;
 use tinylens_core::probe::ProbeSet;
 use tinylens_core::trace::{self, Recorder, Sink, Summary};
-use tinylens_core::{sample, Config, Error, Model, Session};
+use tinylens_core::{sample, Config, Error, KvStorage, Model, Session, SessionOptions};
 
 // ---------------------------------------------------------------------------
 // The embedded model and the sizes it implies
-
-/// Wrapper that raises the alignment of its contents (model blobs hold `f32`/`f16`
-/// tensors that the core views in place).
-#[repr(C, align(16))]
-pub struct Aligned<T: ?Sized>(pub T);
 
 /// The model blob as a `const`, for compile-time parsing of its config. Not aligned
 /// and not meant for run time: use [`MODEL_BLOB`].
 pub const MODEL_BYTES: &[u8] = include_bytes!(env!("TINYLENS_FW_MODEL_PATH"));
 
-static MODEL_ALIGNED: Aligned<[u8; MODEL_BYTES.len()]> =
-    Aligned(*include_bytes!(env!("TINYLENS_FW_MODEL_PATH")));
-
-/// The model blob embedded in flash, 16-byte aligned.
-pub static MODEL_BLOB: &[u8] = &MODEL_ALIGNED.0;
+/// The model blob embedded in flash, 16-byte aligned (`include_bytes!` alone promises
+/// no alignment, and the DSP kernel needs 4: `Model::from_bytes` refuses a misaligned
+/// blob in DSP builds).
+pub static MODEL_BLOB: &[u8] = tinylens_core::include_blob!(env!("TINYLENS_FW_MODEL_PATH"));
 
 /// File name of the embedded blob (for the log).
 pub const MODEL_NAME: &str = env!("TINYLENS_FW_MODEL_NAME");
@@ -99,6 +94,9 @@ pub struct Settings {
     /// to the trace channel), to measure the cost of inference alone.
     pub record: bool,
     pub run_id: u32,
+    /// How the KV cache is stored (`kv=f32|f16|int8`; the static workspace is sized for
+    /// f32, the largest).
+    pub kv: KvStorage,
     /// Whether `probe=` arguments have replaced the default probe set yet.
     probes_given: bool,
 }
@@ -139,13 +137,15 @@ impl Settings {
             probes,
             record: true,
             run_id: DEFAULT_RUN_ID,
+            kv: KvStorage::F32,
             probes_given: false,
         }
     }
 
     /// Applies one argument. Keys: `tokens=1,2,3` (the prompt), `generate=N`,
     /// `probe=PATTERN` (repeatable; the first replaces the default set; `probe=none`
-    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`.
+    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`,
+    /// `kv=f32|f16|int8`.
     /// Returns `Ok(false)` for a key it does not know (the binary may know it).
     pub fn apply<'a>(&mut self, key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
         let bad = |why| ArgError { key, value, why };
@@ -178,6 +178,9 @@ impl Settings {
             }
             "run" => {
                 self.run_id = value.parse().map_err(|_| bad("expected a number"))?;
+            }
+            "kv" => {
+                self.kv = KvStorage::from_name(value).ok_or(bad("expected f32, f16 or int8"))?;
             }
             "record" => {
                 self.record = match value {
@@ -313,7 +316,12 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
     }
     settings.probes.validate(&cfg).map_err(RunError::Probes)?;
     let workspace_len = workspace.len();
-    let mut session = Session::new(&model, workspace).map_err(RunError::Workspace)?;
+    let options = SessionOptions {
+        block: 1,
+        kv: settings.kv,
+    };
+    let mut session =
+        Session::with_options(&model, workspace, options, Portable).map_err(RunError::Workspace)?;
     defmt::info!(
         "model {=str}: {=usize} bytes, crc {=u32:08x}; {=u32} layers x {=u32} heads, d_model {=u32}, d_vocab {=u32}, n_ctx {=u32}",
         MODEL_NAME,
@@ -442,6 +450,58 @@ impl<const N: usize, F: FnMut()> Sink for RingSink<'_, N, F> {
         match self {
             RingSink::Drop(s) => s.write_last_frame(frame),
             RingSink::Block(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            RingSink::Drop(s) => s.lend(max),
+            RingSink::Block(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.commit(len),
+            RingSink::Block(s) => s.commit(len),
+        }
+    }
+}
+
+/// A trace ring ([`RingSink`]) or a direct sink `D` (a closure that writes each frame
+/// to the transport from inside the step), chosen at run time: one sink type, so that
+/// a firmware that offers both holds one copy of the traced forward pass.
+pub enum TraceSink<R, D> {
+    Ring(R),
+    Direct(D),
+}
+
+impl<R: Sink, D: Sink> Sink for TraceSink<R, D> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_frame(frame),
+            TraceSink::Direct(s) => s.write_frame(frame),
+        }
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_last_frame(frame),
+            TraceSink::Direct(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            TraceSink::Ring(s) => s.lend(max),
+            TraceSink::Direct(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.commit(len),
+            TraceSink::Direct(s) => s.commit(len),
         }
     }
 }

@@ -16,10 +16,11 @@
 
 use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
-use tinylens_core::{Hooks, Model, NoHooks, Session};
+use tinylens_core::{Hooks, Model, NoHooks};
 
 use super::heads::repeated_random_tokens;
 use super::recorded::record;
+use crate::engine::{Engine, Sampling};
 use crate::numerics::loss;
 use crate::{Error, Result};
 
@@ -109,15 +110,15 @@ pub fn repeated_dataset(
 /// Next-token losses of one run: (sum over all positions, count, sum over the repeat
 /// part, count).
 fn run_losses<H: Hooks>(
-    session: &mut Session<'_, '_>,
+    engine: &Engine<'_>,
     prompt: &Prompt,
     hooks: &mut H,
 ) -> Result<(f64, usize, f64, usize)> {
-    session.reset();
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
     let n = prompt.tokens.len();
-    for (p, &t) in prompt.tokens.iter().enumerate() {
-        let logits = session.step_with(t, hooks)?;
+    let v = engine.model().config().d_vocab_out as usize;
+    let out = engine.run(&prompt.tokens, 0, &Sampling::default(), hooks)?;
+    for (p, logits) in out.logits.chunks_exact(v).enumerate() {
         if p + 1 < n {
             let l = loss(logits, prompt.tokens[p + 1]);
             all += l;
@@ -147,11 +148,10 @@ pub fn dataset_losses<H: Hooks>(
     hooks: &mut H,
     mut progress: impl FnMut(),
 ) -> Result<Losses> {
-    let mut ws = vec![0.0f32; model.config().workspace_len()];
-    let mut s = Session::new(model, &mut ws)?;
+    let engine = Engine::new(model);
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
     for p in prompts {
-        let (a, na, r, nr) = run_losses(&mut s, p, hooks)?;
+        let (a, na, r, nr) = run_losses(&engine, p, hooks)?;
         all += a;
         n_all += na;
         rep += r;

@@ -340,13 +340,13 @@ pub fn analyse_sets(
     // First copy: the predictions inside the first copy (positions 1..=n-1 predict its
     // tokens 2..=n), which nothing can predict.
     let first_copy = {
-        let mut ws = vec![0.0f32; cfg.workspace_len()];
-        let mut s = tinylens_core::Session::new(model, &mut ws)?;
+        let engine = crate::engine::Engine::new(model);
+        let v = cfg.d_vocab_out as usize;
         let (mut sum, mut count) = (0.0, 0);
         for p in loss_set {
-            s.reset();
-            for (i, &t) in p.tokens.iter().enumerate().take(repeat_len) {
-                let logits = s.step(t)?;
+            let prompt = &p.tokens[..repeat_len.min(p.tokens.len())];
+            let out = engine.run(prompt, 0, &Default::default(), &mut tinylens_core::NoHooks)?;
+            for (i, logits) in out.logits.chunks_exact(v).enumerate() {
                 if i >= 1 {
                     sum += crate::numerics::loss(logits, p.tokens[i + 1]);
                     count += 1;
@@ -406,24 +406,36 @@ pub fn analyse_sets(
         detect_sequences: detect_set.len(),
         timings_ms: Vec::new(),
     };
+    let mut prompts: Vec<(String, Vec<u32>)> = detect_set
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("sequence {} of {}", i + 1, detect_set.len()),
+                p.tokens.clone(),
+            )
+        })
+        .collect();
+    if let Some(t) = &sets.report_tokens {
+        prompts.insert(0, ("the demo's prompt".into(), t.clone()));
+    }
     let html = build(
         model,
-        sets.report_tokens
-            .as_deref()
-            .unwrap_or(&detect_set[0].tokens),
+        &prompts,
         Extras {
             title: sets.title.clone(),
             findings: summary_lines(&findings),
             detection: Some((
                 head_scores,
                 format!(
-                    "Averaged over {} sequences of {}, with TL's exclude_bos (attention parked \
-                     on <bos> left out of both sums).",
+                    "Averaged over {} sequences of {} (the prompt selector shows each), with \
+                     TL's exclude_bos (attention parked on <bos> left out of both sums).",
                     detect_set.len(),
                     sets.what
                 ),
             )),
             ablation: Some(abl),
+            ..Default::default()
         },
     )?;
     lap("attribution, path expansion and report", &mut timings);

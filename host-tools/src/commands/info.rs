@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tinylens_core::trace::frame_buffer_len;
+use tinylens_core::KvStorage;
 use tinylens_core::Model;
 
 use crate::{cli, Result};
@@ -29,6 +30,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let ws = c.workspace_len() * 4;
     let min = c.minimum_len() * 4;
     let frame = frame_buffer_len(&c);
+    // The working memory of a one-position session for each KV cache storage.
+    let kv_options: Vec<(KvStorage, usize, usize)> = KvStorage::ALL
+        .iter()
+        .map(|&kv| (kv, c.session_workspace_len(1, kv) * 4, c.kv_cache_bytes(kv)))
+        .collect();
     if a.json {
         let j = serde_json::json!({
             "blob_bytes": bytes.len(),
@@ -40,6 +46,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "workspace_bytes": ws,
             "minimum_bytes": min,
             "trace_frame_buffer_bytes": frame,
+            "kv_cache": kv_options.iter().map(|(kv, ws, cache)| serde_json::json!({
+                "storage": kv.name(), "workspace_bytes": ws, "kv_cache_bytes": cache,
+            })).collect::<Vec<_>>(),
             "tensors": kinds.iter().map(|(n, k)| serde_json::json!({"name": n, "kind": k})).collect::<Vec<_>>(),
         });
         outln!("{j:#}")?;
@@ -63,6 +72,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "device RAM: workspace {ws} bytes (minimum for KV cache + residual + logits: {min} bytes, {:.3}x); trace frame buffer {frame} bytes",
         ws as f64 / min as f64
     )?;
+    for (kv, ws, cache) in &kv_options {
+        outln!(
+            "  with a {:<4} KV cache: workspace {ws} bytes (KV cache {cache} bytes)",
+            kv.name()
+        )?;
+    }
     for (n, k) in kinds {
         outln!("  {n:<28} {k}")?;
     }

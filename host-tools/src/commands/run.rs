@@ -55,6 +55,15 @@ pub struct RunArgs {
     /// Run id written in every trace frame (e.g. to reproduce a device's trace bit for bit).
     #[arg(long, default_value_t = 0)]
     pub run_id: u32,
+    /// KV cache storage: f32 (TransformerLens's values), f16 or int8 (one scale per head
+    /// vector), computed bit for bit as a device with that cache computes it.
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    pub kv: tinylens_core::KvStorage,
+}
+
+fn parse_kv(s: &str) -> std::result::Result<tinylens_core::KvStorage, String> {
+    tinylens_core::KvStorage::from_name(s)
+        .ok_or_else(|| format!("unknown KV cache storage `{s}` (f32, f16, int8)"))
 }
 
 fn parse_ablate(s: &str) -> Result<((u16, u16), AblateMode)> {
@@ -172,6 +181,7 @@ pub fn options(a: &RunArgs, model: &Model<'_>, blob: &[u8]) -> Result<RunOptions
         temperature: a.temperature,
         seed: a.prompt.seed,
         run_id: a.run_id,
+        kv: a.kv,
         ..Default::default()
     };
     if let Some(p) = &a.means {
