@@ -53,6 +53,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if a.json {
         let j = serde_json::json!({
             "blob_bytes": bytes.len(),
+            "device_bytes": model.as_bytes().len(),
             "crc32": format!("{:08x}", model.checksum()),
             "config": c,
             "processing": model.processing().to_bits(),
@@ -70,9 +71,13 @@ pub fn run(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "blob: {} bytes, crc32 {:08x}",
-        bytes.len(),
-        model.checksum()
+        "blob: {} bytes of device flash, crc32 {:08x}{}",
+        model.as_bytes().len(),
+        model.checksum(),
+        match bytes.len() - model.as_bytes().len() {
+            0 => String::new(),
+            n => format!(" (+ {n} bytes of host-only trailer: the tokenizer, not flashed)"),
+        }
     )?;
     outln!(
         "model: {} layers x {} heads, d_model {}, d_head {}, vocab {} -> {}, n_ctx {}, {:?}, {:?} positions",

@@ -10,6 +10,7 @@ use tinylens_core::{HookPoint, Hooks, Model, Session, Site};
 
 use crate::analysis::circuits::copying_scores;
 use crate::analysis::heads::{detect_batch, DetectOptions, HeadKind, LayerPatterns};
+use crate::analysis::vocab::Vocab;
 use crate::convert::weights_from_model;
 use crate::Result;
 
@@ -138,8 +139,11 @@ pub fn survival(
     };
     let [prev_f, ind_f] = head_scores(float, &prompts, opts)?;
     let [prev_q, ind_q] = head_scores(quantized, &prompts, opts)?;
-    let copy_f = copying_scores(&weights_from_model(float)).ok();
-    let copy_q = copying_scores(&weights_from_model(quantized)).ok();
+    let copying = |m: &Model<'_>| {
+        let w = weights_from_model(m);
+        copying_scores(&Vocab::new(&w)).ok()
+    };
+    let (copy_f, copy_q) = (copying(float), copying(quantized));
     let mut heads = Vec::new();
     let mut largest: Option<LargestChange> = None;
     let mut lost = Vec::new();
