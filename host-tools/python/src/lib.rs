@@ -202,6 +202,7 @@ fn run_batch(model: &CoreModel<'_>, job: &BatchJob) -> tinylens_host::Result<Vec
                 temperature: job.temperature,
                 seed: job.seed,
                 run_id: job.run_id,
+                ..Default::default()
             };
             let out = host_run::run(model, &opts)?;
             let cache = if job.probes.is_empty() {
@@ -692,8 +693,11 @@ fn safetensors_dtype(name: &str) -> Option<safetensors::Dtype> {
 #[pyfunction]
 fn copying_scores(py: Python<'_>, model: &PyModel) -> PyResult<Vec<Vec<f64>>> {
     let m = model.model();
-    py.detach(|| analysis::copying_scores(&host_convert::weights_from_model(m)))
-        .map_err(err)
+    py.detach(|| {
+        let w = host_convert::weights_from_model(m);
+        analysis::copying_scores(&analysis::vocab::Vocab::new(&w))
+    })
+    .map_err(err)
 }
 
 /// TL's `all_composition_scores(kind)` `[l1][h1][l2][h2]`, optionally minus the paper's
