@@ -210,7 +210,10 @@ mod tests {
             .collect()
     }
 
-    fn data(rows: Vec<([usize; 2], Vec<(f64, f64)>)>) -> CompareData {
+    /// A head and its (this, other) value per metric.
+    type Row = ([usize; 2], Vec<(f64, f64)>);
+
+    fn data(rows: Vec<Row>) -> CompareData {
         CompareData {
             name: "model-f32.tlm".into(),
             crc: 1,
