@@ -20,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tinylens_core::{HookPoint, NoHooks, Normalization};
 use tinylens_host::analysis::{self, CompositionMode, DetectOptions, HeadKind};
-use tinylens_host::commands::decode;
 use tinylens_host::convert::{self as host_convert, QuantPlan};
 use tinylens_host::engine::{Engine, Sampling};
 use tinylens_host::export::Cache;
