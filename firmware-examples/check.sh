@@ -89,5 +89,10 @@ if command -v defmt-print > /dev/null; then
     sed -n '/^prompt:/,$p' "$tmp/per-token" | sed 's/^/    /'
 fi
 
+if command -v defmt-print > /dev/null && command -v llvm-size > /dev/null \
+        && [[ -f target/thumbv7em-none-eabi/release/qemu && -f target/thumbv8m.main-none-eabihf/release/qemu ]]; then
+    check "README.md figures (log, counts, sizes) match readme-figures.sh" ./readme-figures.sh --check
+fi
+
 echo "firmware-examples: $pass passed, $fail failed"
 [[ $fail == 0 ]]

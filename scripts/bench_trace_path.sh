@@ -8,8 +8,8 @@
 #   scripts/bench_trace_path.sh [--elf app.elf]
 #
 # The firmware is the default QEMU build (firmware-examples, `cargo build --release`,
-# the demo int8 blob when models/demo exists), run with its default prompt (11 tokens)
-# and 8 generated tokens. A step's count runs from the marker before it to the marker
+# the demo int8 blob when models/demo exists), run with the 16-token prompt of
+# `tinylens bench` and bench_firmware.sh, then 16 greedy tokens (the whole context). A step's count runs from the marker before it to the marker
 # after it (tinylens_fw::Stepper): the forward pass, the probes' frame encoding and,
 # for the direct sinks, the transport writes (a semihosting write counts as one
 # instruction; a UART byte costs the driver's register writes and status polls). The
@@ -28,6 +28,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -f "$elf" ]] || (cd "$fw" && cargo build --release --quiet -p tinylens-fw-qemu)
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+run_args=(tokens=0,63,4,35,13,31,4,45,2,39,27,32,15,62,20,50 generate=16)
 
 # label|firmware args
 cases=(
@@ -47,7 +48,7 @@ echo "| probes: trace path | prompt instr/step | generated instr/step | × probe
 echo "|---|---:|---:|---:|---:|---:|"
 base_p="" base_g=""
 for c in "${cases[@]}"; do
-    label="${c%%|*}"; read -r -a args <<< "${c#*|}"
+    label="${c%%|*}"; read -r -a args <<< "${c#*|}"; args+=("${run_args[@]}")
     "$fw/run-qemu.sh" --serial "$tmp/uart" --defmt-out "$tmp/defmt" --icount="$tmp/icount" "$elf" "${args[@]}" \
         > "$tmp/trace" 2> "$tmp/log"
     "$fw/icount-per-token.sh" --elf "$elf" --tsv "${args[@]}" > "$tmp/steps"

@@ -38,10 +38,14 @@ command -v defmt-print >/dev/null || cargo install defmt-print --locked --quiet
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The Python extension crate is its own workspace (see host-tools/python/Cargo.toml).
+cargo fmt --manifest-path host-tools/python/Cargo.toml -- --check
+CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path host-tools/python/Cargo.toml \
+    --all-targets --quiet -- -D warnings
 
 step "tinylens-core for the microcontroller targets (no_std, no alloc)"
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
-cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io
+cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io,embedded-io-06
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 
 step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
@@ -49,6 +53,7 @@ step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the 
 # eabihf: mps2-an386; qemu for thumbv7em-eabi: netduinoplus2, thumbv6m: microbit,
 # thumbv8m.main: mps2-an505) and pipes a trace into target/debug/tinylens.
 (cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
+    && cargo build --release --quiet -p tinylens-fw-board --features trace-rtt \
     && cargo build --release --quiet --target thumbv7em-none-eabi -p tinylens-fw-qemu \
     && cargo build --release --quiet --target thumbv8m.main-none-eabihf -p tinylens-fw-qemu \
     && cargo clippy --release --quiet -- -D warnings \
@@ -61,6 +66,30 @@ step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analys
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --quiet 2>&1 | tee "$log"
-# One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+
+step "Python package (host-tools/python): pip install in a virtualenv, pytest"
+# numpy, pytest and safetensors (to read the TransformerLens fixtures) from PyPI; no
+# torch. The extension is built with the dev profile in the workspace's target
+# directory, so the dependencies `cargo test` just compiled are reused.
+venv="$PWD/target/python-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv" || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv "$venv"
+}
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" numpy pytest safetensors
+PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" "$venv/bin/python" -m pip install --quiet \
+    --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps \
+    --config-settings=build-args="--profile dev" ./host-tools/python
+rc=0
+(cd host-tools/python && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee -a "$log" || rc=${PIPESTATUS[0]}
+if [ "$rc" = 5 ]; then
+    echo "pytest collected no tests (host-tools/python/tests): that is a failure here" >&2
+    exit 1
+elif [ "$rc" != 0 ]; then
+    exit "$rc"
+fi
+# One closing line for the whole suite (cargo prints one per test binary; pytest's
+# closing line is counted in).
+awk '/^test result:|^[0-9]+ (passed|failed)/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"

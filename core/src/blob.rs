@@ -19,6 +19,31 @@ pub const HEADER_LEN: usize = 64;
 pub const ENTRY_LEN: usize = 24;
 /// Alignment of every tensor's data, from the start of the blob.
 pub const ALIGN: usize = 16;
+
+/// Alignment the blob itself needs in memory in a build with the DSP kernel
+/// ([`crate::kernels::DSP`]); [`Model::from_bytes`] refuses a blob that lacks it
+/// ([`Error::BlobMisaligned`]). Other builds read tensors at any address.
+pub const KERNEL_ALIGN: usize = 4;
+
+/// Embeds a model blob file in flash, 16-byte aligned (what `include_bytes!` does not
+/// promise: a blob from `include_bytes!` may start anywhere, and a DSP build then
+/// refuses it). Gives a `&'static [u8]`:
+///
+/// ```text
+/// static MODEL: &[u8] = tinylens_core::include_blob!("../models/demo-int8.tlm");
+/// let model = Model::from_bytes(MODEL)?;
+/// ```
+///
+/// (The path is relative to the file that uses the macro, as for `include_bytes!`.)
+#[macro_export]
+macro_rules! include_blob {
+    ($path:expr) => {{
+        #[repr(C, align(16))]
+        struct Aligned<T: ?Sized>(T);
+        static BLOB: &Aligned<[u8]> = &Aligned(*include_bytes!($path));
+        &BLOB.0
+    }};
+}
 /// The CRC-32 covers the blob from this offset to its end (everything after the CRC field).
 pub const CRC_START: usize = 20;
 
@@ -351,6 +376,15 @@ impl<'a> Model<'a> {
     /// error, never a panic or an out-of-bounds read.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
         let config = peek_config(bytes)?;
+        // The DSP kernel reads int8 rows a word at a time (tensors are aligned from
+        // the blob's start): a misaligned blob would make every product silently take
+        // the portable kernel. An error names it instead.
+        if crate::kernels::DSP && (bytes.as_ptr() as usize) % KERNEL_ALIGN != 0 {
+            return Err(Error::BlobMisaligned {
+                address: bytes.as_ptr() as usize,
+                required: KERNEL_ALIGN,
+            });
+        }
         let total = u32_at(bytes, 12) as usize;
         if total < HEADER_LEN {
             return Err(Error::Truncated {
@@ -665,5 +699,34 @@ pub mod write {
         blob[12..16].copy_from_slice(&total.to_le_bytes());
         let crc = CRC.checksum(&blob[CRC_START..]);
         blob[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod include_blob_tests {
+    use super::*;
+
+    static FIXTURE: &[u8] =
+        crate::include_blob!("../../firmware-examples/models/attn1_ln-int8.tlm");
+
+    #[test]
+    fn include_blob_is_aligned_and_loads() {
+        assert_eq!(FIXTURE.as_ptr() as usize % ALIGN, 0);
+        assert!(FIXTURE.len() > HEADER_LEN);
+        let model = Model::from_bytes(FIXTURE).unwrap();
+        assert_eq!(model.config().n_layers, 1);
+    }
+
+    #[test]
+    fn misaligned_blob_error_names_the_fix() {
+        let e = Error::BlobMisaligned {
+            address: 0x2000_0003,
+            required: KERNEL_ALIGN,
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("0x20000003") && msg.contains("include_blob!"),
+            "{msg}"
+        );
     }
 }

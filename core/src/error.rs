@@ -62,6 +62,11 @@ pub enum Error {
     FrameTooLarge { needed: usize, capacity: usize },
     /// A trace frame could not be decoded (bad COBS, CRC or postcard content).
     CorruptFrame,
+    /// The blob does not start on a 4-byte boundary, and this build's DSP kernel
+    /// (Cortex-M4/M7/M33) reads int8 weights a word at a time: it would silently take
+    /// the portable kernel, about 4x slower. Embed blobs with
+    /// [`crate::include_blob!`] (16-byte aligned).
+    BlobMisaligned { address: usize, required: usize },
 }
 
 impl core::fmt::Display for Error {
@@ -133,6 +138,10 @@ impl core::fmt::Display for Error {
             ),
             SinkFull => write!(f, "trace sink is full"),
             SinkFailed => write!(f, "trace sink write failed"),
+            BlobMisaligned { address, required } => write!(
+                f,
+                "model blob at {address:#x} is not {required}-byte aligned, which the DSP kernel needs (embed it with tinylens_core::include_blob!)"
+            ),
             FrameTooLarge { needed, capacity } => write!(
                 f,
                 "trace frame of {needed} bytes exceeds the frame buffer ({capacity} bytes)"

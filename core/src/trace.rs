@@ -288,6 +288,7 @@ const CRC_TABLES: [[u32; 256]; 4] = {
 /// [`CRC`] (CRC-32/ISO-HDLC) four bytes per step ("slicing-by-4"): about a third of
 /// the instructions of the one-table loop on a Cortex-M, for 3 KiB more table.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+#[inline(always)]
 fn crc32_slice4(bytes: &[u8]) -> u32 {
     // Four separate statics: each lookup is then one load from a base in a register.
     static T0: [u32; 256] = CRC_TABLES[0];
@@ -358,6 +359,9 @@ const RECORD_PREFIX_MAX: usize = 32;
 /// byte at a time: the postcard bytes are laid out at the end of `buf`, checksummed in
 /// one call, and COBS-encoded in place towards the start. `None` when `buf` might be
 /// too small for that (the caller then takes the serde path, which knows exactly).
+/// Always inlined: a firmware with two sink types has two recorders, and a call
+/// (instead of the inlined encoder) costs a tenth of the recording's instructions.
+#[inline(always)]
 fn encode_record<'b>(
     run: u32,
     seq: u32,
@@ -407,7 +411,19 @@ fn encode_record<'b>(
     })
 }
 
+/// Space [`encode_record`] needs for a record with `data_len` payload bytes (the
+/// largest prefix, the CRC, COBS's code bytes and the delimiter).
+#[inline]
+const fn record_frame_max(data_len: usize) -> usize {
+    let raw = RECORD_PREFIX_MAX + data_len + 4;
+    raw + raw / 254 + 3
+}
+
+/// Space [`encode_token`] needs: a 20-byte prefix and the CRC, plus COBS.
+const TOKEN_FRAME_MAX: usize = 20 + 4 + 3;
+
 /// A token frame, as [`encode`] writes it for `Body::Token` (see [`encode_record`]).
+#[inline(always)]
 fn encode_token(run: u32, seq: u32, pos: u16, token: u32, buf: &mut [u8]) -> Option<&mut [u8]> {
     let prefix = |out: &mut [u8]| {
         let mut n = 0;
@@ -643,6 +659,23 @@ pub trait Sink {
     fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
         self.write_frame(frame)
     }
+
+    /// Sinks that keep frames in memory (a trace ring) lend the recorder their free
+    /// space, so that a frame is encoded where it is kept instead of being copied
+    /// there: `Ok(Some(space))` of at least `max` bytes, followed by
+    /// [`commit`](Sink::commit) of the frame's length; `Err` refuses the frame (counted
+    /// like a failed write). The default, `Ok(None)`, makes the recorder encode into
+    /// its own frame buffer and call [`write_frame`](Sink::write_frame).
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        let _ = max;
+        Ok(None)
+    }
+
+    /// Keeps the first `len` bytes of the space [`lend`](Sink::lend) gave: one frame.
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        let _ = len;
+        Ok(())
+    }
 }
 
 impl<F: FnMut(&[u8]) -> Result<(), Error>> Sink for F {
@@ -660,6 +693,19 @@ pub struct IoSink<W>(pub W);
 
 #[cfg(feature = "embedded-io")]
 impl<W: embedded_io::Write> Sink for IoSink<W> {
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.0.write_all(frame).map_err(|_| Error::SinkFailed)
+    }
+}
+
+/// [`IoSink`] for writers of embedded-io **0.6** (feature `embedded-io-06`), which many
+/// HALs still implement (nrf52840-hal 0.18's `UarteTx`, rp2040-hal, stm32f4xx-hal):
+/// `Recorder::begin(&model, &probes, IoSink06(uart_tx), &mut frame_buf)`.
+#[cfg(feature = "embedded-io-06")]
+pub struct IoSink06<W>(pub W);
+
+#[cfg(feature = "embedded-io-06")]
+impl<W: embedded_io_06::Write> Sink for IoSink06<W> {
     fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
         self.0.write_all(frame).map_err(|_| Error::SinkFailed)
     }
@@ -915,10 +961,29 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
                 inv_scale: 1.0 / scale,
             },
         };
-        let written = match encode_record(self.run, self.seq, &record, self.buf) {
-            Some(bytes) => {
+        let (run, seq) = (self.run, self.seq);
+        let max = record_frame_max(record.data.values.len() * precision.bytes_per_value());
+        // Encoded in the sink's own memory when it lends some (a ring: no copy), else
+        // in the frame buffer. One call site: the encoder is inlined here.
+        let (space, in_place) = match self.sink.lend(max) {
+            Ok(Some(space)) => (space, true),
+            Ok(None) => (&mut *self.buf, false),
+            Err(e) => {
+                // Refused: the frame's number is used all the same (a gap the host sees).
                 self.seq = self.seq.wrapping_add(1);
-                self.sink.write_frame(bytes)
+                self.dropped = self.dropped.saturating_add(1);
+                self.note(e);
+                return;
+            }
+        };
+        let written = match encode_record(run, seq, &record, space).map(|b| b.len()) {
+            Some(len) => {
+                self.seq = self.seq.wrapping_add(1);
+                if in_place {
+                    self.sink.commit(len)
+                } else {
+                    self.sink.write_frame(&self.buf[..len])
+                }
             }
             None => self.emit(BodyOut::Record(record)),
         };
@@ -933,10 +998,25 @@ impl<S: Sink, const N: usize> Hooks for Recorder<'_, '_, S, N> {
 
     fn token(&mut self, pos: u16, token: u32) {
         self.positions = self.positions.max(u32::from(pos) + 1);
-        let written = match encode_token(self.run, self.seq, pos, token, self.buf) {
-            Some(bytes) => {
+        let (run, seq) = (self.run, self.seq);
+        let (space, in_place) = match self.sink.lend(TOKEN_FRAME_MAX) {
+            Ok(Some(space)) => (space, true),
+            Ok(None) => (&mut *self.buf, false),
+            Err(e) => {
                 self.seq = self.seq.wrapping_add(1);
-                self.sink.write_frame(bytes)
+                self.dropped = self.dropped.saturating_add(1);
+                self.note(e);
+                return;
+            }
+        };
+        let written = match encode_token(run, seq, pos, token, space).map(|b| b.len()) {
+            Some(len) => {
+                self.seq = self.seq.wrapping_add(1);
+                if in_place {
+                    self.sink.commit(len)
+                } else {
+                    self.sink.write_frame(&self.buf[..len])
+                }
             }
             None => self.emit(BodyOut::Token { pos, token }),
         };
@@ -1187,6 +1267,20 @@ mod tests {
                 assert_eq!(first_zero(&s[..len]), want, "len {len} zero at {z}");
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "embedded-io-06"))]
+mod io_sink06_tests {
+    use super::*;
+
+    #[test]
+    fn io_sink06_writes_whole_frames_and_reports_a_full_writer() {
+        let mut storage = [0u8; 8];
+        let mut sink = IoSink06(&mut storage[..]);
+        assert_eq!(sink.write_frame(&[1, 2, 3, 0]), Ok(()));
+        assert_eq!(sink.write_frame(&[4, 5, 6, 7, 0]), Err(Error::SinkFailed));
+        assert_eq!(&storage[..4], &[1, 2, 3, 0]);
     }
 }
 

@@ -20,6 +20,43 @@ pub trait Arrays {
     fn list(&self) -> Vec<(String, Vec<usize>)>;
     /// Hands array `index`'s values, row-major, to `sink` in pieces (any split).
     fn emit(&self, index: usize, sink: &mut dyn FnMut(&[f32]) -> io::Result<()>) -> io::Result<()>;
+    /// Whether array `index` holds integers (token ids; emitted as exact f32, NaN where
+    /// unknown): `.npz` and safetensors write it as int64 with -1 for NaN.
+    fn is_integer(&self, _index: usize) -> bool {
+        false
+    }
+}
+
+/// TransformerLens's leading batch dimension: every array of `0` with a batch of one
+/// (a decoded run is one sequence), as `tinylens decode --format npy|safetensors` writes
+/// it and the Python package's `load_trace` returns it.
+pub struct Batched<'a>(pub &'a dyn Arrays);
+
+impl Arrays for Batched<'_> {
+    fn list(&self) -> Vec<(String, Vec<usize>)> {
+        let mut list = self.0.list();
+        for (_, shape) in &mut list {
+            shape.insert(0, 1);
+        }
+        list
+    }
+
+    fn emit(&self, index: usize, sink: &mut dyn FnMut(&[f32]) -> io::Result<()>) -> io::Result<()> {
+        self.0.emit(index, sink)
+    }
+
+    fn is_integer(&self, index: usize) -> bool {
+        self.0.is_integer(index)
+    }
+}
+
+/// An integer array's f32 values as int64 (NaN, an unknown token: -1).
+fn as_i64(v: f32) -> i64 {
+    if v.is_nan() {
+        -1
+    } else {
+        v as i64
+    }
 }
 
 impl Arrays for Cache {
@@ -105,6 +142,18 @@ pub fn write_npz<W: Write + Seek>(arrays: &dyn Arrays, w: W) -> io::Result<()> {
     let mut npz = npyz::npz::NpzWriter::new(w);
     for (i, (name, shape)) in arrays.list().iter().enumerate() {
         let dims: Vec<u64> = shape.iter().map(|s| *s as u64).collect();
+        if arrays.is_integer(i) {
+            let mut out = npz
+                .array::<i64>(name, Default::default())?
+                .default_dtype()
+                .shape(&dims)
+                .begin_nd()?;
+            emit_exactly(arrays, i, shape.iter().product(), &mut |piece| {
+                out.extend(piece.iter().map(|v| as_i64(*v)))
+            })?;
+            out.finish()?;
+            continue;
+        }
         let mut out = npz
             .array::<f32>(name, Default::default())?
             .default_dtype()
@@ -141,14 +190,19 @@ pub fn write_safetensors(arrays: &dyn Arrays, w: &mut dyn Write) -> io::Result<(
             .serialize_map(Some(list.len()))
             .map_err(io::Error::other)?;
         let mut offset = 0usize;
-        for (name, shape) in &list {
+        for (i, (name, shape)) in list.iter().enumerate() {
+            let (dtype, width) = if arrays.is_integer(i) {
+                (safetensors::Dtype::I64, 8)
+            } else {
+                (safetensors::Dtype::F32, 4)
+            };
             let n = shape
                 .iter()
                 .product::<usize>()
-                .checked_mul(4)
+                .checked_mul(width)
                 .ok_or_else(|| io::Error::other("array too large"))?;
             let info = TensorInfo {
-                dtype: safetensors::Dtype::F32,
+                dtype,
                 shape: shape.clone(),
                 data_offsets: (offset, offset + n),
             };
@@ -162,9 +216,14 @@ pub fn write_safetensors(arrays: &dyn Arrays, w: &mut dyn Write) -> io::Result<(
     w.write_all(&header)?;
     let mut bytes = Vec::new();
     for (i, (_, shape)) in list.iter().enumerate() {
+        let integer = arrays.is_integer(i);
         emit_exactly(arrays, i, shape.iter().product(), &mut |piece| {
             bytes.clear();
-            bytes.extend(piece.iter().flat_map(|v| v.to_le_bytes()));
+            if integer {
+                bytes.extend(piece.iter().flat_map(|v| as_i64(*v).to_le_bytes()));
+            } else {
+                bytes.extend(piece.iter().flat_map(|v| v.to_le_bytes()));
+            }
             w.write_all(&bytes)
         })?;
     }

@@ -15,6 +15,7 @@ pub mod numerics;
 pub mod prompts;
 pub mod run;
 pub mod tl;
+pub mod tokenizer;
 pub mod trace;
 pub mod weights;
 

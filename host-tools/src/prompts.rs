@@ -1,7 +1,8 @@
 //! Where prompts come from — the one place every command gets its token sequences:
-//! token ids (`--tokens 0,5,7`), TransformerLens's induction test (`--repeated N`:
-//! random tokens repeated twice, after BOS), data files (one prompt per line) and the
-//! runs of recorded traces. Commands flatten [`PromptArgs`] into their arguments (or,
+//! token ids (`--tokens 0,5,7`), text (`--text "..."`, tokenized by the blob's tokenizer
+//! or `--tokenizer tokenizer.json`, see [`crate::tokenizer`]), TransformerLens's
+//! induction test (`--repeated N`: random tokens repeated twice, after BOS), data files
+//! (one prompt per line, token ids or text) and the runs of recorded traces. Commands flatten [`PromptArgs`] into their arguments (or,
 //! with their own flags, call the functions below) and never build prompts themselves.
 
 use std::path::{Path, PathBuf};
@@ -11,16 +12,27 @@ use tinylens_core::Model;
 
 use crate::analysis::ablation::{parse_data, repeated_dataset, Prompt};
 use crate::analysis::recorded::{from_run, Recording};
+use crate::tokenizer::{self, TextTokenizer};
 use crate::trace::decode_stream;
 use crate::{cli, Error, Result};
 
-/// Where the prompt of a dynamic analysis comes from (`heads`, `attribute`, `paths`,
-/// `report`).
+/// Where the prompt comes from (`run`, `heads`, `attribute`, `paths`, `report`).
 #[derive(Debug, Clone, Args)]
 pub struct PromptArgs {
     /// Prompt token ids, e.g. `0,5,7` or `"0 5 7"`.
-    #[arg(long, conflicts_with = "repeated")]
+    #[arg(long, conflicts_with_all = ["repeated", "text"])]
     pub tokens: Option<String>,
+    /// Prompt text, tokenized as the tokenizer's `encode(text, add_special_tokens=True)`
+    /// does (a BOS only if its post-processor adds one; see --prepend-bos).
+    #[arg(long, conflicts_with = "repeated")]
+    pub text: Option<String>,
+    /// With --text: exactly one BOS before the text, as TransformerLens's `to_tokens` does.
+    #[arg(long)]
+    pub prepend_bos: bool,
+    /// The tokenizer for --text (a Hugging Face tokenizer.json); default: the one stored
+    /// in the blob by `convert --tokenizer`.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// N random tokens repeated twice (TransformerLens's induction test), after BOS.
     #[arg(long, value_name = "N")]
     pub repeated: Option<usize>,
@@ -38,6 +50,9 @@ impl Default for PromptArgs {
     fn default() -> Self {
         PromptArgs {
             tokens: None,
+            text: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: None,
             seed: 0,
             bos: "auto".into(),
@@ -54,6 +69,14 @@ impl PromptArgs {
         }
     }
 
+    /// `--text text`.
+    pub fn from_text(text: &str) -> Self {
+        PromptArgs {
+            text: Some(text.into()),
+            ..Default::default()
+        }
+    }
+
     /// `--repeated n --seed seed`.
     pub fn from_repeated(n: usize, seed: u64) -> Self {
         PromptArgs {
@@ -63,30 +86,66 @@ impl PromptArgs {
         }
     }
 
-    /// `batch` prompts (only --repeated makes more than one).
-    pub fn prompts(&self, model: &Model<'_>, batch: usize) -> Result<Vec<Prompt>> {
-        match (&self.tokens, self.repeated) {
-            (Some(t), None) => Ok(vec![Prompt {
-                tokens: tokens(t, model)?,
+    /// `batch` prompts (only --repeated makes more than one) for `model`, read from the
+    /// blob file `blob` (whose host-only trailer may hold the tokenizer).
+    pub fn prompts(&self, model: &Model<'_>, blob: &[u8], batch: usize) -> Result<Vec<Prompt>> {
+        let one = |tokens| {
+            Ok(vec![Prompt {
+                tokens,
                 repeat_from: None,
-            }]),
-            (None, Some(n)) => repeated(n, batch, self.seed, &self.bos, model),
+            }])
+        };
+        match (&self.tokens, &self.text, self.repeated) {
+            (Some(t), None, None) => one(tokens(t, model)?),
+            (None, Some(text), None) => {
+                let tok = self.tokenizer(blob)?.ok_or_else(no_tokenizer)?;
+                one(text_tokens(&tok, text, self.prepend_bos, model)?)
+            }
+            (None, None, Some(n)) => repeated(n, batch, self.seed, &self.bos, model),
             _ => Err(Error::Argument(
-                "give the prompt with --tokens or --repeated N".into(),
+                "give the prompt with --text \"...\", --tokens or --repeated N".into(),
             )),
         }
     }
 
     /// The one prompt of a single-sequence analysis.
-    pub fn prompt(&self, model: &Model<'_>) -> Result<Prompt> {
-        Ok(self.prompts(model, 1)?.remove(0))
+    pub fn prompt(&self, model: &Model<'_>, blob: &[u8]) -> Result<Prompt> {
+        Ok(self.prompts(model, blob, 1)?.remove(0))
+    }
+
+    /// The tokenizer: --tokenizer, else the blob's.
+    pub fn tokenizer(&self, blob: &[u8]) -> Result<Option<TextTokenizer>> {
+        tokenizer::for_blob(blob, self.tokenizer.as_deref())
     }
 }
 
-/// Token ids (`0,5,7` or `0 5 7`), checked against the model's vocabulary and context.
-pub fn tokens(spec: &str, model: &Model<'_>) -> Result<Vec<u32>> {
+fn no_tokenizer() -> Error {
+    Error::Argument(
+        "--text needs a tokenizer: convert the blob with --tokenizer tokenizer.json, or give \
+         --tokenizer FILE"
+            .into(),
+    )
+}
+
+/// `text` tokenized for `model` (see [`TextTokenizer::to_tokens`]), checked against its
+/// vocabulary and context.
+pub fn text_tokens(
+    tok: &TextTokenizer,
+    text: &str,
+    prepend_bos: bool,
+    model: &Model<'_>,
+) -> Result<Vec<u32>> {
+    let ids = tok.to_tokens(text, prepend_bos)?;
+    check(&ids, model)?;
+    Ok(ids)
+}
+
+/// Token ids in range and within the context.
+fn check(tokens: &[u32], model: &Model<'_>) -> Result<()> {
     let cfg = model.config();
-    let tokens = cli::parse_tokens(spec)?;
+    if tokens.is_empty() {
+        return Err(Error::Argument("the prompt has no tokens".into()));
+    }
     if let Some(bad) = tokens.iter().find(|t| **t >= cfg.d_vocab) {
         return Err(Error::Argument(format!(
             "token {bad} is out of range (d_vocab = {})",
@@ -100,6 +159,13 @@ pub fn tokens(spec: &str, model: &Model<'_>) -> Result<Vec<u32>> {
             cfg.n_ctx
         )));
     }
+    Ok(())
+}
+
+/// Token ids (`0,5,7` or `0 5 7`), checked against the model's vocabulary and context.
+pub fn tokens(spec: &str, model: &Model<'_>) -> Result<Vec<u32>> {
+    let tokens = cli::parse_tokens(spec)?;
+    check(&tokens, model)?;
     Ok(tokens)
 }
 
@@ -130,6 +196,44 @@ pub fn data_file(path: &Path, model: &Model<'_>) -> Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse_data(&text, cfg.d_vocab, cfg.n_ctx)
         .map_err(|e| Error::Argument(format!("{}: {e}", path.display())))
+}
+
+/// A text data file: one prompt per line, tokenized as --text is (with `prepend_bos` as
+/// TL's `to_tokens`); blank lines are skipped; every prompt needs 2 to n_ctx tokens.
+pub fn text_file(
+    path: &Path,
+    tok: &TextTokenizer,
+    prepend_bos: bool,
+    model: &Model<'_>,
+) -> Result<Vec<Prompt>> {
+    let cfg = model.config();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |e: Error| Error::Argument(format!("{} line {}: {e}", path.display(), i + 1));
+        let tokens = text_tokens(tok, line, prepend_bos, model).map_err(at)?;
+        if tokens.len() < 2 {
+            return Err(at(Error::Argument(format!(
+                "{} token(s); a prompt needs 2 to n_ctx = {}",
+                tokens.len(),
+                cfg.n_ctx
+            ))));
+        }
+        out.push(Prompt {
+            tokens,
+            repeat_from: None,
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Argument(format!(
+            "{}: the data file holds no prompt",
+            path.display()
+        )));
+    }
+    Ok(out)
 }
 
 /// The BOS token `spec` names for `model`: a token id, `none`, or `auto` (token 0 when
@@ -188,12 +292,16 @@ pub fn trace_recording(path: &Path, index: usize, model: &Model<'_>) -> Result<R
 /// A recording of the prompt run with `probes`, or of the first run of `trace`.
 pub fn recording(
     model: &Model<'_>,
+    blob: &[u8],
     prompt: &PromptArgs,
     trace: Option<&PathBuf>,
     probes: &[String],
 ) -> Result<Recording> {
     match trace {
         Some(path) => trace_recording(path, 0, model),
-        None => crate::analysis::recorded::record(model, &prompt.prompt(model)?.tokens, probes),
+        None => {
+            let p = prompt.prompt(model, blob)?;
+            crate::analysis::recorded::record(model, &p.tokens, probes)
+        }
     }
 }

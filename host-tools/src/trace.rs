@@ -540,6 +540,10 @@ pub fn record_width(cfg: &Config, point: HookPoint, pos: u16) -> usize {
 }
 
 impl Arrays for CacheView<'_> {
+    fn is_integer(&self, index: usize) -> bool {
+        matches!(self.arrays.get(index), Some((_, ArrayKind::Tokens)))
+    }
+
     fn list(&self) -> Vec<(String, Vec<usize>)> {
         self.arrays
             .iter()

@@ -356,6 +356,9 @@ fn ablate_means_match_transformerlens_and_feed_run() {
         let r = ablate::report(&ablate::AblateArgs {
             model: model_path.clone(),
             data: Some(data),
+            text_data: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: None,
             batch: 1,
             seed: 0,
@@ -477,6 +480,9 @@ fn bad_input_is_an_error() {
     let e = ablate::report(&ablate::AblateArgs {
         model,
         data: None,
+        text_data: None,
+        prepend_bos: false,
+        tokenizer: None,
         repeated: Some(4),
         batch: 2,
         seed: 0,

@@ -132,6 +132,9 @@ fn model_file(dir: &Path) -> (PathBuf, Weights) {
 fn prompt(repeated: usize) -> heads::PromptArgs {
     heads::PromptArgs {
         tokens: None,
+        text: None,
+        prepend_bos: false,
+        tokenizer: None,
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),
@@ -342,7 +345,7 @@ fn activation_analyses_on_a_generated_model_match_the_model() {
     let (path, _) = model_file(&dir);
     let bytes = std::fs::read(&path).unwrap();
     let m = Model::from_bytes(&bytes).unwrap();
-    let p = prompt(40).prompts(&m, 1).unwrap().remove(0);
+    let p = prompt(40).prompts(&m, &bytes, 1).unwrap().remove(0);
     let n = p.tokens.len();
     assert_eq!(n, 80);
     let out = run(
@@ -440,7 +443,7 @@ fn activation_analyses_on_a_generated_model_match_the_model() {
         json: true,
     })
     .unwrap();
-    let seqs = prompt(24).prompts(&m, 3).unwrap();
+    let seqs = prompt(24).prompts(&m, &bytes, 3).unwrap();
     let mut want = [[[0.0f64; N_HEADS]; N_LAYERS]; 2];
     for s in &seqs {
         let r = run(
@@ -503,6 +506,9 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
         ablate::report(&ablate::AblateArgs {
             model: path.clone(),
             data: None,
+            text_data: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: Some(12),
             batch: 4,
             seed: 11,

@@ -23,6 +23,7 @@ fn committed_demo_blob_is_what_convert_makes() {
         quant: "int8".into(),
         embed_quant: None,
         vocab: Some(d.join("vocab.txt")),
+        tokenizer: None,
         fold_ln: false,
         center_writing_weights: false,
         center_unembed: false,

@@ -623,31 +623,27 @@ fn semihosting_mps2_an386_decode_cli_reads_the_qemu_pipe() {
     let mut cache = run.cache();
     let tokens: Vec<f32> = run.token_list().iter().map(|t| t.unwrap() as f32).collect();
     cache.insert("tokens".into(), (vec![tokens.len()], tokens));
+    // Compared as numbers: the CLI and `to_json` may spell a float differently
+    // (shortest f32 vs f64 digits), never its value.
     let expected: serde_json::Value =
         serde_json::from_str(&export::to_json(&cache).to_string()).unwrap();
-    let (d, e) = (decoded.as_object().unwrap(), expected.as_object().unwrap());
+    let (got, want) = (decoded.as_object().unwrap(), expected.as_object().unwrap());
     assert_eq!(
-        d.keys().collect::<Vec<_>>(),
-        e.keys().collect::<Vec<_>>(),
-        "tinylens decode - of the QEMU pipe: the arrays"
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "arrays of `tinylens decode -` of the QEMU pipe"
     );
-    for (key, want) in e {
-        assert_eq!(d[key]["shape"], want["shape"], "{key}: shape");
-        // Both are f32 values; the streamed JSON writer and serde_json may spell the same
-        // f32 differently (shortest f32 vs f64 digits), so compare them as f32 bits.
-        let bits = |v: &serde_json::Value| -> Vec<Option<u32>> {
-            v["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().map(|f| (f as f32).to_bits()))
-                .collect()
-        };
-        assert_eq!(
-            bits(&d[key]),
-            bits(want),
-            "tinylens decode - of the QEMU pipe: {key}"
-        );
+    let as_f32 = |v: &serde_json::Value| -> Vec<Option<u32>> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().map(|f| (f as f32).to_bits()))
+            .collect()
+    };
+    for (key, g) in got {
+        assert_eq!(g["shape"], want[key]["shape"], "{key}: shape");
+        assert!(as_f32(g) == as_f32(&want[key]), "{key}: values differ");
     }
     for key in [
         "blocks.0.attn.hook_pattern",

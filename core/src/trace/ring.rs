@@ -55,6 +55,12 @@ pub struct FrameRing<const N: usize> {
     tail: AtomicUsize,
     /// Frames the writer refused (ring full, or larger than the ring).
     dropped: AtomicU32,
+    /// Where the writer last left the end of the buffer unused (a frame encoded in
+    /// place must be contiguous): the absolute position at which the unused bytes
+    /// start. Stored only by the writer, before the `head` that covers them.
+    skip_at: AtomicUsize,
+    /// How many times the writer did that; the reader counts the ones it passed.
+    skips: AtomicU32,
 }
 
 // SAFETY: the bytes are shared between exactly one `RingWriter` and one `RingReader`
@@ -83,16 +89,25 @@ impl<const N: usize> FrameRing<N> {
             head: AtomicUsize::new(0),
             tail: AtomicUsize::new(0),
             dropped: AtomicU32::new(0),
+            skip_at: AtomicUsize::new(0),
+            skips: AtomicU32::new(0),
         }
     }
 
     /// The one writer and the one reader of this ring.
     pub fn split(&mut self) -> (RingWriter<'_, N>, RingReader<'_, N>) {
         let ring: &Self = self;
-        (RingWriter { ring }, RingReader { ring })
+        (
+            RingWriter { ring, skip: 0 },
+            RingReader {
+                ring,
+                skips_passed: ring.skips.load(Ordering::Acquire),
+            },
+        )
     }
 
-    /// Bytes committed and not yet released.
+    /// Bytes committed and not yet released (including an unused end of the buffer
+    /// the writer skipped, if the reader has not passed it yet).
     pub fn len(&self) -> usize {
         self.head
             .load(Ordering::Acquire)
@@ -117,6 +132,8 @@ impl<const N: usize> FrameRing<N> {
 /// [`Sink`] through [`RingWriter::dropping`] or [`RingWriter::blocking`].
 pub struct RingWriter<'a, const N: usize> {
     ring: &'a FrameRing<N>,
+    /// Bytes at the end of the buffer the space lent by `lend` skips (0: none).
+    skip: usize,
 }
 
 impl<'a, const N: usize> RingWriter<'a, N> {
@@ -151,6 +168,52 @@ impl<'a, const N: usize> RingWriter<'a, N> {
             .head
             .store(head.wrapping_add(frame.len()), Ordering::Release);
         Ok(())
+    }
+
+    /// Bytes to skip at the end of the buffer for `max` contiguous bytes, if
+    /// `skip + max + keep` bytes are free.
+    fn fits_contiguous(&self, max: usize, keep: usize) -> Option<usize> {
+        let at = self.ring.head.load(Ordering::Relaxed) % N;
+        let skip = if N - at >= max { 0 } else { N - at };
+        (skip + max + keep <= self.free()).then_some(skip)
+    }
+
+    /// Lends `max` contiguous free bytes (keeping `keep` more free) to encode a frame
+    /// in place, or `None` if they are not free now. [`commit`](Self::commit) the
+    /// frame's length afterwards; without a commit nothing changes. When the end of
+    /// the buffer is too short, the space starts at the beginning, and the end is
+    /// skipped (the reader passes over it). At most half the ring can be lent, so
+    /// that an emptied ring always has room (whatever its write position).
+    #[inline]
+    pub fn lend(&mut self, max: usize, keep: usize) -> Option<&mut [u8]> {
+        if max > N / 2 {
+            return None;
+        }
+        let skip = self.fits_contiguous(max, keep)?;
+        self.skip = skip;
+        let at = (self.ring.head.load(Ordering::Relaxed) + skip) % N;
+        // SAFETY: `[head + skip, head + skip + max)` is free (checked above against a
+        // `tail` the reader published after it was done with those bytes) and
+        // contiguous (`at + max <= N`): only this writer touches it, and the `&mut`
+        // borrow of the writer keeps it to one lender at a time.
+        Some(unsafe { core::slice::from_raw_parts_mut(self.ring.base().add(at), max) })
+    }
+
+    /// Commits the first `len` bytes of the space [`lend`](Self::lend) gave (one whole
+    /// frame).
+    pub fn commit(&mut self, len: usize) {
+        let head = self.ring.head.load(Ordering::Relaxed);
+        if self.skip > 0 {
+            self.ring.skip_at.store(head, Ordering::Relaxed);
+            let n = &self.ring.skips;
+            n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        }
+        // Publishes the skip and the frame: the reader's `Acquire` load of `head`
+        // sees both.
+        self.ring
+            .head
+            .store(head.wrapping_add(self.skip + len), Ordering::Release);
+        self.skip = 0;
     }
 
     fn refuse(&self) -> Error {
@@ -189,6 +252,23 @@ impl<const N: usize> Sink for DropWhenFull<'_, N> {
     fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
         self.0.try_push(frame, 0).map_err(|_| self.0.refuse())
     }
+
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        if max > N / 2 {
+            return Ok(None);
+        }
+        if self.0.fits_contiguous(max, END_RESERVE).is_none() {
+            return Err(self.0.refuse());
+        }
+        Ok(self.0.lend(max, END_RESERVE))
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        self.0.commit(len);
+        Ok(())
+    }
 }
 
 /// A [`RingWriter`] as a [`Sink`] that waits for room.
@@ -207,11 +287,30 @@ impl<const N: usize, F: FnMut()> Sink for BlockWhenFull<'_, N, F> {
         }
         self.writer.try_push(frame, 0)
     }
+
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        if max > N / 2 {
+            return Ok(None);
+        }
+        while self.writer.fits_contiguous(max, 0).is_none() {
+            (self.wait)();
+        }
+        Ok(self.writer.lend(max, 0))
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        self.writer.commit(len);
+        Ok(())
+    }
 }
 
 /// The consuming side of a [`FrameRing`]: hands committed bytes to a transport.
 pub struct RingReader<'a, const N: usize> {
     ring: &'a FrameRing<N>,
+    /// Skipped buffer ends passed so far (see `FrameRing::skips`).
+    skips_passed: u32,
 }
 
 impl<const N: usize> RingReader<'_, N> {
@@ -233,25 +332,60 @@ impl<const N: usize> RingReader<'_, N> {
     /// buffer; the rest follows after [`release`](Self::release)): hand it to a DMA
     /// transfer or a non-blocking write, then release what was sent. Everything
     /// committed is whole frames, so sending every byte sends whole frames.
-    pub fn readable(&self) -> &[u8] {
+    pub fn readable(&mut self) -> &[u8] {
+        self.pass_skip();
         let tail = self.ring.tail.load(Ordering::Relaxed);
         let head = self.ring.head.load(Ordering::Acquire);
         let at = tail % N;
-        let len = head.wrapping_sub(tail).min(N - at);
+        let mut len = head.wrapping_sub(tail).min(N - at);
+        if let Some(skip_at) = self.pending_skip() {
+            // Frame bytes end where the skipped end of the buffer starts.
+            len = len.min(skip_at.wrapping_sub(tail));
+        }
         // SAFETY: `[tail, tail + len)` is committed (the writer published `head` with
         // `Release` after copying) and not released: the writer does not touch it until
         // `release` moves `tail` past it, which needs `&mut self`, so not while this
-        // borrow lives. It lies inside the buffer (`at + len <= N`).
+        // borrow lives. It lies inside the buffer (`at + len <= N`). (A skipped end of
+        // the buffer was passed above, so these are frame bytes.)
         unsafe { core::slice::from_raw_parts(self.ring.base().add(at), len) }
+    }
+
+    /// Where the end of the buffer that the writer skipped and the reader has not
+    /// passed yet starts (absolute position), if there is one. At most one is pending:
+    /// the writer can skip again only a lap later, when the reader is past this one.
+    fn pending_skip(&self) -> Option<usize> {
+        (self.ring.skips.load(Ordering::Acquire) != self.skips_passed)
+            .then(|| self.ring.skip_at.load(Ordering::Relaxed))
+    }
+
+    /// Moves `tail` over the end of the buffer the writer skipped, when it is next.
+    fn pass_skip(&mut self) {
+        let Some(skip_at) = self.pending_skip() else {
+            return;
+        };
+        let tail = self.ring.tail.load(Ordering::Relaxed);
+        let head = self.ring.head.load(Ordering::Acquire);
+        if tail != head && tail == skip_at {
+            let skip = N - tail % N;
+            self.ring
+                .tail
+                .store(tail.wrapping_add(skip), Ordering::Release);
+            self.skips_passed = self.skips_passed.wrapping_add(1);
+        }
     }
 
     /// Gives the first `n` readable bytes back to the writer (at most what is committed).
     pub fn release(&mut self, n: usize) {
+        self.pass_skip();
         let tail = self.ring.tail.load(Ordering::Relaxed);
-        let n = n.min(self.len());
+        let mut n = n.min(self.len());
+        if let Some(skip_at) = self.pending_skip() {
+            n = n.min(skip_at.wrapping_sub(tail));
+        }
         self.ring
             .tail
             .store(tail.wrapping_add(n), Ordering::Release);
+        self.pass_skip();
     }
 
     /// Moves bytes to a non-blocking transport: `send` gets the readable bytes and
@@ -327,6 +461,58 @@ mod tests {
         .unwrap();
         assert_eq!(out, sent);
         assert!(r.is_empty());
+    }
+
+    /// Frames encoded in place (lend + commit) and copied in (try_push), mixed, with
+    /// lent spaces larger than the frames and skips at the buffer's end: the reader
+    /// sees exactly the frames, in order, whatever its pace.
+    #[test]
+    fn lent_frames_skip_the_buffer_end_and_arrive_in_order() {
+        let mut ring = FrameRing::<128>::new();
+        let (mut w, mut r) = ring.split();
+        let mut rng = crate::sample::Rng::new(7);
+        let (mut out, mut sent) = (std::vec::Vec::new(), std::vec::Vec::new());
+        for i in 0..3000u32 {
+            let len = 2 + (rng.next_u64() % 40) as usize;
+            let f = frame(i as u8, len);
+            if i % 3 == 0 {
+                if w.try_push(&f, 0).is_ok() {
+                    sent.extend_from_slice(&f);
+                }
+            } else {
+                let max = len + (rng.next_u64() % 20) as usize;
+                if let Some(space) = w.lend(max, 0) {
+                    assert_eq!(space.len(), max);
+                    space[..len].copy_from_slice(&f);
+                    w.commit(len);
+                    sent.extend_from_slice(&f);
+                }
+            }
+            let pace = (rng.next_u64() % 50) as usize;
+            r.drain(|b| {
+                let n = b.len().min(pace);
+                out.extend_from_slice(&b[..n]);
+                n
+            });
+        }
+        r.drain_all(|b| {
+            out.extend_from_slice(b);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert!(sent.len() > 20_000);
+        let first = out.iter().zip(&sent).position(|(a, b)| a != b);
+        assert_eq!(
+            (first, out.len()),
+            (None, sent.len()),
+            "{:?} / {:?}",
+            first.map(|i| &out[i.saturating_sub(5)..(i + 5).min(out.len())]),
+            first.map(|i| &sent[i.saturating_sub(5)..(i + 5).min(sent.len())])
+        );
+        assert!(
+            w.lend(65, 0).is_none(),
+            "more than half the ring is never lent"
+        );
     }
 
     #[test]

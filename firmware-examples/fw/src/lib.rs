@@ -31,20 +31,14 @@ use tinylens_core::{sample, Config, Error, Model, Session};
 // ---------------------------------------------------------------------------
 // The embedded model and the sizes it implies
 
-/// Wrapper that raises the alignment of its contents (model blobs hold `f32`/`f16`
-/// tensors that the core views in place).
-#[repr(C, align(16))]
-pub struct Aligned<T: ?Sized>(pub T);
-
 /// The model blob as a `const`, for compile-time parsing of its config. Not aligned
 /// and not meant for run time: use [`MODEL_BLOB`].
 pub const MODEL_BYTES: &[u8] = include_bytes!(env!("TINYLENS_FW_MODEL_PATH"));
 
-static MODEL_ALIGNED: Aligned<[u8; MODEL_BYTES.len()]> =
-    Aligned(*include_bytes!(env!("TINYLENS_FW_MODEL_PATH")));
-
-/// The model blob embedded in flash, 16-byte aligned.
-pub static MODEL_BLOB: &[u8] = &MODEL_ALIGNED.0;
+/// The model blob embedded in flash, 16-byte aligned (`include_bytes!` alone promises
+/// no alignment, and the DSP kernel needs 4: `Model::from_bytes` refuses a misaligned
+/// blob in DSP builds).
+pub static MODEL_BLOB: &[u8] = tinylens_core::include_blob!(env!("TINYLENS_FW_MODEL_PATH"));
 
 /// File name of the embedded blob (for the log).
 pub const MODEL_NAME: &str = env!("TINYLENS_FW_MODEL_NAME");
@@ -442,6 +436,58 @@ impl<const N: usize, F: FnMut()> Sink for RingSink<'_, N, F> {
         match self {
             RingSink::Drop(s) => s.write_last_frame(frame),
             RingSink::Block(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            RingSink::Drop(s) => s.lend(max),
+            RingSink::Block(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            RingSink::Drop(s) => s.commit(len),
+            RingSink::Block(s) => s.commit(len),
+        }
+    }
+}
+
+/// A trace ring ([`RingSink`]) or a direct sink `D` (a closure that writes each frame
+/// to the transport from inside the step), chosen at run time: one sink type, so that
+/// a firmware that offers both holds one copy of the traced forward pass.
+pub enum TraceSink<R, D> {
+    Ring(R),
+    Direct(D),
+}
+
+impl<R: Sink, D: Sink> Sink for TraceSink<R, D> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_frame(frame),
+            TraceSink::Direct(s) => s.write_frame(frame),
+        }
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.write_last_frame(frame),
+            TraceSink::Direct(s) => s.write_last_frame(frame),
+        }
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        match self {
+            TraceSink::Ring(s) => s.lend(max),
+            TraceSink::Direct(s) => s.lend(max),
+        }
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        match self {
+            TraceSink::Ring(s) => s.commit(len),
+            TraceSink::Direct(s) => s.commit(len),
         }
     }
 }

@@ -52,7 +52,8 @@ use semihost::HostFile;
 use tinylens_core::trace::FrameRing;
 use tinylens_core::Error;
 use tinylens_fw::{
-    Clock, NoDelay, NoPin, Settings, Stepper, FRAME_BUFFER_LEN, MODEL_BLOB, WORKSPACE_WORDS,
+    Clock, NoDelay, NoPin, RingSink, Settings, Stepper, TraceSink, FRAME_BUFFER_LEN, MODEL_BLOB,
+    WORKSPACE_WORDS,
 };
 use uart::Uart;
 
@@ -208,60 +209,47 @@ fn main() -> ! {
     // goes to the log.
     let low_sp = Cell::new(u32::MAX);
     let see_sp = || low_sp.set(low_sp.get().min(cortex_m::register::msp::read()));
-    let result = if path.ring {
-        let (writer, reader) = RING.split();
-        // The reader is shared by the drain between steps and, with `overflow=block`,
-        // the wait of a step that found the ring full: never at the same time.
-        let reader = RefCell::new(reader);
-        let transport = RefCell::new(&mut transport);
-        let drain = || {
-            let _ = reader
-                .borrow_mut()
-                .drain_all(|bytes| transport.borrow_mut().write_all(bytes));
-        };
-        let between_steps = || {
+    let (writer, reader) = RING.split();
+    // The reader is shared by the drain between steps and, with `overflow=block`, the
+    // wait of a step that found the ring full: never at the same time.
+    let reader = RefCell::new(reader);
+    let transport = RefCell::new(&mut transport);
+    let drain = || {
+        let _ = reader
+            .borrow_mut()
+            .drain_all(|bytes| transport.borrow_mut().write_all(bytes));
+    };
+    // One sink type for every path, so that the firmware holds one copy of the traced
+    // forward pass (two copies would each inline less of it).
+    let sink = if !path.ring {
+        // Every trace frame is one write to the transport, inside the step.
+        TraceSink::Direct(|frame: &[u8]| {
+            see_sp();
+            transport.borrow_mut().write_all(frame)
+        })
+    } else if path.drop_when_full {
+        TraceSink::Ring(RingSink::Drop(writer.dropping()))
+    } else {
+        TraceSink::Ring(RingSink::Block(writer.blocking(|| {
+            see_sp();
+            drain()
+        })))
+    };
+    let result = tinylens_fw::run(
+        MODEL_BLOB,
+        WORKSPACE,
+        FRAME_BUF,
+        &settings,
+        &mut stepper,
+        sink,
+        || {
             if path.drain_between_steps {
                 drain()
             }
-        };
-        let mut run = |sink| {
-            tinylens_fw::run(
-                MODEL_BLOB,
-                WORKSPACE,
-                FRAME_BUF,
-                &settings,
-                &mut stepper,
-                sink,
-                between_steps,
-            )
-        };
-        let result = if path.drop_when_full {
-            run(tinylens_fw::RingSink::Drop(writer.dropping()))
-        } else {
-            run(tinylens_fw::RingSink::Block(writer.blocking(|| {
-                see_sp();
-                drain()
-            })))
-        };
-        // `drain=end`: everything left goes now (and a failed run's frames too).
-        drain();
-        result
-    } else {
-        // Every trace frame is one write to the transport, inside the step.
-        let sink = |frame: &[u8]| -> Result<(), Error> {
-            see_sp();
-            transport.write_all(frame)
-        };
-        tinylens_fw::run(
-            MODEL_BLOB,
-            WORKSPACE,
-            FRAME_BUF,
-            &settings,
-            &mut stepper,
-            sink,
-            || {},
-        )
-    };
+        },
+    );
+    // `drain=end`: everything left goes now (and a failed run's frames too).
+    drain();
     match result {
         Ok(_) => {
             if low_sp.get() != u32::MAX {

@@ -374,13 +374,36 @@ pub fn composition_scores(w: &Weights) -> CompositionScores {
     }
 }
 
-/// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`).
+/// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`,
+/// both values of each pair, column by column).
 fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
+    let mut spare: Option<f64> = None;
     DMatrix::from_fn(rows, cols, |_, _| {
+        if let Some(z) = spare.take() {
+            return z;
+        }
         let u1: f64 = 1.0 - rng.gen::<f64>(); // (0, 1]
         let u2: f64 = rng.gen::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        spare = Some(r * sin);
+        r * cos
     })
+}
+
+/// `||A1 B1 A2 B2||_F / (||A1 B1||_F ||A2 B2||_F)` from `k x k` Gram matrices
+/// (`||A B||_F^2 = tr((A^T A)(B B^T))`), without a `d_model x d_model` product.
+fn factored_score(
+    a1: &DMatrix<f64>,
+    b1: &DMatrix<f64>,
+    a2: &DMatrix<f64>,
+    b2: &DMatrix<f64>,
+) -> f64 {
+    let (ga1, gb1) = (a1.tr_mul(a1), b1 * b1.transpose());
+    let (ga2, gb2) = (a2.tr_mul(a2), b2 * b2.transpose());
+    let m = b1 * a2;
+    let mgm = &m * gb2.clone() * m.transpose();
+    norm_from_grams(&ga1, &mgm) / (norm_from_grams(&ga1, &gb1) * norm_from_grams(&ga2, &gb2))
 }
 
 /// The composition score that random matrices of the model's shapes get, which the
@@ -393,7 +416,8 @@ fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
 /// over the samples. As the score does not depend on the scale of any factor, the
 /// variance of the entries is irrelevant, and as the transpose of a Gaussian product
 /// `A B` has the law of a Gaussian product of the same shapes, the one estimate serves
-/// all of Q-, K- and V-composition. The normal draws come from Box-Muller on
+/// all of Q-, K- and V-composition. Each sample's norms come from `d_head x d_head`
+/// Gram matrices of the factors. The normal draws come from Box-Muller on
 /// `StdRng::seed_from_u64(seed)` (rand 0.8, ChaCha12), in the order A1, B1, A2, B2 per
 /// sample (column by column within a matrix), so the result is deterministic for given
 /// (d_model, d_head, samples, seed). Defaults: [`BASELINE_SAMPLES`], [`BASELINE_SEED`].
@@ -406,15 +430,11 @@ pub fn composition_baseline(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(samples.min(1 << 20));
     for _ in 0..samples {
-        let l = LowRank::new(
-            gaussian(&mut rng, d_model, d_head),
-            gaussian(&mut rng, d_head, d_model),
-        );
-        let r = LowRank::new(
-            gaussian(&mut rng, d_model, d_head),
-            gaussian(&mut rng, d_head, d_model),
-        );
-        values.push(composition_score(&l, &r));
+        let a1 = gaussian(&mut rng, d_model, d_head);
+        let b1 = gaussian(&mut rng, d_head, d_model);
+        let a2 = gaussian(&mut rng, d_model, d_head);
+        let b2 = gaussian(&mut rng, d_head, d_model);
+        values.push(factored_score(&a1, &b1, &a2, &b2));
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -788,6 +808,15 @@ pub(crate) mod tests {
 
     #[test]
     fn baseline_is_deterministic_and_plausible() {
+        // One sample's score from Gram matrices equals the dense definition.
+        let mut rng = StdRng::seed_from_u64(5);
+        let m: Vec<DMatrix<f64>> = [(16, 4), (4, 16), (16, 4), (4, 16)]
+            .iter()
+            .map(|&(r, c)| gaussian(&mut rng, r, c))
+            .collect();
+        let (l, r) = (&m[0] * &m[1], &m[2] * &m[3]);
+        let dense = (&l * &r).norm() / (l.norm() * r.norm());
+        assert!((factored_score(&m[0], &m[1], &m[2], &m[3]) - dense).abs() < 1e-12);
         let a = composition_baseline(16, 4, 64, BASELINE_SEED);
         let b = composition_baseline(16, 4, 64, BASELINE_SEED);
         assert_eq!(a.mean, b.mean);

@@ -170,6 +170,25 @@ impl FullCircuit {
         sandwich_right(self.gram_right(v), self.b.as_ref())
     }
 
+    /// The circuit as vocabulary-sized factors `(W_E A) (B R)` in f64 (for callers that
+    /// read blocks of entries; `d_vocab x k` doubles per factor).
+    pub fn low_rank(&self, w: &Weights) -> super::factored::LowRank {
+        let e = super::factored::to_f64(&w.w_e);
+        let left = match &self.a {
+            Some(a) => &e * a,
+            None => e.clone(),
+        };
+        let r = match self.right {
+            Right::Unembed => super::factored::to_f64(&w.w_u),
+            Right::EmbedT => e.transpose(),
+        };
+        let right = match &self.b {
+            Some(b) => b * r,
+            None => r,
+        };
+        super::factored::LowRank::new(left, right)
+    }
+
     /// Frobenius norm, from the Gram matrices.
     pub fn frobenius_norm(&self, v: &Vocab<'_>) -> f64 {
         norm_from_grams(&self.left_gram(v), &self.right_gram(v))

@@ -29,6 +29,15 @@ pub struct AblateArgs {
     /// blank lines and lines starting with `#` are skipped; 2 to n_ctx tokens each.
     #[arg(long, conflicts_with = "repeated")]
     pub data: Option<PathBuf>,
+    /// Prompts as text: one per line, each tokenized as `--text` is (blank lines skipped).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "repeated"])]
+    pub text_data: Option<PathBuf>,
+    /// With --text-data: exactly one BOS before each line (TransformerLens's `to_tokens`).
+    #[arg(long)]
+    pub prepend_bos: bool,
+    /// The tokenizer for --text-data (default: the blob's, from `convert --tokenizer`).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// N random tokens repeated twice, --batch times.
     #[arg(long, value_name = "N")]
     pub repeated: Option<usize>,
@@ -76,12 +85,23 @@ pub fn parse_heads(s: &str, cfg: &tinylens_core::Config) -> Result<Vec<HeadRef>>
         .collect()
 }
 
-fn prompts(a: &AblateArgs, model: &Model<'_>) -> Result<Vec<Prompt>> {
-    match (&a.data, a.repeated) {
-        (Some(path), None) => prompts::data_file(path, model),
-        (None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
+fn prompts(a: &AblateArgs, model: &Model<'_>, blob: &[u8]) -> Result<Vec<Prompt>> {
+    match (&a.data, &a.text_data, a.repeated) {
+        (Some(path), None, None) => prompts::data_file(path, model),
+        (None, Some(path), None) => {
+            let tok =
+                crate::tokenizer::for_blob(blob, a.tokenizer.as_deref())?.ok_or_else(|| {
+                    Error::Argument(
+                    "--text-data needs a tokenizer: convert the blob with --tokenizer, or give \
+                     --tokenizer FILE"
+                        .into(),
+                )
+                })?;
+            prompts::text_file(path, &tok, a.prepend_bos, model)
+        }
+        (None, None, Some(n)) => prompts::repeated(n, a.batch, a.seed, &a.bos, model),
         _ => Err(Error::Argument(
-            "give the data set with --data FILE or --repeated N".into(),
+            "give the data set with --text-data FILE, --data FILE or --repeated N".into(),
         )),
     }
 }
@@ -117,7 +137,7 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         "mean" => Mode::Mean,
         m => return Err(Error::Argument(format!("--mode `{m}`: zero or mean"))),
     };
-    let data = prompts(a, &model)?;
+    let data = prompts(a, &model, &bytes)?;
     let groups = a
         .together
         .iter()

@@ -23,7 +23,7 @@ pub struct AttributeArgs {
     pub prompt: PromptArgs,
     /// Attribute from a recorded trace instead (it must hold hook_embed, hook_pos_embed,
     /// blocks.*.attn.hook_result, ln_final.hook_scale with LayerNorm, and logits).
-    #[arg(long, conflicts_with_all = ["tokens", "repeated"])]
+    #[arg(long, conflicts_with_all = ["tokens", "text", "repeated"])]
     pub trace: Option<PathBuf>,
     /// Attribute the logit of this token at every position (default: each position's
     /// next token; the last position: the model's top prediction).
@@ -37,17 +37,18 @@ pub struct AttributeArgs {
 /// The recording of the prompt (or trace) with everything attribution needs.
 pub fn recording(
     model: &Model<'_>,
+    blob: &[u8],
     prompt: &PromptArgs,
     trace: Option<&PathBuf>,
 ) -> Result<Recording> {
-    crate::prompts::recording(model, prompt, trace, &analysis_probes(model.config()))
+    crate::prompts::recording(model, blob, prompt, trace, &analysis_probes(model.config()))
 }
 
 /// What `tinylens attribute --json` prints.
 pub fn json(a: &AttributeArgs) -> Result<serde_json::Value> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
     let dla = attribute(&model, &rec, a.target)?;
     serde_json::to_value(&dla).map_err(|e| Error::Argument(e.to_string()))
 }
@@ -62,7 +63,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     }
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &a.prompt, a.trace.as_ref())?;
+    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
     let d = attribute(&model, &rec, a.target)?;
     let vocab = vocab_of(&model);
     let lab = |t: u32| cli::token_label(vocab.as_deref(), t);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::convert::{write_blob, QuantPlan};
+use crate::tokenizer::{append_trailer, TextTokenizer};
 use crate::{cli, tl, Result};
 
 #[derive(Debug, Args)]
@@ -23,8 +24,14 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub embed_quant: Option<String>,
     /// Token strings, one per line (line i is token i), stored in the blob.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tokenizer")]
     pub vocab: Option<PathBuf>,
+    /// A Hugging Face tokenizer.json: the blob's vocabulary becomes its token strings
+    /// (each token decoded alone, TL's `to_str_tokens`), and the tokenizer itself goes
+    /// into the blob's host-only trailer, so `--text` works with no other file (the
+    /// device flashes only the blob's `total_len` bytes).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     #[arg(long)]
     pub fold_ln: bool,
     #[arg(long)]
@@ -48,7 +55,18 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         plan.embeddings = cli::parse_kind(e)?;
     }
     let mut w = tl::load_files(&a.weights, &a.config)?;
-    let vocab = a.vocab.as_deref().map(cli::read_vocab).transpose()?;
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(TextTokenizer::from_file)
+        .transpose()?;
+    let vocab = match &tokenizer {
+        Some(t) => {
+            t.check_fits(w.cfg.d_vocab as u32)?;
+            Some(t.token_strings(w.cfg.d_vocab as u32))
+        }
+        None => a.vocab.as_deref().map(cli::read_vocab).transpose()?,
+    };
     let requested = tl::Processing {
         fold_ln: a.fold_ln,
         center_writing_weights: a.center_writing_weights,
@@ -56,7 +74,11 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         fold_value_biases: a.fold_value_biases,
     };
     let processing = tl::process(&mut w, requested)?;
-    let (blob, reports) = write_blob(&w, plan, processing, vocab.as_deref())?;
+    let (mut blob, reports) = write_blob(&w, plan, processing, vocab.as_deref())?;
+    let device_bytes = blob.len();
+    if let Some(t) = &tokenizer {
+        blob = append_trailer(&blob, t.json())?;
+    }
     cli::write_output(&a.output, &blob)?;
     let params: usize = reports.iter().map(|r| r.shape[0] * r.shape[1]).sum();
     let skipped: Vec<&str> = [
@@ -82,6 +104,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         let j = serde_json::json!({
             "output": a.output,
             "blob_bytes": blob.len(),
+            "device_bytes": device_bytes,
             "parameters": params,
             "config": crate::tl::config_to_json(&w.cfg).parse::<serde_json::Value>().unwrap_or_default(),
             "processing": {
@@ -121,10 +144,16 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         outln!(
             "wrote {} ({} bytes, {} parameters, {:.2} bytes/parameter)",
             a.output.display(),
-            blob.len(),
+            device_bytes,
             params,
-            blob.len() as f64 / params.max(1) as f64
+            device_bytes as f64 / params.max(1) as f64
         )?;
+        if blob.len() > device_bytes {
+            outln!(
+                "  + host-only trailer of {} bytes (the tokenizer; not flashed)",
+                blob.len() - device_bytes
+            )?;
+        }
     }
     Ok(())
 }

@@ -30,8 +30,17 @@ pub struct DecodeArgs {
 /// Reads `path` (`-`: standard input) through the streaming decoder, keeping run
 /// `index` only, until that run's end frame or the end of the input.
 pub fn read_run(path: &std::path::Path, index: usize) -> Result<(Run, StreamReport)> {
-    let name = cli::escape(&path.display().to_string()).into_owned();
     let mut input = cli::open_input(path)?;
+    read_run_from(&mut input, path, index)
+}
+
+/// [`read_run`] from any reader (the Python binding's bytes); `path` names it in errors.
+pub fn read_run_from(
+    input: &mut dyn Read,
+    path: &std::path::Path,
+    index: usize,
+) -> Result<(Run, StreamReport)> {
+    let name = cli::escape(&path.display().to_string()).into_owned();
     let mut decoder = Decoder::new(Keep::Only(index));
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -62,7 +71,14 @@ pub fn read_run(path: &std::path::Path, index: usize) -> Result<(Run, StreamRepo
 pub fn run(a: DecodeArgs) -> Result<()> {
     export::check_format(&a.format)?;
     let (run, report) = read_run(&a.trace, a.run)?;
-    export::write(&run.cache_view(true), &a.format, &a.output)?;
+    // The binary formats carry TransformerLens's batch dimension and int64 tokens, as
+    // the Python package's `load_trace` returns them; JSON stays one sequence.
+    let view = run.cache_view(true);
+    if a.format == "json" {
+        export::write(&view, &a.format, &a.output)?;
+    } else {
+        export::write(&export::Batched(&view), &a.format, &a.output)?;
+    }
     let l = &run.loss;
     if a.report_json {
         note!("{}", serde_json::json!({ "stream": report, "run": l }));

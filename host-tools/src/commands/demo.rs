@@ -331,9 +331,19 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         trace_bytes,
         timings_ms: Vec::new(),
     };
+    let prompts: Vec<(String, Vec<u32>)> = detect_set
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("sequence {} of {}", i + 1, detect_set.len()),
+                p.tokens.clone(),
+            )
+        })
+        .collect();
     let html = build(
         model,
-        &detect_set[0].tokens,
+        &prompts,
         Extras {
             title: "tinylens demo: induction heads in a two-layer attention-only transformer".into(),
             findings: summary_lines(&findings),
@@ -341,12 +351,13 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
                 head_scores,
                 format!(
                     "Averaged over {} sequences of <bos> + {repeat_len} random tokens + the same {repeat_len} \
-                     (the heatmaps show the first), with TL's exclude_bos (attention parked on <bos> \
+                     (the prompt selector shows each), with TL's exclude_bos (attention parked on <bos> \
                      left out of both sums).",
                     detect_set.len()
                 ),
             )),
             ablation: Some(abl),
+            ..Default::default()
         },
     )?;
     lap("attribution, path expansion and report", &mut timings);

@@ -28,7 +28,7 @@ pub struct HeadsArgs {
     pub prompt: PromptArgs,
     /// Score the patterns of a recorded trace instead of running the model (it must
     /// hold `blocks.*.attn.hook_pattern`).
-    #[arg(long, conflicts_with_all = ["tokens", "repeated"])]
+    #[arg(long, conflicts_with_all = ["tokens", "text", "repeated"])]
     pub trace: Option<PathBuf>,
     /// Which run of the trace (0 = first).
     #[arg(long, default_value_t = 0)]
@@ -54,7 +54,7 @@ pub struct HeadsReport {
     pub previous_token: Vec<Vec<f64>>,
     pub duplicate_token: Vec<Vec<f64>>,
     pub induction: Vec<Vec<f64>>,
-    /// `tokens`, `repeated` or `trace`.
+    /// `tokens`, `text`, `repeated` or `trace`.
     pub source: &'static str,
     pub sequences: Vec<Vec<u32>>,
     pub options: DetectOptions,
@@ -73,7 +73,7 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
         if a.batch == 0 {
             return Err(Error::Argument("--batch must be at least 1".into()));
         }
-        let prompts = a.prompt.prompts(&model, a.batch)?;
+        let prompts = a.prompt.prompts(&model, &bytes, a.batch)?;
         let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
         let pb = progress_bar(prompts.len() as u64, "recording", "sequences");
         let recs = prompts
@@ -87,6 +87,8 @@ pub fn report(a: &HeadsArgs) -> Result<HeadsReport> {
         pb.finish_and_clear();
         let source = if a.prompt.repeated.is_some() {
             "repeated"
+        } else if a.prompt.text.is_some() {
+            "text"
         } else {
             "tokens"
         };

@@ -32,7 +32,7 @@ pub struct PathsArgs {
 pub fn report(a: &PathsArgs) -> Result<PathsReport> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let p = a.prompt.prompt(&model)?;
+    let p = a.prompt.prompt(&model, &bytes)?;
     if p.tokens.len() < 2 {
         return Err(Error::Argument(
             "the path expansion's loss needs at least 2 tokens".into(),

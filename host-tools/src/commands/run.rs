@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tinylens_core::Model;
 
+use crate::prompts::PromptArgs;
 use crate::run::{parse_hook_name, run as run_model, AblateMode, RunOptions};
+use crate::tokenizer::{escape, TextTokenizer};
 use crate::trace::decode_stream;
 use crate::{cli, Error, Result};
 
@@ -13,9 +15,9 @@ use crate::{cli, Error, Result};
 pub struct RunArgs {
     /// Model blob.
     pub model: PathBuf,
-    /// Prompt token ids, e.g. `0,5,7`.
-    #[arg(long)]
-    pub tokens: String,
+    /// The prompt (--tokens, --text or --repeated); --seed also seeds the sampling.
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// How many of the most likely next tokens to show per position.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
@@ -50,8 +52,6 @@ pub struct RunArgs {
     pub sample_top_k: usize,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Run id written in every trace frame (e.g. to reproduce a device's trace bit for bit).
     #[arg(long, default_value_t = 0)]
     pub run_id: u32,
@@ -156,10 +156,10 @@ fn hook_values(run: &crate::trace::Run, hook: &str, path: &Path) -> Result<Vec<f
     Ok(data.clone())
 }
 
-pub fn options(a: &RunArgs, model: &Model<'_>) -> Result<RunOptions> {
+pub fn options(a: &RunArgs, model: &Model<'_>, blob: &[u8]) -> Result<RunOptions> {
     let cfg = *model.config();
     let mut o = RunOptions {
-        tokens: cli::parse_tokens(&a.tokens)?,
+        tokens: a.prompt.prompt(model, blob)?.tokens,
         probes: a.probes.clone(),
         trace: a.trace.is_some(),
         ablate: a
@@ -170,7 +170,7 @@ pub fn options(a: &RunArgs, model: &Model<'_>) -> Result<RunOptions> {
         generate: a.generate,
         top_k: a.sample_top_k,
         temperature: a.temperature,
-        seed: a.seed,
+        seed: a.prompt.seed,
         run_id: a.run_id,
         ..Default::default()
     };
@@ -206,19 +206,39 @@ pub fn options(a: &RunArgs, model: &Model<'_>) -> Result<RunOptions> {
 pub fn run(a: RunArgs) -> Result<()> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let opts = options(&a, &model)?;
+    let opts = options(&a, &model, &bytes)?;
     let out = run_model(&model, &opts)?;
     if let Some(path) = &a.trace {
         cli::write_output(path, &out.trace)?;
     }
     let vocab = crate::convert::vocab_of(&model);
+    let tok = a.prompt.tokenizer(&bytes)?;
+    let n_prompt = opts.tokens.len();
+    let text = |ids: &[u32]| text_of(ids, tok.as_ref(), vocab.as_deref());
     if a.json {
         let mut j = serde_json::json!({ "tokens": out.tokens, "logits": out.logits });
+        if let Some(v) = &vocab {
+            j["token_strings"] = serde_json::json!(out
+                .tokens
+                .iter()
+                .map(|t| v.get(*t as usize).cloned().unwrap_or_default())
+                .collect::<Vec<_>>());
+        }
         if a.generate > 0 {
             j["generated"] = serde_json::json!(out.generated);
+            if let Some(t) = text(&out.generated) {
+                j["generated_text"] = serde_json::json!(t);
+            }
         }
         outln!("{j}")?;
     } else {
+        if vocab.is_some() {
+            let strings: Vec<String> = opts.tokens[..n_prompt]
+                .iter()
+                .map(|t| cli::token_label(vocab.as_deref(), *t))
+                .collect();
+            outln!("prompt: {n_prompt} tokens: {}", strings.join(" "))?;
+        }
         for (p, (t, logits)) in out.tokens.iter().zip(&out.logits).enumerate() {
             let lp = crate::numerics::log_softmax(logits);
             let mut order: Vec<usize> = (0..logits.len()).collect();
@@ -241,12 +261,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             )?;
         }
         if a.generate > 0 {
-            let text: Vec<String> = out
+            let strings: Vec<String> = out
                 .generated
                 .iter()
                 .map(|t| cli::token_label(vocab.as_deref(), *t))
                 .collect();
-            outln!("generated: {}", text.join(" "))?;
+            outln!("generated: {}", strings.join(" "))?;
+            if let Some(t) = text(&out.tokens) {
+                outln!("text: {}", escape(&t))?;
+            }
         }
     }
     if let (Some(path), Some(s)) = (&a.trace, out.summary) {
@@ -258,4 +281,18 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The text of `ids`: decoded by the tokenizer (special tokens left out), else the
+/// vocabulary strings joined as a device prints them; None without either.
+fn text_of(ids: &[u32], tok: Option<&TextTokenizer>, vocab: Option<&[String]>) -> Option<String> {
+    match (tok, vocab) {
+        (Some(t), _) => t.decode_text(ids).ok(),
+        (None, Some(v)) => Some(
+            ids.iter()
+                .map(|t| v.get(*t as usize).map_or("", |s| s.as_str()))
+                .collect(),
+        ),
+        (None, None) => None,
+    }
 }
