@@ -152,20 +152,24 @@ def bench_tl_prefill(model: HookedTransformer, prompt, batch: int, seconds: floa
                      min_samples: int, hooks: bool) -> dict:
     """Tokens/s of one forward over ``[batch, len(prompt)]`` (plain or run_with_cache)."""
     tokens = torch.tensor([prompt] * batch, dtype=torch.long)
+    cpu = []
 
     def sample():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if hooks:
             out = model.run_with_cache(tokens)
         else:
             out = model(tokens)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         del out
+        cpu.append(c1 - c0)
         return t1 - t0, 0.0
 
     with torch.inference_mode():
         p, _, n = timed_samples(sample, seconds, min_samples)
-    return {"prefill_tokens_per_s": batch * len(prompt) / p, "samples": n}
+    c = statistics.fmean(cpu[-n:])
+    return {"prefill_tokens_per_s": batch * len(prompt) / p,
+            "prefill_tokens_per_cpu_s": batch * len(prompt) / c, "samples": n}
 
 
 def grid(args, exe: Path) -> None:
@@ -205,6 +209,10 @@ def grid(args, exe: Path) -> None:
                         a = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                                       text=True).stdout)
                         row[f"tinylens_{kind}"] = o["prefill_tokens_per_s"]
+                        row[f"tinylens_{kind}_cpu"] = o["prefill_tokens_per_cpu_s"]
+                        row[f"tinylens_{kind}_all_hooks_cpu"] = a["prefill_tokens_per_cpu_s_all_hooks"]
+                        row[f"tinylens_{kind}_gflops_cpu"] = o["prefill_gflops_per_cpu_s"]
+                        row[f"tinylens_{kind}_all_hooks_gflops_cpu"] = a["prefill_gflops_per_cpu_s_all_hooks"]
                         row[f"tinylens_{kind}_all_hooks"] = a["prefill_tokens_per_s_all_hooks"]
                         row[f"tinylens_{kind}_gflops"] = o["prefill_gflops_per_s"]
                         row[f"tinylens_{kind}_all_hooks_gflops"] = a["prefill_gflops_per_s_all_hooks"]
@@ -214,13 +222,17 @@ def grid(args, exe: Path) -> None:
                     for key, flag, hooks in [("tl_plain", False, False),
                                              ("tl_run_with_cache", False, True),
                                              ("tl_run_with_cache_attn_result", True, True)]:
-                        row[key] = bench_tl_prefill(tl_models[flag], prompt, batch,
-                                                    args.seconds, args.min_samples,
-                                                    hooks)["prefill_tokens_per_s"]
+                        r = bench_tl_prefill(tl_models[flag], prompt, batch, args.seconds,
+                                             args.min_samples, hooks)
+                        row[key] = r["prefill_tokens_per_s"]
+                        row[key + "_cpu"] = r["prefill_tokens_per_cpu_s"]
                     for kind in blobs:
                         row[f"ratio_{kind}_all_hooks_vs_tl_attn_result"] = (
                             row[f"tinylens_{kind}_all_hooks"] / row["tl_run_with_cache_attn_result"])
                         row[f"ratio_{kind}_vs_tl_plain"] = row[f"tinylens_{kind}"] / row["tl_plain"]
+                        row[f"ratio_{kind}_all_hooks_vs_tl_attn_result_cpu"] = (
+                            (row[f"tinylens_{kind}_all_hooks_cpu"] or 0.0)
+                            / row["tl_run_with_cache_attn_result_cpu"])
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     load = open("/proc/loadavg").read().split()[:3]
@@ -246,7 +258,9 @@ def grid(args, exe: Path) -> None:
                         for k in kinds)
               + f"{r['tl_plain']:>10,.0f} {r['tl_run_with_cache']:>10,.0f} "
               f"{r['tl_run_with_cache_attn_result']:>10,.0f} "
-              + "".join(f"{r[f'ratio_{k}_all_hooks_vs_tl_attn_result']:>10.2f}x " for k in kinds))
+              + "".join(f"{r[f'ratio_{k}_all_hooks_vs_tl_attn_result']:>10.2f}x " for k in kinds)
+              + " cpu: " + "".join(f"{r[f'ratio_{k}_all_hooks_vs_tl_attn_result_cpu']:.2f}x "
+                                   for k in kinds))
 
 
 def tinylens_bin(args) -> Path:

@@ -14,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain: targets and components"
 installed_targets=$(rustup target list --installed)
-for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
+for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imc-unknown-none-elf; do
     grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -47,6 +47,7 @@ step "tinylens-core for the microcontroller targets (no_std, no alloc)"
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf
 cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features defmt,embedded-io,embedded-io-06
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
+cargo build -p tinylens-core --quiet --target riscv32imc-unknown-none-elf   # ESP32-C3
 
 step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
 # tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em-
@@ -60,6 +61,10 @@ step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the 
     && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
            cargo clippy --release --quiet --target "$t" -p tinylens-fw-qemu -- -D warnings || exit 1
        done)
+# Board examples with HALs whose PACs turn on cortex-m-rt's `device` feature: workspaces
+# of their own, build-checked only (no hardware in CI).
+(cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
+(cd firmware-examples/rp2040 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 cargo build --quiet -p tinylens-host --bin tinylens
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"

@@ -531,6 +531,23 @@ pub mod craft {
         super::frame_of(&content)
     }
 
+    /// A 2-layer, 2-head LayerNorm config with 4 positions, for hand-made runs.
+    pub fn small_config() -> Config {
+        Config {
+            n_layers: 2,
+            n_heads: 2,
+            d_model: 4,
+            d_head: 2,
+            d_vocab: 10,
+            d_vocab_out: 10,
+            n_ctx: 4,
+            normalization: tinylens_core::Normalization::LN,
+            positional: tinylens_core::Positional::Standard,
+            eps: 1e-5,
+            attn_scale: 1.0,
+        }
+    }
+
     /// A header frame (seq 0, format 1).
     pub fn header(run: u32, model_crc: u32, config: Config, probes: &[Probe]) -> Vec<u8> {
         let body = Body::Header {
@@ -617,19 +634,7 @@ pub mod craft {
 pub fn crafted_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     use tinylens_core::probe::Probe;
     let eight: Vec<u8> = (0..8).flat_map(|_| craft::resid_bomb()).collect();
-    let cfg = Config {
-        n_layers: 2,
-        n_heads: 2,
-        d_model: 4,
-        d_head: 2,
-        d_vocab: 10,
-        d_vocab_out: 10,
-        n_ctx: 4,
-        normalization: Normalization::LN,
-        positional: Positional::Standard,
-        eps: 1e-5,
-        attn_scale: 1.0,
-    };
+    let cfg = craft::small_config();
     let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z)];
     let embed = |seq, layer, head, v: f32| {
         craft::record_f32(1, seq, (HookPoint::Embed, layer, head, 0), &[v; 4])

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tinylens_core::StorageKind;
-use tinylens_host::{convert, tl};
+use tinylens_host::{convert, quantize, tl};
 
 pub mod fuzz_targets;
 
@@ -40,9 +40,13 @@ impl RefTensor {
 
 /// Every tensor of a reference safetensors file.
 pub fn load_reference(name: &str, file: &str) -> BTreeMap<String, RefTensor> {
-    let path = fixture(name).join(file);
+    load_reference_file(&fixture(name).join(file))
+}
+
+/// Every tensor of a TransformerLens reference safetensors file at `path`.
+pub fn load_reference_file(path: &std::path::Path) -> BTreeMap<String, RefTensor> {
     let bytes =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
+        std::fs::read(path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference is safetensors");
     let mut out = BTreeMap::new();
     for (k, v) in st.tensors() {
@@ -92,6 +96,30 @@ pub fn blob_with(name: &str, kind: StorageKind, processing: tl::Processing) -> V
     convert::write_blob(&w, convert::QuantPlan::for_kind(kind), p, None)
         .expect("blob")
         .0
+}
+
+/// Seed of the calibration set the tests use (`--calibrate repeated`, seed 0): random
+/// tokens, drawn independently of the fixtures' TransformerLens prompts.
+pub const CALIBRATION_SEED: u64 = 0;
+
+/// Unprocessed blob of a fixture with GPTQ-calibrated rounding (`tinylens convert
+/// --quant KIND --calibrate repeated`).
+pub fn calibrated_blob(name: &str, kind: StorageKind) -> Vec<u8> {
+    let dir = fixture(name);
+    let w = tl::load_files(&dir.join("model.safetensors"), &dir.join("config.json"))
+        .expect("fixture loads");
+    let cfg = convert::core_config(&w.cfg).unwrap();
+    let prompts = quantize::calibration::repeated(
+        &cfg,
+        None,
+        CALIBRATION_SEED,
+        quantize::calibration::REPEATED_SEQUENCES,
+    )
+    .unwrap();
+    let kinds = quantize::kinds_for(&w, convert::QuantPlan::for_kind(kind)).unwrap();
+    quantize::quantize(&w, tl::Processing::NONE, None, &kinds, Some(&prompts))
+        .expect("calibrated blob")
+        .blob
 }
 
 /// A blob for `cfg` with every tensor in `kind` and uniform random values in

@@ -8,9 +8,11 @@ use std::vec::Vec;
 
 use crate::hooks::FnHook;
 use crate::intervene::{Ablation, AblationMode, FreezePatterns, Patch};
+use crate::kernels::Portable;
 use crate::robustness_tests::build;
 use crate::{
-    Config, HookPoint, Hooks, Model, NoHooks, Normalization, Positional, Session, Site, StorageKind,
+    Config, HookPoint, Hooks, KvStorage, Model, NoHooks, Normalization, Positional, Session,
+    SessionOptions, Site, StorageKind,
 };
 
 struct XorShift(u64);
@@ -36,9 +38,21 @@ fn run<H: Hooks>(
     block: usize,
     extra: &mut H,
 ) -> (Vec<u32>, Records) {
+    run_kv(model, tokens, block, KvStorage::F32, extra)
+}
+
+/// [`run`] with a KV cache stored as `kv`.
+fn run_kv<H: Hooks>(
+    model: &Model<'_>,
+    tokens: &[u32],
+    block: usize,
+    kv: KvStorage,
+    extra: &mut H,
+) -> (Vec<u32>, Records) {
     let cfg = *model.config();
-    let mut ws = vec![0.0f32; cfg.block_workspace_len(block)];
-    let mut s = Session::with_block(model, &mut ws, block).unwrap();
+    let mut ws = vec![0.0f32; cfg.session_workspace_len(block, kv)];
+    let options = SessionOptions { block, kv };
+    let mut s = Session::with_options(model, &mut ws, options, Portable).unwrap();
     let mut records: Records = Vec::new();
     let mut rec = FnHook(|site: Site, v: &mut [f32]| {
         records.push((
@@ -193,4 +207,75 @@ fn a_block_refuses_bad_input_before_computing() {
     s.forward(&[1], &mut NoHooks).unwrap();
     let mut small = vec![0.0f32; cfg.block_workspace_len(4) - 1];
     assert!(Session::with_block(&model, &mut small, 4).is_err());
+}
+
+/// A quantized KV cache is a schedule-independent numerical choice: blocks are stepping
+/// bit for bit for every cache kind, and the attention reads exactly the rounded keys and
+/// values — an f32 session whose `hook_k`/`hook_v` round the values in place (an f32
+/// cache holds what its hooks leave) gives the same logits and patterns.
+#[test]
+fn quantized_kv_caches_are_stepping_and_read_the_rounded_values() {
+    let mut rng = XorShift(0xcafe);
+    for case in 0..36 {
+        let kind = KINDS[case % 4];
+        let kv = [KvStorage::F16, KvStorage::Int8][case / 4 % 2];
+        let (cfg, blob) = random_model(&mut rng, kind);
+        let model = Model::from_bytes(&blob).unwrap();
+        let len = 1 + rng.below(cfg.n_ctx as u64) as usize;
+        let tokens: Vec<u32> = (0..len)
+            .map(|_| rng.below(cfg.d_vocab as u64) as u32)
+            .collect();
+        let stepped = run_kv(&model, &tokens, 1, kv, &mut NoHooks);
+        for block in [3, cfg.n_ctx as usize] {
+            let blocked = run_kv(&model, &tokens, block, kv, &mut NoHooks);
+            assert!(
+                stepped == blocked,
+                "case {case} ({kind:?}, {kv:?}), block {block}"
+            );
+        }
+        // The reference: f32 cache, values rounded by a hook as the kind stores them.
+        let d_head = cfg.d_head as usize;
+        let mut round = FnHook(|site: Site, v: &mut [f32]| {
+            if !matches!(site.point, HookPoint::K | HookPoint::V) {
+                return;
+            }
+            for x in v.chunks_exact_mut(d_head) {
+                match kv {
+                    KvStorage::F16 => {
+                        for e in x.iter_mut() {
+                            *e = half::f16::from_f32(*e).to_f32();
+                        }
+                    }
+                    _ => {
+                        let mut q = vec![0i8; d_head];
+                        let scale = crate::kernels::quantize_input(x, &mut q);
+                        for (e, q) in x.iter_mut().zip(&q) {
+                            *e = *q as f32 * scale;
+                        }
+                    }
+                }
+            }
+        });
+        let reference = run_kv(&model, &tokens, 1, KvStorage::F32, &mut round);
+        assert_eq!(
+            stepped.0, reference.0,
+            "case {case} ({kind:?}, {kv:?}): logits"
+        );
+        let patterns = |r: &Records| -> Records {
+            r.iter()
+                .filter(|x| x.0 == HookPoint::Pattern as u8)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            patterns(&stepped.1),
+            patterns(&reference.1),
+            "case {case}: patterns"
+        );
+        // The quantized session needs less memory than the f32 one.
+        assert!(
+            cfg.session_workspace_len(1, kv) < cfg.session_workspace_len(1, KvStorage::F32),
+            "case {case}: {kv:?} saves no RAM"
+        );
+    }
 }

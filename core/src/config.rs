@@ -1,6 +1,7 @@
 //! Model configuration: the subset of TransformerLens's `HookedTransformerConfig` that an
 //! attention-only model needs, and the exact working-memory size it implies.
 
+use crate::kv::KvStorage;
 use crate::Error;
 
 /// Normalization before each attention layer and before the unembedding
@@ -104,7 +105,7 @@ impl Config {
                 field: "attn_scale",
             });
         }
-        if self.workspace_words_u64(1) > MAX_WORKSPACE_WORDS {
+        if self.workspace_words_u64(1, KvStorage::F32) > MAX_WORKSPACE_WORDS {
             return Err(Error::InvalidConfig {
                 field: "model too large (working memory over 1 GiB)",
             });
@@ -159,11 +160,34 @@ impl Config {
     /// per-position buffer `block` times. `block_workspace_len(1)` is
     /// [`Config::workspace_len`].
     pub const fn block_workspace_len(&self, block: usize) -> usize {
-        to_usize(self.workspace_words_u64(block as u64))
+        self.session_workspace_len(block, KvStorage::F32)
     }
 
-    const fn workspace_words_u64(&self, n: u64) -> u64 {
-        let kv = self.kv_cache_u64();
+    /// Working memory, in f32 words, of a session with a KV cache of `kv`
+    /// ([`crate::SessionOptions`]) that processes up to `block` positions at once.
+    /// A quantized cache needs a little staging for the block's keys and values
+    /// (`2 · block · n_heads · d_head` words, plus one head vector) and saves far more.
+    pub const fn session_workspace_len(&self, block: usize, kv: KvStorage) -> usize {
+        to_usize(self.workspace_words_u64(block as u64, kv))
+    }
+
+    /// The RAM, in bytes, of the KV caches alone (both of them) in `kv`.
+    pub const fn kv_cache_bytes(&self, kv: KvStorage) -> usize {
+        to_usize(
+            kv.cache_words(self.kv_cache_u64(), self.d_head as u64)
+                .saturating_mul(8),
+        )
+    }
+
+    const fn workspace_words_u64(&self, n: u64, kv_kind: KvStorage) -> u64 {
+        let kv = kv_kind.cache_words(self.kv_cache_u64(), self.d_head as u64);
+        let staging = match kv_kind {
+            KvStorage::F32 => 0,
+            _ => (self.n_heads as u64 * self.d_head as u64)
+                .saturating_mul(2)
+                .saturating_mul(n)
+                .saturating_add(self.d_head as u64),
+        };
         let d_model = self.d_model as u64;
         let qkv = self.n_heads as u64 * self.d_head as u64;
         let widest = max(max(d_model, qkv), self.d_head as u64);
@@ -182,6 +206,7 @@ impl Config {
             + 1) // the int8 scale of the position's quantized activations
         .saturating_add(qkv); // q for all heads
         kv.saturating_mul(2)
+            .saturating_add(staging)
             .saturating_add(self.n_ctx as u64) // one row of attention scores
             .saturating_add(per_position.saturating_mul(n))
             // int8-quantized activations, four per word, then the same as 16-bit pairs

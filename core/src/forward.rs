@@ -19,6 +19,7 @@ use crate::blob::{LayerTensors, Model};
 use crate::config::{Config, Normalization, Positional};
 use crate::hooks::{HookPoint, Hooks, NoHooks, Site};
 use crate::kernels::{self, Block, MatMul, Portable};
+use crate::kv::{KvCache, KvStorage};
 use crate::quant::Tensor;
 use crate::Error;
 
@@ -34,8 +35,13 @@ pub struct Session<'m, 'w, K: MatMul = Portable> {
     block: usize,
     /// Positions of the last block processed (its logits are `logits[..last_n]`).
     last_n: usize,
-    k_cache: &'w mut [f32],
-    v_cache: &'w mut [f32],
+    kv: KvStorage,
+    k_cache: KvCache<'w>,
+    v_cache: KvCache<'w>,
+    /// With a quantized cache: the block's keys and values as f32 (`[2][pos][head][d_head]`)
+    /// until the hooks have seen them, and one head vector read back. Empty for f32.
+    kv_stage: &'w mut [f32],
+    kv_row: &'w mut [f32],
     resid: &'w mut [f32],
     normed: &'w mut [f32],
     pos_embed: &'w mut [f32],
@@ -76,6 +82,24 @@ impl<'m, 'w> Session<'m, 'w, Portable> {
     }
 }
 
+/// How a session is laid out: the positions one [`Session::forward`] takes, and the
+/// KV cache's storage. Its working memory is [`Config::session_workspace_len`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Most positions processed at once (at least one).
+    pub block: usize,
+    pub kv: KvStorage,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            block: 1,
+            kv: KvStorage::F32,
+        }
+    }
+}
+
 impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
     /// [`Session::with_block`] with other matrix-product kernels.
     pub fn with_kernels(
@@ -84,9 +108,25 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         block: usize,
         kernels: K,
     ) -> Result<Self, Error> {
+        let options = SessionOptions {
+            block,
+            ..SessionOptions::default()
+        };
+        Session::with_options(model, workspace, options, kernels)
+    }
+
+    /// A session laid out as `options` say, in
+    /// [`Config::session_workspace_len`]`(options.block, options.kv)` words.
+    pub fn with_options(
+        model: &Model<'m>,
+        workspace: &'w mut [f32],
+        options: SessionOptions,
+        kernels: K,
+    ) -> Result<Self, Error> {
         let cfg = *model.config();
-        let n = block.max(1);
-        let needed = cfg.block_workspace_len(n);
+        let n = options.block.max(1);
+        let kv = options.kv;
+        let needed = cfg.session_workspace_len(n, kv);
         if workspace.len() < needed {
             return Err(Error::BufferTooSmall {
                 needed,
@@ -100,14 +140,24 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         } else {
             0
         };
+        let values = cfg.kv_cache_len();
+        let words = kv.cache_words(values as u64, d_head as u64) as usize;
+        let stage = match kv {
+            KvStorage::F32 => 0,
+            _ => 2 * n * qkv,
+        };
+        let row = if kv == KvStorage::F32 { 0 } else { d_head };
         let mut s = Session {
             model: *model,
             kernels,
             pos: 0,
             block: n,
             last_n: 0,
-            k_cache: take(&mut buf, cfg.kv_cache_len()),
-            v_cache: take(&mut buf, cfg.kv_cache_len()),
+            kv,
+            k_cache: KvCache::new(kv, take(&mut buf, words), values, d_head),
+            v_cache: KvCache::new(kv, take(&mut buf, words), values, d_head),
+            kv_stage: take(&mut buf, stage),
+            kv_row: take(&mut buf, row),
             resid: take(&mut buf, n * d_model),
             normed: take(&mut buf, n * d_model),
             pos_embed: take(&mut buf, n * shortformer),
@@ -141,6 +191,11 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
     /// Number of positions processed so far (the next token's position).
     pub fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// How the KV cache is stored.
+    pub fn kv_storage(&self) -> KvStorage {
+        self.kv
     }
 
     /// Most positions one [`Session::forward`] call takes.
@@ -201,8 +256,8 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         let n = tokens.len();
         if n > self.block {
             return Err(Error::BufferTooSmall {
-                needed: cfg.block_workspace_len(n),
-                provided: cfg.block_workspace_len(self.block),
+                needed: cfg.session_workspace_len(n, self.kv),
+                provided: cfg.session_workspace_len(self.block, self.kv),
             });
         }
         if let Some(&token) = tokens.iter().find(|&&t| t >= cfg.d_vocab) {
@@ -352,7 +407,9 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         );
         let qkv = n_heads * d_head;
         let n_ctx = cfg.n_ctx as usize;
-        let slot = |h: usize, j: usize| ((layer * n_heads + h) * n_ctx + j) * d_head;
+        // Head vector `(layer, h, position j)` of a cache, and where its values start.
+        let row = |h: usize, j: usize| (layer * n_heads + h) * n_ctx + j;
+        let slot = |h: usize, j: usize| row(h, j) * d_head;
         let site = |point, head: usize, pos: usize| Site {
             point,
             layer: layer as u16,
@@ -376,16 +433,23 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
             quantized(&lt.w_v),
         );
         self.kernels.matmul(&lt.w_v, &x, &mut self.q[..n * qkv]);
-        let to_cache = |cache: &mut [f32], q: &[f32], b: &Tensor<'_>| {
-            for (i, row) in q.chunks_exact(qkv).enumerate() {
+        // Keys and values go straight into an f32 cache (where the hooks then see and
+        // change them); a quantized cache stores them only after the hooks, so they
+        // wait, with their biases, in `kv_stage`.
+        let (k_stage, v_stage) = self.kv_stage.split_at_mut(self.kv_stage.len() / 2);
+        let to_cache = |cache: &mut KvCache<'_>, stage: &mut [f32], q: &[f32], b: &Tensor<'_>| {
+            for (i, r) in q.chunks_exact(qkv).enumerate() {
                 for h in 0..n_heads {
-                    let out = &mut cache[slot(h, p0 + i)..slot(h, p0 + i) + d_head];
-                    out.copy_from_slice(&row[h * d_head..(h + 1) * d_head]);
+                    let out = match cache.as_f32_mut() {
+                        Some(c) => &mut c[slot(h, p0 + i)..slot(h, p0 + i) + d_head],
+                        None => &mut stage[i * qkv + h * d_head..i * qkv + (h + 1) * d_head],
+                    };
+                    out.copy_from_slice(&r[h * d_head..(h + 1) * d_head]);
                     b.add_range_to(h * d_head, out);
                 }
             }
         };
-        to_cache(self.v_cache, &self.q[..n * qkv], &lt.b_v);
+        to_cache(&mut self.v_cache, v_stage, &self.q[..n * qkv], &lt.b_v);
         let mut quantized_now = quantized(&lt.w_v);
         if cfg.positional == Positional::Shortformer {
             for (x, e) in self.normed[..n * d_model]
@@ -408,7 +472,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         );
         // K first, through `q` as V went, then Q itself.
         self.kernels.matmul(&lt.w_k, &x, &mut self.q[..n * qkv]);
-        to_cache(self.k_cache, &self.q[..n * qkv], &lt.b_k);
+        to_cache(&mut self.k_cache, k_stage, &self.q[..n * qkv], &lt.b_k);
         self.kernels.matmul(&lt.w_q, &x, &mut self.q[..n * qkv]);
         for row in self.q[..n * qkv].chunks_exact_mut(qkv) {
             lt.b_q.add_row_to(0, row);
@@ -418,13 +482,31 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                 continue;
             }
             for h in 0..n_heads {
-                // Q is `[pos][head][d_head]`; a head's cache rows are consecutive.
+                // Q and the staged keys and values are `[pos][head][d_head]`; a head's
+                // rows of an f32 cache are consecutive.
                 let (values, stride) = match point {
                     HookPoint::Q => (&mut self.q[h * d_head..n * qkv], qkv),
-                    HookPoint::K => (&mut self.k_cache[slot(h, p0)..slot(h, p0 + n)], d_head),
-                    _ => (&mut self.v_cache[slot(h, p0)..slot(h, p0 + n)], d_head),
+                    HookPoint::K => match self.k_cache.as_f32_mut() {
+                        Some(c) => (&mut c[slot(h, p0)..slot(h, p0 + n)], d_head),
+                        None => (&mut k_stage[h * d_head..n * qkv], qkv),
+                    },
+                    _ => match self.v_cache.as_f32_mut() {
+                        Some(c) => (&mut c[slot(h, p0)..slot(h, p0 + n)], d_head),
+                        None => (&mut v_stage[h * d_head..n * qkv], qkv),
+                    },
                 };
                 hooks.hook_rows(site(point, h, p0), n, d_head, stride, values);
+            }
+        }
+        if self.kv != KvStorage::F32 {
+            for i in 0..n {
+                for h in 0..n_heads {
+                    let at = i * qkv + h * d_head;
+                    self.k_cache
+                        .store(row(h, p0 + i), &k_stage[at..at + d_head]);
+                    self.v_cache
+                        .store(row(h, p0 + i), &v_stage[at..at + d_head]);
+                }
             }
         }
 
@@ -434,9 +516,19 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                 let p = p0 + i;
                 let q = &self.q[i * qkv + h * d_head..i * qkv + (h + 1) * d_head];
                 let scores = &mut self.scores[..=p];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = kernels::dot(q, &self.k_cache[slot(h, j)..slot(h, j) + d_head])
-                        / cfg.attn_scale;
+                match self.k_cache.as_f32() {
+                    Some(k) => {
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            *s = kernels::dot(q, &k[slot(h, j)..slot(h, j) + d_head])
+                                / cfg.attn_scale;
+                        }
+                    }
+                    None => {
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            self.k_cache.load(row(h, j), self.kv_row);
+                            *s = kernels::dot(q, self.kv_row) / cfg.attn_scale;
+                        }
+                    }
                 }
                 if active(hooks, HookPoint::AttnScores) {
                     hooks.hook(site(HookPoint::AttnScores, h, p), scores);
@@ -445,12 +537,21 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                 if active(hooks, HookPoint::Pattern) {
                     hooks.hook(site(HookPoint::Pattern, h, p), scores);
                 }
-                weighted_sum(
-                    scores,
-                    &self.v_cache[slot(h, 0)..],
-                    d_head,
-                    &mut self.z[i * d_head..(i + 1) * d_head],
-                );
+                let z = &mut self.z[i * d_head..(i + 1) * d_head];
+                match self.v_cache.as_f32() {
+                    Some(v) => weighted_sum(scores, &v[slot(h, 0)..], d_head, z),
+                    None => {
+                        // Each element summed from 0.0 in key order, as `weighted_sum`
+                        // does, over the values read back from the cache.
+                        z.fill(0.0);
+                        for (j, &w) in scores.iter().enumerate() {
+                            self.v_cache.load(row(h, j), self.kv_row);
+                            for (zk, &vk) in z.iter_mut().zip(self.kv_row.iter()) {
+                                *zk += w * vk;
+                            }
+                        }
+                    }
+                }
             }
             let z = &mut self.z[..n * d_head];
             emit(hooks, site(HookPoint::Z, h, p0), n, d_head, z);

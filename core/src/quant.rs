@@ -415,6 +415,81 @@ pub fn quantize(kind: StorageKind, rows: usize, cols: usize, src: &[f32], out: &
     true
 }
 
+/// Largest int8 level (levels are symmetric, in `-INT8_MAX..=INT8_MAX`).
+pub const INT8_MAX: i8 = 127;
+/// Largest int4 level (levels are symmetric, in `-INT4_MAX..=INT4_MAX`).
+pub const INT4_MAX: i8 = 7;
+
+/// The scale [`quantize`] gives one int8 row: `max|x| / 127`, rounded to f16 (upwards
+/// when f16 rounding made it smaller).
+pub fn int8_row_scale(row: &[f32]) -> f16 {
+    symmetric_scale(row, INT8_MAX as f32)
+}
+
+/// The scale [`quantize`] gives one int4 group: the least-squares choice among
+/// `max|x| / 7` and clipped versions of it (see `best_scale`).
+pub fn int4_group_scale(group: &[f32]) -> f16 {
+    best_scale(group, INT4_MAX as f32)
+}
+
+/// `round(v / scale)` clamped to `-qmax..=qmax` (0 for a zero scale): the rounding of
+/// [`quantize`], for host quantizers that choose levels themselves.
+pub fn round_level(v: f32, scale: f16, qmax: i8) -> i8 {
+    quantize_value(v, scale.to_f32(), qmax as f32)
+}
+
+/// Writes levels chosen elsewhere (e.g. by an error-compensating quantizer on the host)
+/// with their scales in the layout of `kind`: `levels` is `rows x cols` row-major,
+/// `scales` one per row (int8) or `rows x ceil(cols/32)` (int4). The result reads back
+/// as `levels[r][c] * scales[..]`, exactly as a blob from [`quantize`] would.
+///
+/// Returns `false` for a kind other than int8/int4, wrong lengths, or a level outside
+/// the kind's range.
+pub fn pack(
+    kind: StorageKind,
+    rows: usize,
+    cols: usize,
+    levels: &[i8],
+    scales: &[f16],
+    out: &mut [u8],
+) -> bool {
+    let qmax = match kind {
+        StorageKind::Int8 => INT8_MAX,
+        StorageKind::Int4 => INT4_MAX,
+        _ => return false,
+    };
+    if kind.data_len(rows, cols) != Some(out.len())
+        || Some(levels.len()) != rows.checked_mul(cols)
+        || kind.scales_count(rows, cols) != Some(scales.len())
+        || levels.iter().any(|l| *l < -qmax || *l > qmax)
+    {
+        return false;
+    }
+    out.fill(0);
+    let values_len = kind.values_len(rows, cols).unwrap_or(0);
+    let (values, tail) = out.split_at_mut(values_len.next_multiple_of(4));
+    for (o, s) in tail.chunks_exact_mut(2).zip(scales) {
+        o.copy_from_slice(&s.to_le_bytes());
+    }
+    match kind {
+        StorageKind::Int8 => {
+            for (o, l) in values.iter_mut().zip(levels) {
+                *o = *l as u8;
+            }
+        }
+        _ => {
+            let rb = cols.div_ceil(2);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let q = (levels[r * cols + c] as u8) & 0x0f;
+                    values[r * rb + c / 2] |= if c % 2 == 0 { q } else { q << 4 };
+                }
+            }
+        }
+    }
+    true
+}
+
 /// `max|x| / qmax` rounded to f16, rounded up when f16 rounding made it smaller, so
 /// that no value quantizes past `qmax`.
 fn symmetric_scale(values: &[f32], qmax: f32) -> f16 {
@@ -547,6 +622,42 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pack_reproduces_quantize() {
+        let (rows, cols) = (3, 45);
+        let src = data(rows * cols);
+        for kind in [StorageKind::Int8, StorageKind::Int4] {
+            let mut want = vec![0u8; kind.data_len(rows, cols).unwrap()];
+            assert!(quantize(kind, rows, cols, &src, &mut want));
+            let (qmax, group) = match kind {
+                StorageKind::Int8 => (INT8_MAX, cols),
+                _ => (INT4_MAX, INT4_GROUP),
+            };
+            let mut levels = std::vec::Vec::new();
+            let mut scales = std::vec::Vec::new();
+            for r in 0..rows {
+                let row = &src[r * cols..(r + 1) * cols];
+                for g in row.chunks(group) {
+                    let s = match kind {
+                        StorageKind::Int8 => int8_row_scale(g),
+                        _ => int4_group_scale(g),
+                    };
+                    scales.push(s);
+                    levels.extend(g.iter().map(|v| round_level(*v, s, qmax)));
+                }
+            }
+            let mut got = vec![0u8; want.len()];
+            assert!(pack(kind, rows, cols, &levels, &scales, &mut got));
+            assert_eq!(got, want, "{kind:?}");
+            levels[0] = if kind == StorageKind::Int8 {
+                i8::MIN
+            } else {
+                qmax + 1
+            };
+            assert!(!pack(kind, rows, cols, &levels, &scales, &mut got));
         }
     }
 

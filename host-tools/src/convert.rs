@@ -109,7 +109,7 @@ impl QuantPlan {
         }
     }
 
-    fn kind_of(&self, id: TensorId) -> StorageKind {
+    pub fn kind_of(&self, id: TensorId) -> StorageKind {
         match id {
             TensorId::W_E | TensorId::W_pos | TensorId::W_U => self.embeddings,
             TensorId::W_Q | TensorId::W_K | TensorId::W_V | TensorId::W_O => self.attention,
@@ -184,8 +184,8 @@ fn encode_vocab(vocab: &[String]) -> Vec<u8> {
     out
 }
 
-/// Writes `w` as a blob with the storage kinds of `plan`. Returns the blob and, per
-/// tensor, the quantization error.
+/// Writes `w` as a blob with the storage kinds of `plan` (round-to-nearest, with the
+/// int4 clipping search). Returns the blob and, per tensor, the quantization error.
 pub fn write_blob(
     w: &Weights,
     plan: QuantPlan,
@@ -197,6 +197,52 @@ pub fn write_blob(
             "storage kind must be f32, f16, int8 or int4".into(),
         ));
     }
+    write_blob_with(w, processing, vocab, |_, slot, values| {
+        let kind = plan.kind_of(slot.name.id);
+        Ok((kind, round_to_nearest(kind, slot, values)?))
+    })
+}
+
+/// The data of one tensor stored as `kind` by round-to-nearest ([`quant::quantize`]).
+pub fn round_to_nearest(kind: StorageKind, slot: &Slot, values: &[f32]) -> Result<Vec<u8>> {
+    let (rows, cols) = (slot.rows as usize, slot.cols as usize);
+    let mut bytes = vec![
+        0u8;
+        kind.data_len(rows, cols)
+            .ok_or_else(|| Error::Config("tensor too large".into()))?
+    ];
+    if !quant::quantize(kind, rows, cols, values, &mut bytes) {
+        return Err(Error::Argument(format!(
+            "{}: cannot store as {}",
+            slot.name,
+            kind.name()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The float tensors of `w` in stored layout, one per blob slot (the vocabulary slot,
+/// which holds no floats, is left out): `(slot index, slot, row-major values)`.
+pub fn stored_tensors(w: &Weights) -> Result<Vec<(usize, Slot, Vec<f32>)>> {
+    let cfg = core_config(&w.cfg)?;
+    (0..blob::tensor_count(&cfg))
+        .map(|i| {
+            let slot = blob::slot(&cfg, i).expect("index below tensor count");
+            Ok((i, slot, stored(w, &slot)?))
+        })
+        .collect()
+}
+
+/// Writes `w` as a blob whose tensor data come from `encode(slot index, slot, values)`,
+/// which returns the storage kind and the data in that kind's layout (e.g.
+/// [`round_to_nearest`], or levels chosen by a calibrated quantizer). Returns the blob
+/// and, per tensor, the quantization error.
+pub fn write_blob_with(
+    w: &Weights,
+    processing: Processing,
+    vocab: Option<&[String]>,
+    mut encode: impl FnMut(usize, &Slot, &[f32]) -> Result<(StorageKind, Vec<u8>)>,
+) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     let cfg = core_config(&w.cfg)?;
     if let Some(v) = vocab {
         if v.len() != cfg.d_vocab as usize {
@@ -220,13 +266,15 @@ pub fn write_blob(
             (StorageKind::Bytes, encode_vocab(vocab.unwrap_or_default()))
         } else {
             let values = stored(w, &slot)?;
-            let kind = plan.kind_of(slot.name.id);
-            let mut bytes = vec![
-                0u8;
-                kind.data_len(rows, cols)
-                    .ok_or_else(|| Error::Config("tensor too large".into()))?
-            ];
-            quant::quantize(kind, rows, cols, &values, &mut bytes);
+            let (kind, bytes) = encode(i, &slot, &values)?;
+            if kind == StorageKind::Bytes || kind.data_len(rows, cols) != Some(bytes.len()) {
+                return Err(Error::Argument(format!(
+                    "{}: {} bytes is no {} tensor of {rows}x{cols}",
+                    slot.name,
+                    bytes.len(),
+                    kind.name()
+                )));
+            }
             reports.push(report(&slot, kind, &values, &bytes));
             (kind, bytes)
         };

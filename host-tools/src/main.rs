@@ -30,6 +30,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Decode a trace into a TransformerLens-shaped cache (JSON, NumPy, safetensors).
     Decode(commands::decode::DecodeArgs),
+    /// Live terminal view of a device's trace: tokens, each head's attention, losses.
+    Monitor(commands::monitor::MonitorArgs),
     /// Show what a blob holds and the memory it needs on a device.
     Info(commands::info::InfoArgs),
     /// Weight-only circuit analysis: copying, composition, eigenvalues, bigrams, virtual heads.
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Decode(a) => commands::decode::run(a),
+        Command::Monitor(a) => commands::monitor::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Circuits(a) => commands::circuits::run(a),
         Command::Heads(a) => commands::heads::run(a),

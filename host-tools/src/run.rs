@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Run id written in every trace frame (firmware picks its own; 0 by default).
     pub run_id: u32,
+    /// How the KV cache is stored (as a device with that choice stores it).
+    pub kv: tinylens_core::KvStorage,
 }
 
 /// What a run produced.
@@ -175,7 +177,7 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
 
     // The engine runs the prompt in blocks; a trace is written afterwards from the
     // values a tape kept, in stepping order, so it is byte for byte a device's.
-    let engine = Engine::new(model);
+    let engine = Engine::new(model).with_kv(opts.kv);
     let sampling = Sampling {
         top_k: opts.top_k,
         temperature: opts.temperature,

@@ -417,6 +417,14 @@ fn cases(f: &Files) -> Vec<(Vec<String>, String)> {
         "no-such-dir",
     );
 
+    // Live decoding: decode --follow / --serial, monitor.
+    add(&["decode", "--follow", &missing], "no-such-file");
+    add(&["decode", "--serial", &missing], "serial port");
+    add(&["decode", "--follow", &trace, "--idle", "nan"], "--idle");
+    add(&["monitor", &missing], "no-such-file");
+    add(&["monitor", "--serial", &missing], "serial port");
+    add(&["monitor", &trace, "--idle", "nan"], "--idle");
+
     // Analysis commands: their own arguments.
     add(&["circuits", &model, "--compare", &missing], "no-such-file");
     add(&["circuits", &model, "--compare", &text], "bad magic");
@@ -713,6 +721,8 @@ fn unwritable_stdout_is_a_one_line_error_for_every_command() {
     cases.push(vec!["decode", &trace]);
     cases.push(vec!["decode", &trace, "--format", "npy"]);
     cases.push(vec!["decode", &trace, "--format", "safetensors"]);
+    cases.push(vec!["decode", "--follow", &trace]);
+    cases.push(vec!["monitor", &trace]);
     cases.push(vec!["run", &model, "--tokens", "1", "--help"]);
     let present = subcommands();
     for args in cases {
@@ -864,10 +874,31 @@ fn failed_outputs_leave_no_files_behind() {
 /// end frame, so a pipe that never closes (a serial line, QEMU) gives its cache.
 #[test]
 fn decode_works_on_a_pipe_that_never_closes() {
+    let out = finishes_on_an_open_pipe(&["decode", "-", "--run", "1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+}
+
+/// The commands that read one run of a trace stream it: they stop at its end frame, so a
+/// pipe that stays open is no problem, and memory is that of one run.
+#[test]
+fn trace_inputs_are_read_up_to_their_run_only() {
+    let model = files().path("model.tlm");
+    let model = model.as_str();
+    let out = finishes_on_an_open_pipe(&["heads", model, "--trace", "-", "--json"]);
+    assert!(out.contains("previous_token"), "{out}");
+    let out =
+        finishes_on_an_open_pipe(&["run", model, "--tokens", "1,2,3", "--freeze-patterns", "-"]);
+    assert!(!out.is_empty());
+}
+
+/// Runs `tinylens args` with two runs of the every-hook trace on a standard input that
+/// stays open until the command exits; its standard output.
+fn finishes_on_an_open_pipe(args: &[&str]) -> String {
     use std::io::{Read, Write};
     let trace = std::fs::read(files().path("trace.tlt")).unwrap();
     let mut child = Command::new(BIN)
-        .args(["decode", "-", "--run", "1"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -885,19 +916,24 @@ fn decode_works_on_a_pipe_that_never_closes() {
         }
         if start.elapsed() > std::time::Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("decode - waited for the end of a pipe");
+            panic!("{args:?} waited for the end of a pipe");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     drop(stdin);
-    let mut out = String::new();
+    let (mut out, mut err) = (String::new(), String::new());
     child
         .stdout
         .take()
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert!(status.success(), "{status:?}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{args:?}: {status:?}: {err}");
+    out
 }

@@ -30,6 +30,7 @@ fn committed_demo_blob_is_what_convert_makes() {
         fold_value_biases: false,
         output: out.clone(),
         json: true,
+        calibration: Default::default(),
     })
     .unwrap();
     let fresh = std::fs::read(&out).unwrap();
@@ -220,4 +221,75 @@ fn demo_finds_the_induction_circuit_transformerlens_finds() {
         l.repeat
     );
     assert!(html.contains("Induction heads"));
+}
+
+#[test]
+fn english_blob_is_the_conversion_of_models_english() {
+    let d = repo_root().join("models/english");
+    let dir = temp_dir("english-convert");
+    let out = dir.join("english.tlm");
+    convert::run(convert::ConvertArgs {
+        weights: d.join("model.safetensors"),
+        config: d.join("config.json"),
+        quant: "int8".into(),
+        embed_quant: None,
+        vocab: None,
+        tokenizer: Some(d.join("tokenizer.json")),
+        fold_ln: false,
+        center_writing_weights: false,
+        center_unembed: false,
+        fold_value_biases: false,
+        output: out.clone(),
+        json: true,
+        calibration: Default::default(),
+    })
+    .unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == demo::ENGLISH_BLOB,
+        "the binary embeds a stale English blob: regenerate it with the command in \
+         host-tools/src/commands/demo.rs"
+    );
+}
+
+#[test]
+fn english_model_fits_a_microcontroller_and_writes_text() {
+    let model = Model::from_bytes(demo::ENGLISH_BLOB).unwrap();
+    let cfg = *model.config();
+    let (flash, ram) = (model.as_bytes().len(), cfg.workspace_len() * 4);
+    eprintln!("english model: flash {flash} B, RAM {ram} B");
+    // nRF52840-class: 1 MiB flash, 256 KiB RAM (200 KiB for the workspace).
+    assert!(flash <= 1 << 20, "{flash} bytes of flash");
+    assert!(ram <= 200 << 10, "{ram} bytes of RAM");
+    // The tokenizer rides along in the host-only trailer, and the prompt is text.
+    assert!(demo::ENGLISH_BLOB.len() > flash);
+    let tok = tinylens_host::tokenizer::for_blob(demo::ENGLISH_BLOB, None)
+        .unwrap()
+        .expect("the English blob carries its tokenizer");
+    let tokens =
+        tinylens_host::prompts::text_tokens(&tok, demo::SAMPLE_PROMPT, true, &model).unwrap();
+    assert_eq!(tokens[0], tok.bos().unwrap());
+    let out = tinylens_host::run::run(
+        &model,
+        &tinylens_host::run::RunOptions {
+            tokens,
+            generate: 24,
+            top_k: 20,
+            temperature: 0.7,
+            seed: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = tok.decode_text(&out.tokens).unwrap();
+    eprintln!("sample: {text:?}");
+    assert!(text.starts_with(demo::SAMPLE_PROMPT), "{text:?}");
+    // Mostly letters and spaces: text, not byte soup.
+    let letters = text
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+        .count();
+    assert!(letters * 10 >= text.chars().count() * 7, "{text:?}");
+    // The name prompt has repeats for the demo to show.
+    let name = tinylens_host::prompts::text_tokens(&tok, demo::NAME_PROMPT, true, &model).unwrap();
+    assert!(tinylens_host::analysis::repeats::repeats(&name).len() >= 2);
 }

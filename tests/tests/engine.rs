@@ -282,3 +282,35 @@ fn interventions_and_generation_are_stepping() {
         );
     }
 }
+
+/// A device prefilling in blocks with a recorder live writes its records point by point
+/// instead of position by position: other bytes, the same decoded cache.
+#[test]
+fn a_trace_recorded_live_from_blocks_decodes_to_the_stepped_cache() {
+    for kind in KINDS {
+        let (name, blob, tokens) = models(kind).remove(1);
+        let model = Model::from_bytes(&blob).unwrap();
+        let cfg = *model.config();
+        let probes = engine::all_hooks(&model).unwrap();
+        let (_, stepped_trace) = stepped(&model, &tokens, &probes);
+        let mut ws = vec![0.0; cfg.block_workspace_len(8)];
+        let mut s = Session::with_block(&model, &mut ws, 8).unwrap();
+        let mut bytes = Vec::new();
+        let mut frame = vec![0u8; frame_buffer_len(&cfg)];
+        let mut rec = Recorder::begin(
+            &model,
+            &probes,
+            |b: &[u8]| -> Result<(), Error> {
+                bytes.extend_from_slice(b);
+                Ok(())
+            },
+            &mut frame,
+        )
+        .unwrap();
+        s.prefill(&tokens, &mut rec).unwrap();
+        let _ = rec.finish();
+        let (a, _) = decode_stream(&bytes);
+        let (b, _) = decode_stream(&stepped_trace);
+        same_cache(&a[0].cache(), &b[0].cache(), &format!("{name} {kind:?}"));
+    }
+}

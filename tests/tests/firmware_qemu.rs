@@ -30,7 +30,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tinylens_core::Model;
+use tinylens_core::{KvStorage, Model};
 use tinylens_host::export;
 use tinylens_host::run::{run, RunOptions};
 use tinylens_host::trace::{decode_stream, Run};
@@ -229,6 +229,11 @@ impl Case<'_> {
             trace: true,
             generate: self.generate,
             run_id: self.run_id,
+            kv: self
+                .args
+                .iter()
+                .find_map(|a| a.strip_prefix("kv="))
+                .map_or(KvStorage::F32, |k| KvStorage::from_name(k).expect("kv=")),
             ..Default::default()
         }
     }
@@ -341,23 +346,58 @@ fn semihosting_mps2_an386_no_probes_still_traces_tokens() {
     .check();
 }
 
+/// A quantized KV cache is the same choice on both sides: the int8 cache (and the f16
+/// one on the soft-float M0) gives the host's trace byte for byte.
+#[test]
+fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
+    Case {
+        triple: M4,
+        uart: false,
+        args: &[
+            "tokens=0,3,9,27,4,8,3,9",
+            "generate=3",
+            "probe=*",
+            "run=8",
+            "kv=int8",
+        ],
+        prompt: &[0, 3, 9, 27, 4, 8, 3, 9],
+        generate: 3,
+        probes: &["*"],
+        run_id: 8,
+    }
+    .check();
+}
+
+#[test]
+fn semihosting_microbit_kv_f16_bit_exact() {
+    Case {
+        args: &["kv=f16"],
+        ..Case::defaults(M0)
+    }
+    .check();
+}
+
 #[test]
 fn semihosting_microbit_soft_float_defaults_bit_exact() {
     Case::defaults(M0).check();
 }
 
-#[test]
-fn semihosting_microbit_soft_float_all_hooks_int8_bit_exact() {
+/// Every hook as int8, a short prompt with repeats, 4 generated tokens, run 9.
+fn all_hooks_int8(triple: &str, uart: bool) -> Case<'_> {
     Case {
-        triple: M0,
-        uart: false,
+        triple,
+        uart,
         args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
         prompt: &[0, 7, 7, 7, 2],
         generate: 4,
         probes: &["*:int8"],
         run_id: 9,
     }
-    .check();
+}
+
+#[test]
+fn semihosting_microbit_soft_float_all_hooks_int8_bit_exact() {
+    all_hooks_int8(M0, false).check();
 }
 
 #[test]
@@ -380,16 +420,7 @@ fn uart_netduinoplus2() {
 
 #[test]
 fn uart_netduinoplus2_all_hooks_int8() {
-    Case {
-        triple: STM32,
-        uart: true,
-        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
-        prompt: &[0, 7, 7, 7, 2],
-        generate: 4,
-        probes: &["*:int8"],
-        run_id: 9,
-    }
-    .check();
+    all_hooks_int8(STM32, true).check();
 }
 
 #[test]
@@ -408,16 +439,7 @@ fn semihosting_mps2_an505() {
 
 #[test]
 fn semihosting_mps2_an505_all_hooks_int8() {
-    Case {
-        triple: M33,
-        uart: false,
-        args: &["probe=*:int8", "tokens=0,7,7,7,2", "generate=4", "run=9"],
-        prompt: &[0, 7, 7, 7, 2],
-        generate: 4,
-        probes: &["*:int8"],
-        run_id: 9,
-    }
-    .check();
+    all_hooks_int8(M33, false).check();
 }
 
 /// Frames written from inside the step (no ring) are the same bytes.

@@ -437,6 +437,8 @@ fn trace_report_of_a_4x8_model_with_compare() {
     .unwrap();
     let html = std::fs::read_to_string(&out).unwrap();
     eprintln!("4x8 report: {} bytes", html.len());
+    // Size bounded (issue #12: under 5 MB at research scale; this one is far smaller).
+    assert!(html.len() < 5_000_000, "{} bytes of HTML", html.len());
     assert!(html.contains("From the device: 2 run(s)"));
     assert!(html.contains("Re-run on the host because the trace did not record them"));
     assert!(html.contains("blocks.0.attn.hook_result"));

@@ -113,6 +113,7 @@ fn converted_blob(dir: &Path, d_vocab: usize, tokenizer: &Path) -> PathBuf {
         fold_value_biases: false,
         output: out.clone(),
         json: true,
+        calibration: Default::default(),
     })
     .unwrap();
     out

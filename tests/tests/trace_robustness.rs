@@ -266,24 +266,8 @@ fn each_kind_of_damage_is_reported() {
 // run could have written them. ----
 
 use tinylens_core::probe::{Precision, Probe};
-use tinylens_core::{Config, HookPoint, Normalization, Positional};
+use tinylens_core::HookPoint;
 use tinylens_tests::fuzz_targets::craft;
-
-fn small_config() -> Config {
-    Config {
-        n_layers: 2,
-        n_heads: 2,
-        d_model: 4,
-        d_head: 2,
-        d_vocab: 10,
-        d_vocab_out: 10,
-        n_ctx: 4,
-        normalization: Normalization::LN,
-        positional: Positional::Standard,
-        eps: 1e-5,
-        attn_scale: 1.0,
-    }
-}
 
 /// A one-position run recording `hook_embed`, `blocks.*.attn.hook_z` and
 /// `blocks.*.ln1.hook_scale:int8`, with `extra` frames before its end frame.
@@ -297,7 +281,7 @@ fn run_with(
     int8.precision = Precision::Int8;
     let probes = [Probe::all(HookPoint::Embed), Probe::all(HookPoint::Z), int8];
     let mut frames = vec![
-        craft::header(1, 0xabcd, small_config(), &probes),
+        craft::header(1, 0xabcd, craft::small_config(), &probes),
         craft::token(1, 1, 0, 3),
         craft::record_f32(1, 2, (HookPoint::Embed, 0, None, 0), &[1.0, 2.0, 3.0, 4.0]),
     ];
@@ -392,7 +376,7 @@ fn int8_records_need_a_finite_scale() {
 #[test]
 fn runs_sharing_an_id_with_different_headers_are_never_merged() {
     let probes = [Probe::all(HookPoint::Embed)];
-    let cfg = small_config();
+    let cfg = craft::small_config();
     let a = |seq, v: f32| {
         craft::record_f32(5, seq, (HookPoint::Embed, 0, None, seq as u16 - 1), &[v; 4])
     };

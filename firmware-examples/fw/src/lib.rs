@@ -24,9 +24,10 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use embedded_hal::{delay::DelayNs, digital::OutputPin};
+use tinylens_core::kernels::Portable;
 use tinylens_core::probe::ProbeSet;
 use tinylens_core::trace::{self, Recorder, Sink, Summary};
-use tinylens_core::{sample, Config, Error, Model, Session};
+use tinylens_core::{sample, Config, Error, KvStorage, Model, Session, SessionOptions};
 
 // ---------------------------------------------------------------------------
 // The embedded model and the sizes it implies
@@ -93,6 +94,9 @@ pub struct Settings {
     /// to the trace channel), to measure the cost of inference alone.
     pub record: bool,
     pub run_id: u32,
+    /// How the KV cache is stored (`kv=f32|f16|int8`; the static workspace is sized for
+    /// f32, the largest).
+    pub kv: KvStorage,
     /// Whether `probe=` arguments have replaced the default probe set yet.
     probes_given: bool,
 }
@@ -133,13 +137,15 @@ impl Settings {
             probes,
             record: true,
             run_id: DEFAULT_RUN_ID,
+            kv: KvStorage::F32,
             probes_given: false,
         }
     }
 
     /// Applies one argument. Keys: `tokens=1,2,3` (the prompt), `generate=N`,
     /// `probe=PATTERN` (repeatable; the first replaces the default set; `probe=none`
-    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`.
+    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`,
+    /// `kv=f32|f16|int8`.
     /// Returns `Ok(false)` for a key it does not know (the binary may know it).
     pub fn apply<'a>(&mut self, key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
         let bad = |why| ArgError { key, value, why };
@@ -172,6 +178,9 @@ impl Settings {
             }
             "run" => {
                 self.run_id = value.parse().map_err(|_| bad("expected a number"))?;
+            }
+            "kv" => {
+                self.kv = KvStorage::from_name(value).ok_or(bad("expected f32, f16 or int8"))?;
             }
             "record" => {
                 self.record = match value {
@@ -307,7 +316,12 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
     }
     settings.probes.validate(&cfg).map_err(RunError::Probes)?;
     let workspace_len = workspace.len();
-    let mut session = Session::new(&model, workspace).map_err(RunError::Workspace)?;
+    let options = SessionOptions {
+        block: 1,
+        kv: settings.kv,
+    };
+    let mut session =
+        Session::with_options(&model, workspace, options, Portable).map_err(RunError::Workspace)?;
     defmt::info!(
         "model {=str}: {=usize} bytes, crc {=u32:08x}; {=u32} layers x {=u32} heads, d_model {=u32}, d_vocab {=u32}, n_ctx {=u32}",
         MODEL_NAME,

@@ -22,8 +22,8 @@
 use core::hint::black_box;
 
 // The critical-section implementation (single core) that semihosting printing needs.
-use cortex_m as _;
 use core::sync::atomic::{AtomicU32, Ordering};
+use cortex_m as _;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, heprintln, hprintln};
@@ -93,7 +93,11 @@ fn main() -> ! {
     let b: &'static mut Buffers = BUF;
     hprintln!(
         "kernels: DSP int8 kernel {}",
-        if kernels::DSP { "on" } else { "off (portable build)" }
+        if kernels::DSP {
+            "on"
+        } else {
+            "off (portable build)"
+        }
     );
     let failures = self_test(b);
     if failures > 0 {
@@ -246,11 +250,20 @@ fn benches(b: &mut Buffers) {
 
     // The demo model's matrix shapes: W_Q (all heads) and W_U; one head's W_K/W_V; one
     // head's W_O.
-    for (label, rows, cols) in [("qkv_all_heads", 64, 64), ("one_head_kv", 16, 64), ("one_head_o", 64, 16)] {
+    for (label, rows, cols) in [
+        ("qkv_all_heads", 64, 64),
+        ("one_head_kv", 16, 64),
+        ("one_head_o", 64, 16),
+    ] {
         for v in b.floats[..rows * cols].iter_mut() {
             *v = rng.unit();
         }
-        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8, StorageKind::Int4] {
+        for kind in [
+            StorageKind::F32,
+            StorageKind::F16,
+            StorageKind::Int8,
+            StorageKind::Int4,
+        ] {
             let len = kind.data_len(rows, cols).unwrap_or(0);
             let data = &mut b.bytes[..len];
             if !quantize(kind, rows, cols, &b.floats[..rows * cols], data) {

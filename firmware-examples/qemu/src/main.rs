@@ -157,7 +157,7 @@ fn main() -> ! {
     for word in words() {
         let Some((key, val)) = word.split_once('=') else {
             fail(format_args!(
-                "bad argument `{word}`: expected key=value (tokens=, generate=, probe=, run=, record=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
+                "bad argument `{word}`: expected key=value (tokens=, generate=, probe=, run=, record=, kv=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
             ))
         };
         let choice = |a: &str, b: &str| {
@@ -180,7 +180,7 @@ fn main() -> ! {
             _ => match settings.apply(key, val) {
                 Ok(true) => {}
                 Ok(false) => fail(format_args!(
-                    "unknown argument `{word}` (known: tokens=, generate=, probe=, run=, record=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
+                    "unknown argument `{word}` (known: tokens=, generate=, probe=, run=, record=, kv=, trace=, defmt=, transport=, sink=, overflow=, drain=)"
                 )),
                 Err(e) => fail(e),
             },

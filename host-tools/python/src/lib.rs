@@ -18,12 +18,13 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use tinylens_core::{HookPoint, Normalization};
+use tinylens_core::{HookPoint, NoHooks, Normalization};
 use tinylens_host::analysis::{self, CompositionMode, DetectOptions, HeadKind};
-use tinylens_host::commands::decode;
 use tinylens_host::convert::{self as host_convert, QuantPlan};
+use tinylens_host::engine::{Engine, Sampling};
 use tinylens_host::export::Cache;
 use tinylens_host::run::{self as host_run, AblateMode, RunOptions};
+use tinylens_host::tokenizer::{self, TextTokenizer};
 use tinylens_host::trace::decode_stream;
 use tinylens_host::{cli, tl};
 
@@ -66,11 +67,32 @@ impl PyModel {
         self.blob.borrow_dependent()
     }
 
+    /// The rows of a `[batch, pos]` token array, checked against the model as the CLI
+    /// checks `--tokens` (`prompts::check`: same messages).
+    fn rows(&self, tokens: &PyReadonlyArray2<'_, i64>) -> PyResult<Vec<Vec<u32>>> {
+        let rows = token_rows(tokens)?;
+        for row in &rows {
+            tinylens_host::prompts::check(row, self.model()).map_err(err)?;
+        }
+        Ok(rows)
+    }
+
+    fn tokenizer(&self) -> PyResult<Option<TextTokenizer>> {
+        tokenizer::for_blob(self.blob.borrow_owner(), None).map_err(err)
+    }
+
     fn new_from(bytes: Vec<u8>) -> PyResult<Self> {
         let blob = Blob::try_new(bytes, |b| CoreModel::from_bytes(b))
             .map_err(|e| err(tinylens_host::Error::Core(e)))?;
         Ok(PyModel { blob })
     }
+}
+
+fn no_tokenizer() -> PyErr {
+    arg_err(
+        "text needs a tokenizer: convert the model with tokenizer=\"tokenizer.json\" (or \
+         `tinylens convert --tokenizer`), or pass token ids",
+    )
 }
 
 /// Token ids of a `[batch, pos]` int64 array, checked like the CLI's `--tokens`.
@@ -179,6 +201,7 @@ fn run_batch(model: &CoreModel<'_>, job: &BatchJob) -> tinylens_host::Result<Vec
                 temperature: job.temperature,
                 seed: job.seed,
                 run_id: job.run_id,
+                ..Default::default()
             };
             let out = host_run::run(model, &opts)?;
             let cache = if job.probes.is_empty() {
@@ -202,6 +225,23 @@ fn run_batch(model: &CoreModel<'_>, job: &BatchJob) -> tinylens_host::Result<Vec
             })
         })
         .collect()
+}
+
+/// A batch with no intervention, on the host engine (TransformerLens's `run_with_cache`:
+/// every sequence of the batch in parallel, the cache recorded in memory, batch first):
+/// `[batch * pos * d_vocab_out]` logits and, when `probes` name any hook, the cache.
+fn run_plain(
+    model: &CoreModel<'_>,
+    rows: &[Vec<u32>],
+    probes: &[String],
+) -> tinylens_host::Result<(Vec<f32>, Option<Cache>)> {
+    let engine = Engine::new(model).keep_logits(true);
+    if probes.is_empty() {
+        let seqs = engine.run_batch(rows, 0, &Sampling::default(), |_| NoHooks)?;
+        return Ok((seqs.into_iter().flat_map(|s| s.logits).collect(), None));
+    }
+    let (logits, cache) = engine.run_with_cache(rows, probes)?;
+    Ok((logits, Some(cache)))
 }
 
 /// Splits a `[batch, ...]` array into its rows.
@@ -290,9 +330,48 @@ impl PyModel {
         self.model().as_bytes().len()
     }
 
-    /// The blob itself.
+    /// The blob as loaded (with its host-only trailer, the tokenizer, if any).
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, self.model().as_bytes())
+        PyBytes::new(py, self.blob.borrow_owner())
+    }
+
+    /// Whether the blob carries a tokenizer (`convert(..., tokenizer=...)`).
+    fn has_tokenizer(&self) -> PyResult<bool> {
+        Ok(self.tokenizer()?.is_some())
+    }
+
+    /// Text to token ids with the blob's tokenizer, checked against the model (the
+    /// CLI's `--text`; `prepend_bos` is TL's `to_tokens(prepend_bos=True)`).
+    fn to_tokens(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        prepend_bos: bool,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let tok = self.tokenizer()?.ok_or_else(no_tokenizer)?;
+        let m = self.model();
+        py.detach(|| {
+            texts
+                .iter()
+                .map(|t| tinylens_host::prompts::text_tokens(&tok, t, prepend_bos, m))
+                .collect::<tinylens_host::Result<Vec<_>>>()
+        })
+        .map_err(err)
+    }
+
+    /// Token ids to text with the blob's tokenizer (TL's `to_string`), or, per token,
+    /// its string (TL's `to_str_tokens`).
+    fn decode_tokens(&self, tokens: Vec<u32>, per_token: bool) -> PyResult<Vec<String>> {
+        let tok = self.tokenizer()?.ok_or_else(no_tokenizer)?;
+        if per_token {
+            tokens
+                .iter()
+                .map(|t| tok.decode(&[*t]))
+                .collect::<tinylens_host::Result<_>>()
+                .map_err(err)
+        } else {
+            Ok(vec![tok.decode(&tokens).map_err(err)?])
+        }
     }
 
     /// The blob's vocabulary (token strings), when it has one.
@@ -363,7 +442,7 @@ impl PyModel {
         frozen: Option<PyReadonlyArrayDyn<'py, f32>>,
         patches: Vec<(String, PyReadonlyArrayDyn<'py, f32>)>,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyDict>)> {
-        let rows = token_rows(&tokens)?;
+        let rows = self.rows(&tokens)?;
         let batch = rows.len();
         let job = BatchJob {
             probes,
@@ -396,15 +475,27 @@ impl PyModel {
             keep_trace: false,
         };
         let model = self.model();
-        let outs = py.detach(|| run_batch(model, &job)).map_err(err)?;
-        let pos = outs[0].tokens.len();
+        let pos = job.rows[0].len();
         let vocab = model.config().d_vocab_out as usize;
-        let logits: Vec<f32> = outs.iter().flat_map(|o| o.logits.iter().copied()).collect();
-        let caches: Vec<_> = outs.into_iter().filter_map(|o| o.cache).collect();
-        Ok((
-            array(py, vec![batch, pos, vocab], logits),
-            batched_cache(py, caches)?,
-        ))
+        let plain = job.ablate.is_empty() && job.frozen.is_none() && job.patches.is_empty();
+        let (logits, cache) = if plain {
+            // The engine: batched, the cache recorded in memory.
+            let (logits, cache) = py
+                .detach(|| run_plain(model, &job.rows, &job.probes))
+                .map_err(err)?;
+            let d = PyDict::new(py);
+            for (name, (shape, data)) in cache.unwrap_or_default() {
+                d.set_item(name, array(py, shape, data))?;
+            }
+            (logits, d)
+        } else {
+            // Interventions: `tinylens run`'s, one sequence at a time.
+            let outs = py.detach(|| run_batch(model, &job)).map_err(err)?;
+            let logits: Vec<f32> = outs.iter().flat_map(|o| o.logits.iter().copied()).collect();
+            let caches: Vec<_> = outs.into_iter().filter_map(|o| o.cache).collect();
+            (logits, batched_cache(py, caches)?)
+        };
+        Ok((array(py, vec![batch, pos, vocab], logits), cache))
     }
 
     /// One sequence as `tinylens run --trace` runs it: the trace bytes (exactly what a
@@ -423,7 +514,7 @@ impl PyModel {
         seed: u64,
         run_id: u32,
     ) -> PyResult<(Bound<'py, PyBytes>, Vec<u32>)> {
-        let rows = token_rows(&tokens)?;
+        let rows = self.rows(&tokens)?;
         if rows.len() != 1 {
             return Err(arg_err(format!(
                 "a trace records one sequence, got a batch of {}",
@@ -466,8 +557,8 @@ fn load_trace<'py>(
     let data = data.map(|d| d.as_bytes().to_vec());
     let (r, report) = py
         .detach(|| match (&path, &data) {
-            (Some(p), None) => decode::read_run(p, run),
-            (None, Some(d)) => decode::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
+            (Some(p), None) => tinylens_host::trace::read_run(p, run),
+            (None, Some(d)) => tinylens_host::trace::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
             _ => Err(tinylens_host::Error::Argument(
                 "load_trace: give a path or bytes".into(),
             )),
@@ -501,7 +592,7 @@ fn load_trace<'py>(
 /// A TransformerLens state_dict (name, safetensors dtype, shape, little-endian bytes) and
 /// config JSON → a blob, as `tinylens convert` does. Returns the blob and a JSON report.
 #[pyfunction]
-#[pyo3(signature = (tensors, cfg_json, quant="int8", embed_quant=None, fold_ln=false, center_writing_weights=false, center_unembed=false, fold_value_biases=false, vocab=None))]
+#[pyo3(signature = (tensors, cfg_json, quant="int8", embed_quant=None, fold_ln=false, center_writing_weights=false, center_unembed=false, fold_value_biases=false, vocab=None, tokenizer_json=None))]
 #[allow(clippy::too_many_arguments)]
 fn convert<'py>(
     py: Python<'py>,
@@ -514,7 +605,12 @@ fn convert<'py>(
     center_unembed: bool,
     fold_value_biases: bool,
     vocab: Option<Vec<String>>,
+    tokenizer_json: Option<(Bound<'py, PyBytes>, String)>,
 ) -> PyResult<(Bound<'py, PyBytes>, String)> {
+    let tok = tokenizer_json
+        .map(|(json, source)| TextTokenizer::from_json(json.as_bytes(), &source))
+        .transpose()
+        .map_err(err)?;
     let mut plan = QuantPlan::for_kind(cli::parse_kind(quant).map_err(err)?);
     if let Some(e) = embed_quant {
         plan.embeddings = cli::parse_kind(e).map_err(err)?;
@@ -542,8 +638,21 @@ fn convert<'py>(
     let (blob, report) = py
         .detach(|| -> tinylens_host::Result<_> {
             let mut w = tl::load_state_dict(&st, &cfg)?;
+            // As `tinylens convert --tokenizer`: the vocabulary is the tokenizer's token
+            // strings, and the tokenizer goes into the host-only trailer.
+            let vocab = match &tok {
+                Some(t) => {
+                    t.check_fits(w.cfg.d_vocab as u32)?;
+                    Some(t.token_strings(w.cfg.d_vocab as u32))
+                }
+                None => vocab,
+            };
             let processing = tl::process(&mut w, requested)?;
-            let (blob, tensors) = host_convert::write_blob(&w, plan, processing, vocab.as_deref())?;
+            let (mut blob, tensors) =
+                host_convert::write_blob(&w, plan, processing, vocab.as_deref())?;
+            if let Some(t) = &tok {
+                blob = tokenizer::append_trailer(&blob, t.json())?;
+            }
             let report = serde_json::json!({
                 "processing": {
                     "fold_ln": processing.fold_ln,
@@ -583,8 +692,11 @@ fn safetensors_dtype(name: &str) -> Option<safetensors::Dtype> {
 #[pyfunction]
 fn copying_scores(py: Python<'_>, model: &PyModel) -> PyResult<Vec<Vec<f64>>> {
     let m = model.model();
-    py.detach(|| analysis::copying_scores(&host_convert::weights_from_model(m)))
-        .map_err(err)
+    py.detach(|| {
+        let w = host_convert::weights_from_model(m);
+        analysis::copying_scores(&analysis::vocab::Vocab::new(&w))
+    })
+    .map_err(err)
 }
 
 /// TL's `all_composition_scores(kind)` `[l1][h1][l2][h2]`, optionally minus the paper's
@@ -647,7 +759,7 @@ fn head_scores(
             )))
         }
     };
-    let rows = token_rows(&tokens)?;
+    let rows = model.rows(&tokens)?;
     let m = model.model();
     let opts = DetectOptions {
         exclude_bos,

@@ -26,15 +26,27 @@ def test_composition_scores(name, kind):
     want = reference(name)[f"composition.{kind}"]
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= TOL
-    sub = tinylens.composition_scores(model(name), kind, subtract_baseline=True)
-    later = np.zeros_like(got, dtype=bool)
-    n = got.shape[0]
-    for l1 in range(n):
-        later[l1, :, l1 + 1 :, :] = True
+
+
+def test_composition_scores_and_baseline_are_the_clis(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    m = model("attn2_standard_noln", "int8")
+    m.save(tmp_path / "m.tlm")
+    report = json.loads(run_cli("circuits", tmp_path / "m.tlm", "--json").stdout)
+    scores = {}
+    for kind in ("Q", "K", "V"):
+        scores[kind] = tinylens.composition_scores(m, kind)
+        assert np.array_equal(scores[kind], np.asarray(report["composition"][kind]))
+    sub = tinylens.composition_scores(m, "K", subtract_baseline=True)
+    assert np.array_equal(sub, np.asarray(report["composition_baseline_subtracted"]["K"]))
+    later = np.zeros_like(sub, dtype=bool)
+    later[0, :, 1:, :] = True
+    assert np.allclose((scores["K"] - sub)[later], report["composition_baseline"]["mean"])
     assert np.all(sub[~later] == 0)
-    if later.any():
-        baseline = (got - sub)[later]
-        assert np.allclose(baseline, baseline[0]) and 0 < baseline[0] < 1
+    assert np.array_equal(tinylens.copying_scores(m), np.asarray(report["copying"]))
 
 
 @pytest.mark.parametrize("name", NAMES)

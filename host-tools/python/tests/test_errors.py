@@ -31,6 +31,7 @@ def error(fn, *a, **k) -> str:
         (np.zeros((3, 0), dtype=np.int64), "no tokens given"),
         ([[1, 2], [3]], "tokens"),
         ("some text", "tokenizer"),
+        (["some", "text"], "tokenizer"),
         ({"a": 1}, "integers"),
         (np.array([2**63], dtype=np.uint64), "not a token id"),
     ],

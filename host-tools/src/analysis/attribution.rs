@@ -1001,7 +1001,7 @@ mod tests {
             ],
         );
         w.b_u = pseudo(v, 1, 7).column(0).into_owned();
-        let tokens = [1u32, 400, 2, (v - 1) as u32, 0, 77];
+        let tokens = [1u32, 400, 2, v as u32 - 1, 0, 77];
         let n = tokens.len();
         let patterns = vec![vec![causal_uniform(n); 2]; 3];
         let e = expand(&w, &tokens, &patterns, None).unwrap();

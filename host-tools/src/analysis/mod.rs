@@ -28,6 +28,7 @@ pub mod heads;
 pub mod html;
 pub mod progress;
 pub mod recorded;
+pub mod repeats;
 pub mod report;
 pub mod scan;
 #[cfg(test)]

@@ -13,8 +13,9 @@ use nalgebra::DMatrix;
 use tinylens_core::{Config, Model, Normalization};
 
 use super::ablation::{ablate_heads, mean_results, AblationReport, Mode, Prompt};
-use super::attribution::{direct_logit_attribution, expand, term_importance, Dla};
+use super::attribution::{expand, term_importance, Dla};
 use super::circuits::{composition_baseline, composition_scores, full_ov, full_qk, ov};
+use super::dynamic::attribute_with;
 use super::factored::{to_f64, LowRank};
 use super::heads::{detect_all, DetectOptions};
 use super::html::render;
@@ -32,14 +33,19 @@ use crate::{Error, Result};
 
 /// Bytes of attention patterns (one byte per causal entry) over all prompts before the
 /// patterns are block-averaged.
-pub const PATTERN_BUDGET: usize = 2_000_000;
+pub const PATTERN_BUDGET: usize = 1_500_000;
+/// Direct-logit-attribution values (rows × positions) over all prompts; prompts beyond
+/// it show their attention but not their DLA.
+pub const DLA_BUDGET: usize = 120_000;
 /// Bytes of token × token circuit maps (one byte per entry) over all heads.
 pub const CIRCUIT_BUDGET: usize = 600_000;
 /// Largest number of tokens per side of a circuit map.
 pub const MAX_CIRCUIT_TOKENS: usize = 64;
-/// Path-expansion logits (terms × positions × vocab f64 values) computed per prompt at
-/// most; larger prompts are left to `tinylens paths`.
-pub const EXPANSION_BUDGET: usize = 12_000_000;
+/// Residual-stream values (terms × positions × d_model, f64) of the path expansion the
+/// report holds per prompt at most (the logits are streamed over the vocabulary, see
+/// [`term_importance`]); larger prompts are left to `tinylens paths`. 16 M values are
+/// 128 MB, held twice while the terms are stacked.
+pub const EXPANSION_BUDGET: usize = 16_000_000;
 
 /// Where one prompt's activations come from.
 #[derive(Clone, Debug)]
@@ -215,22 +221,6 @@ fn source_of(p: &PromptRecording, needs: &[&str]) -> String {
     }
 }
 
-fn dla_of(w: &Weights, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let results = (0..w.cfg.n_layers)
-        .map(|l| rec.results(l))
-        .collect::<Result<Vec<_>>>()?;
-    direct_logit_attribution(
-        w,
-        &rec.tokens,
-        &rec.rows("hook_embed")?,
-        &rec.rows("hook_pos_embed")?,
-        &results,
-        rec.final_scale()?.as_deref(),
-        rec.logits()?,
-        target,
-    )
-}
-
 /// Rows of a DLA (direct, each head, biases) per position, and its description.
 fn dla_rows(
     w: &Weights,
@@ -259,7 +249,7 @@ fn dla_rows(
         String,
     ) = match target {
         DlaTarget::NextToken => {
-            let d = dla_of(w, rec, None)?;
+            let d = attribute_with(w, rec, None)?;
             (
                 rows_of(&d),
                 d.targets.iter().map(|t| label(*t)).collect(),
@@ -269,7 +259,7 @@ fn dla_rows(
             )
         }
         DlaTarget::Token(t) => {
-            let d = dla_of(w, rec, Some(t))?;
+            let d = attribute_with(w, rec, Some(t))?;
             (
                 rows_of(&d),
                 vec![label(t); d.tokens.len()],
@@ -279,8 +269,8 @@ fn dla_rows(
             )
         }
         DlaTarget::Difference(a, b) => {
-            let da = dla_of(w, rec, Some(a))?;
-            let db = dla_of(w, rec, Some(b))?;
+            let da = attribute_with(w, rec, Some(a))?;
+            let db = attribute_with(w, rec, Some(b))?;
             let (ra, rb) = (rows_of(&da), rows_of(&db));
             let rows = ra
                 .iter()
@@ -316,12 +306,21 @@ fn dla_rows(
         names,
         rows: rows
             .into_iter()
-            .map(|r| r.into_iter().map(round4).collect())
+            .map(|r| r.into_iter().map(round3).collect())
             .collect(),
         targets,
         model_logit: model_logit.into_iter().map(round4).collect(),
         max_abs_error: max_err,
     })
+}
+
+/// `v` to 3 significant digits (the DLA bars; short JSON).
+fn round3(v: f64) -> f64 {
+    if !v.is_finite() || v == 0.0 {
+        return 0.0;
+    }
+    let m = 10f64.powi(2 - v.abs().log10().floor() as i32);
+    (v * m).round() / m
 }
 
 fn round4(v: f64) -> f64 {
@@ -340,13 +339,15 @@ fn importance_of(
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
     let n_virtual: usize = (0..nl).map(|l| nh * nh * (nl - 1 - l)).sum();
     let terms = 2 + nl * nh + n_virtual;
-    let values = terms * rec.len() * w.cfg.d_vocab_out;
+    let values = terms
+        .saturating_mul(rec.len())
+        .saturating_mul(w.cfg.d_model);
     if values > EXPANSION_BUDGET {
         return Ok(Err(format!(
-            "not computed for this prompt: {terms} terms × {} positions × {} logits is more than the \
-             report's budget; `tinylens paths` computes it",
+            "not computed for this prompt: {terms} terms × {} positions × d_model {} is more \
+             than the report's budget; `tinylens paths` computes it",
             rec.len(),
-            w.cfg.d_vocab_out
+            w.cfg.d_model
         )));
     }
     let e = expand(w, &rec.tokens, patterns, rec.ln_scales()?.as_deref())?;
@@ -429,8 +430,8 @@ pub fn weight_data(w: &Weights) -> Result<WeightData> {
     for l in 0..nl {
         let (mut ovl, mut qkl, mut el) = (Vec::new(), Vec::new(), Vec::new());
         for h in 0..nh {
-            let fov = full_ov(w, l, h).low_rank(w);
-            let fqk = full_qk(w, l, h).low_rank(w);
+            let fov = full_ov(w, l, h).factors(w);
+            let fqk = full_qk(w, l, h).factors(w);
             ovl.push(circuit_map(&fov, k));
             qkl.push(circuit_map(&fqk, k));
             let (ov_pts, copying) = if square {
@@ -509,10 +510,15 @@ fn prompt_data(
     target: DlaTarget,
     label: &dyn Fn(u32) -> String,
     pool: usize,
+    with_dla: bool,
 ) -> Result<PromptData> {
     let patterns = p.rec.patterns()?;
     let detection = detect_all(&patterns, &p.rec.tokens, DetectOptions::default())?;
-    let dla = dla_rows(w, &p.rec, target, label)?;
+    let dla = if with_dla {
+        Some(dla_rows(w, &p.rec, target, label)?)
+    } else {
+        None
+    };
     let importance = importance_of(w, &p.rec, &patterns)?;
     let (importance, importance_note) = match importance {
         Ok(i) => (Some(i), String::new()),
@@ -637,9 +643,18 @@ pub fn gather(
     };
     let lens: Vec<usize> = prompts.iter().map(|p| p.rec.len()).collect();
     let pool = pattern_pool(model.config(), &lens);
+    // DLA values (rows × positions) of every prompt up to DLA_BUDGET; the first prompt
+    // always has its own.
+    let rows = w.cfg.n_layers * w.cfg.n_heads + 2;
+    let mut dla_values = 0;
     let prompt_data = prompts
         .iter()
-        .map(|p| prompt_data(&w, p, extras.dla_target, &label, pool))
+        .enumerate()
+        .map(|(i, p)| {
+            dla_values += rows * p.rec.len();
+            let with_dla = i == 0 || dla_values <= DLA_BUDGET;
+            prompt_data(&w, p, extras.dla_target, &label, pool, with_dla)
+        })
         .collect::<Result<Vec<_>>>()?;
     let weights = weight_data(&w)?;
     let compare = match compare {
@@ -703,7 +718,7 @@ fn mean_over_prompts(grids: impl Iterator<Item = Vec<Vec<f64>>>) -> Vec<Vec<f64>
 /// (over the positions with a real next token) of one recording.
 fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
     let d = detect_all(&rec.patterns()?, &rec.tokens, DetectOptions::default())?;
-    let dla = dla_of(w, rec, None)?;
+    let dla = attribute_with(w, rec, None)?;
     let m = rec.len().saturating_sub(1).max(1) as f64;
     let heads = dla
         .heads
@@ -822,4 +837,53 @@ fn compare_data(
         eigen: weights2.eigen,
         n_prompts: prompts.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_of_many_long_prompts_stay_within_the_budget() {
+        let mut cfg = *Model::from_bytes(crate::commands::demo::DEMO_BLOB)
+            .unwrap()
+            .config();
+        cfg.n_layers = 8;
+        cfg.n_heads = 16;
+        let lens = vec![256; 16];
+        let pool = pattern_pool(&cfg, &lens);
+        let m = 256usize.div_ceil(pool);
+        assert!(16 * 128 * m * (m + 1) / 2 <= PATTERN_BUDGET, "pool {pool}");
+        assert!(pool > 1);
+        // One short prompt is exact.
+        assert_eq!(pattern_pool(&cfg, &[31]), 1);
+    }
+
+    #[test]
+    fn large_circuits_show_the_tokens_with_the_largest_rows() {
+        // Rows 3 and 7 of A B are the largest; the map keeps them, in id order.
+        let a = DMatrix::from_fn(10, 2, |i, j| match (i, j) {
+            (3, 0) => 5.0,
+            (7, 1) => -4.0,
+            _ => 0.1,
+        });
+        let b = DMatrix::from_fn(2, 10, |i, j| if i == j % 2 { 1.0 } else { 0.5 });
+        let m = LowRank::new(a.clone(), b.clone());
+        let dense = &a * &b;
+        let norms = row_norms(&m);
+        for (i, n) in norms.iter().enumerate() {
+            assert!((n - dense.row(i).norm()).abs() < 1e-9);
+        }
+        assert_eq!(map_tokens(&m, 2), vec![3, 7]);
+        assert_eq!(map_tokens(&m, 64).len(), 10);
+        let c = circuit_map(&m, 2);
+        assert_eq!(c.tokens, vec![3, 7]);
+    }
+
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(round3(1234.5), 1230.0);
+        assert_eq!(round3(-0.012345), -0.0123);
+        assert_eq!(round3(f64::NAN), 0.0);
+    }
 }

@@ -21,7 +21,7 @@ use faer::{Accum, Mat, MatRef};
 use indicatif::ProgressBar;
 use nalgebra::{Complex, DMatrix, DVector};
 
-use super::factored::eigenvalues;
+use super::factored::{eigenvalues, to_f64, LowRank};
 use super::progress::par;
 use super::scan::{scan, ScanOut, ScanSpec};
 use crate::weights::Weights;
@@ -132,6 +132,26 @@ pub fn norm_from_grams(x: &DMatrix<f64>, y: &DMatrix<f64>) -> f64 {
 }
 
 impl FullCircuit {
+    /// The circuit as two explicit factors, `(W_E A) [d_vocab, k]` and
+    /// `(B R) [k, columns]`, for figures that show some of its rows and columns (the
+    /// report's circuit maps); the norms and spectra never need them.
+    pub fn factors(&self, w: &Weights) -> LowRank {
+        let e = to_f64(&w.w_e);
+        let left = match &self.a {
+            Some(a) => &e * a,
+            None => e.clone(),
+        };
+        let r = match self.right {
+            Right::Unembed => to_f64(&w.w_u),
+            Right::EmbedT => e.transpose(),
+        };
+        let right = match &self.b {
+            Some(b) => b * r,
+            None => r,
+        };
+        LowRank::new(left, right)
+    }
+
     pub fn new(a: DMatrix<f64>, b: DMatrix<f64>, right: Right) -> Self {
         FullCircuit {
             a: Some(a),
@@ -168,25 +188,6 @@ impl FullCircuit {
     /// `B G_R B^T` (the right factor's Gram matrix).
     pub fn right_gram(&self, v: &Vocab<'_>) -> DMatrix<f64> {
         sandwich_right(self.gram_right(v), self.b.as_ref())
-    }
-
-    /// The circuit as vocabulary-sized factors `(W_E A) (B R)` in f64 (for callers that
-    /// read blocks of entries; `d_vocab x k` doubles per factor).
-    pub fn low_rank(&self, w: &Weights) -> super::factored::LowRank {
-        let e = super::factored::to_f64(&w.w_e);
-        let left = match &self.a {
-            Some(a) => &e * a,
-            None => e.clone(),
-        };
-        let r = match self.right {
-            Right::Unembed => super::factored::to_f64(&w.w_u),
-            Right::EmbedT => e.transpose(),
-        };
-        let right = match &self.b {
-            Some(b) => b * r,
-            None => r,
-        };
-        super::factored::LowRank::new(left, right)
     }
 
     /// Frobenius norm, from the Gram matrices.

@@ -62,6 +62,9 @@ pub struct BenchArgs {
 #[derive(Debug, Default)]
 struct Phases {
     prefill: Vec<Duration>,
+    /// CPU time of the process (every thread) during each prefill (the counters tick
+    /// coarsely: only their mean over many samples is meaningful).
+    prefill_cpu: Vec<Duration>,
     total: Vec<Duration>,
     trace_bytes: usize,
 }
@@ -117,13 +120,13 @@ impl Plan<'_> {
     }
 
     /// One batch, prompt then `decode` tokens; returns its time and trace bytes.
-    fn once(&self, record: Record, decode: usize) -> Result<(Duration, usize)> {
+    fn once(&self, record: Record, decode: usize) -> Result<(Duration, Duration, usize)> {
         let model = self.engine.model();
         let cfg = *model.config();
         let len = self.prompts[0].len() + decode;
         let greedy = Sampling::default();
         let probes = all_hooks(model)?;
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_time());
         let bytes = match record {
             Record::Nothing => {
                 self.engine
@@ -148,7 +151,7 @@ impl Plan<'_> {
                 traces.into_iter().sum::<Result<usize>>()?
             }
         };
-        Ok((t0.elapsed(), bytes))
+        Ok((t0.elapsed(), cpu_time().saturating_sub(c0), bytes))
     }
 
     fn measure(&self, record: Record) -> Result<Phases> {
@@ -160,10 +163,11 @@ impl Plan<'_> {
         }
         let start = Instant::now();
         while self.samples(start, out.prefill.len()) {
-            let (p, bytes) = self.once(record, 0)?;
+            let (p, cpu, bytes) = self.once(record, 0)?;
             out.prefill.push(p);
+            out.prefill_cpu.push(cpu);
             if self.decode > 0 {
-                let (t, b) = self.once(record, self.decode)?;
+                let (t, _, b) = self.once(record, self.decode)?;
                 out.total.push(t);
                 out.trace_bytes = b;
             } else {
@@ -173,6 +177,21 @@ impl Plan<'_> {
         }
         Ok(out)
     }
+}
+
+/// CPU time of this process so far, every thread (Linux: the nanosecond counters of
+/// `/proc/self/task/*/schedstat`; zero elsewhere). On a loaded machine the wall clock
+/// measures the load; CPU time measures the work.
+fn cpu_time() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Writes one sequence's trace from its tape; returns its length in bytes.
@@ -211,6 +230,11 @@ pub fn forward_flops(cfg: &Config, p0: usize, p1: usize) -> f64 {
     let weights = l * 4.0 * dm * h * dh + dm * v;
     let keys: f64 = (p0..p1).map(|p| (p + 1) as f64).sum();
     2.0 * (weights * (p1 - p0) as f64 + l * h * 2.0 * dh * keys)
+}
+
+fn mean(v: &[Duration]) -> Duration {
+    let n = v.len().max(1) as u32;
+    v.iter().sum::<Duration>() / n
 }
 
 fn median_diff(total: &mut [Duration], prefill: &mut [Duration]) -> Duration {
@@ -344,6 +368,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_ns_per_token": ns_per(b * decode, d_off),
         "prefill_ns_per_token_all_hooks": ns_per(b * prompt_len, p_all),
         "decode_ns_per_token_all_hooks": ns_per(b * decode, d_all),
+        "prefill_tokens_per_cpu_s": per_s(b * prompt_len, mean(&off.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_all_hooks": per_s(b * prompt_len, mean(&all.prefill_cpu)),
+        "prefill_tokens_per_cpu_s_trace": per_s(b * prompt_len, mean(&tr.prefill_cpu)),
+        "prefill_cpu_over_wall": mean(&off.prefill_cpu).as_secs_f64() / p_off.as_secs_f64(),
+        "prefill_gflops_per_cpu_s": gflops(mean(&off.prefill_cpu)),
+        "prefill_gflops_per_cpu_s_all_hooks": gflops(mean(&all.prefill_cpu)),
         "prefill_flops_per_batch": flops,
         "prefill_gflops_per_s": gflops(p_off),
         "prefill_gflops_per_s_all_hooks": gflops(p_all),

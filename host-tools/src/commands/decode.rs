@@ -1,18 +1,33 @@
 //! `tinylens decode`: a trace stream → a TransformerLens-shaped cache.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::trace::{Decoder, Keep, Run, StreamReport};
-use crate::{cli, export, Error, Result};
+use crate::trace::read_run;
+use crate::{export, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
     /// Trace file, or `-` for standard input (a serial capture, QEMU's output). Read as
     /// it comes, up to the end frame of the selected run: a pipe need not close.
-    pub trace: PathBuf,
+    #[arg(required_unless_present = "serial")]
+    pub trace: Option<PathBuf>,
+    /// Live: decode frames as they arrive, for every run, as JSON lines (`run_started`,
+    /// `token`, `record`, `run_ended`, `run_cut`, `bad`) on the output, resynchronising
+    /// after garbage; a growing file is followed like `tail -f`. Memory stays bounded.
+    #[arg(long)]
+    pub follow: bool,
+    /// Live from a serial port (implies --follow), e.g. /dev/ttyACM0.
+    #[arg(long, value_name = "PORT", conflicts_with = "trace")]
+    pub serial: Option<String>,
+    /// Baud rate of --serial (the example firmware sends at 1 Mbaud).
+    #[arg(long, default_value_t = 1_000_000, requires = "serial")]
+    pub baud: u32,
+    /// With --follow/--serial: stop after this many seconds without data (default: run
+    /// until the input ends or Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub idle: Option<f64>,
     /// json, npy (a NumPy .npz archive) or safetensors.
     #[arg(long, default_value = "json")]
     pub format: String,
@@ -27,50 +42,13 @@ pub struct DecodeArgs {
     pub report_json: bool,
 }
 
-/// Reads `path` (`-`: standard input) through the streaming decoder, keeping run
-/// `index` only, until that run's end frame or the end of the input.
-pub fn read_run(path: &std::path::Path, index: usize) -> Result<(Run, StreamReport)> {
-    let mut input = cli::open_input(path)?;
-    read_run_from(&mut input, path, index)
-}
-
-/// [`read_run`] from any reader (the Python binding's bytes); `path` names it in errors.
-pub fn read_run_from(
-    input: &mut dyn Read,
-    path: &std::path::Path,
-    index: usize,
-) -> Result<(Run, StreamReport)> {
-    let name = cli::escape(&path.display().to_string()).into_owned();
-    let mut decoder = Decoder::new(Keep::Only(index));
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        decoder.push(&buf[..n], &mut |_, _| {});
-        if decoder.run_ended(index) {
-            break;
-        }
-    }
-    if decoder.report().bytes == 0 {
-        return Err(Error::Trace(format!("{name}: empty trace")));
-    }
-    let (mut runs, report) = decoder.finish();
-    let run = runs.pop().ok_or_else(|| {
-        Error::Trace(format!(
-            "{name}: no run {index} ({} runs, {} good frames, {} bad frames)",
-            report.runs, report.frames_ok, report.bad_frames
-        ))
-    })?;
-    Ok((run, report))
-}
-
 pub fn run(a: DecodeArgs) -> Result<()> {
+    if a.follow || a.serial.is_some() {
+        return follow(&a);
+    }
     export::check_format(&a.format)?;
-    let (run, report) = read_run(&a.trace, a.run)?;
+    let trace = a.trace.as_deref().unwrap_or(std::path::Path::new("-"));
+    let (run, report) = read_run(trace, a.run)?;
     // The binary formats carry TransformerLens's batch dimension and int64 tokens, as
     // the Python package's `load_trace` returns them; JSON stays one sequence.
     let view = run.cache_view(true);
@@ -119,5 +97,47 @@ pub fn run(a: DecodeArgs) -> Result<()> {
             l.missing_count - listed
         );
     }
+    Ok(())
+}
+
+/// `--follow` / `--serial`: live JSON lines (see [`crate::live`]).
+fn follow(a: &DecodeArgs) -> Result<()> {
+    use crate::live::{self, Source};
+    let idle = match a.idle {
+        Some(s) if !(0.0..1e9).contains(&s) => {
+            return Err(Error::Argument(format!("--idle {s}: expected seconds")))
+        }
+        s => s.map(std::time::Duration::from_secs_f64),
+    };
+    let source = match (&a.serial, &a.trace) {
+        (Some(port), _) => Source::Serial { port, baud: a.baud },
+        (None, Some(path)) => Source::Path(path),
+        (None, None) => Source::Path(std::path::Path::new("-")),
+    };
+    let out: Box<dyn std::io::Write> = if a.output.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        // A live log grows as frames arrive: written in place, not atomically.
+        Box::new(std::fs::File::create(&a.output).map_err(|e| Error::io(&a.output, e))?)
+    };
+    let name = if a.output.as_os_str() == "-" {
+        std::path::Path::new("<stdout>")
+    } else {
+        a.output.as_path()
+    };
+    let t = live::follow(
+        source,
+        idle,
+        name,
+        live::json_lines(std::io::BufWriter::new(out)),
+    )?;
+    note!(
+        "followed {} bytes: {} runs ended, {} cut, {} good frames, {} bad frames",
+        t.bytes,
+        t.runs_ended,
+        t.runs_cut,
+        t.frames_ok,
+        t.bad_frames
+    );
     Ok(())
 }

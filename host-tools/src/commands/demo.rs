@@ -16,15 +16,18 @@ use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
 use tinylens_core::Model;
 
 use crate::analysis::ablation::{
-    ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode,
+    ablate_heads, dataset_losses, mean_results, repeated_dataset, Mode, Prompt,
 };
 use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
+use crate::analysis::repeats::{complete_repeats, RepeatCompletion};
 use crate::analysis::report::{build, Extras};
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
-use crate::convert::weights_from_model;
-use crate::{cli, Result};
+use crate::convert::{vocab_of, weights_from_model};
+use crate::prompts;
+use crate::tokenizer::{escape, TextTokenizer};
+use crate::{cli, Error, Result};
 
 /// The demo model as an int8 blob, made from `models/demo/` by
 /// `tinylens convert --weights models/demo/model.safetensors --config models/demo/config.json
@@ -37,6 +40,32 @@ pub const DEMO_BLOB: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/demo/demo-int8.tlm"
 ));
+
+/// The English model (`models/english/`, `scripts/train_english.py`): int8, with its
+/// byte-level BPE tokenizer in the host-only trailer. Made by `tinylens convert --weights
+/// models/english/model.safetensors --config models/english/config.json --tokenizer
+/// models/english/tokenizer.json --quant int8 -o models/english/english-int8.tlm`.
+pub const ENGLISH_BLOB: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/english/english-int8.tlm"
+));
+
+/// Held-out paragraphs of the English corpus (one per line), never trained on.
+pub const HELDOUT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/english/heldout.txt"
+));
+
+/// The English demo's sentence with a repeated name.
+pub const NAME_PROMPT: &str = "Mr Hendricks wrote the parser and the tokenizer for the module. \
+                               The tests of the module were written by Mr Hendricks";
+
+/// The English demo's prompt for sampling.
+pub const SAMPLE_PROMPT: &str = "The function returns";
+
+/// Tokens of each copy in the English demo's repeated paragraphs: `<bos>` + 31 + the same
+/// 31 fills 63 of the 64 positions.
+pub const TEXT_REPEAT_LEN: usize = 31;
 
 /// Length of each copy in the demo's repeated sequences: `<bos>` + 15 + the same 15
 /// fills 31 of the model's 32 positions, the format of the held-out test in TRAINING.md.
@@ -59,6 +88,11 @@ pub const NAMING: DetectOptions = DetectOptions {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Which bundled model: `syllables` (trained on repeated random syllables) or
+    /// `english` (trained on Python's documentation, with a tokenizer; still short of
+    /// the training its induction heads need, see models/english/TRAINING.md).
+    #[arg(long, default_value = "syllables")]
+    pub model: String,
     /// Where to write the HTML report.
     #[arg(short, long, default_value = "report.html")]
     pub output: PathBuf,
@@ -121,6 +155,8 @@ pub struct DemoFindings {
     pub head_scores_tl_default: HeadDetection,
     pub losses: DemoLosses,
     pub trace_bytes: usize,
+    /// Sequences the head scores are averaged over.
+    pub detect_sequences: usize,
     pub timings_ms: Vec<(String, f64)>,
 }
 
@@ -157,8 +193,61 @@ impl Default for DemoOptions {
     }
 }
 
+/// The sequences the demo measures on: `<bos>` + `repeat_len` tokens + the same again.
+pub struct DataSets {
+    /// Scored by the head detector.
+    pub detect: Vec<Prompt>,
+    /// Losses and ablations.
+    pub loss: Vec<Prompt>,
+    pub repeat_len: usize,
+    /// What the sequences are, for the report.
+    pub what: String,
+    /// The prompt the report shows (default: the first detection sequence).
+    pub report_tokens: Option<Vec<u32>>,
+    pub title: String,
+}
+
+/// TL's induction test: random tokens (token 0 is BOS) repeated twice.
+pub fn random_sets(model: &Model<'_>, opts: &DemoOptions) -> Result<DataSets> {
+    let cfg = model.config();
+    let repeat_len = REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
+    let bos = Some(0);
+    Ok(DataSets {
+        detect: repeated_dataset(
+            repeat_len,
+            opts.detect_sequences,
+            opts.seed,
+            bos,
+            cfg.d_vocab,
+            cfg.n_ctx,
+        )?,
+        loss: repeated_dataset(
+            repeat_len,
+            opts.loss_sequences,
+            opts.seed.wrapping_add(1000),
+            bos,
+            cfg.d_vocab,
+            cfg.n_ctx,
+        )?,
+        repeat_len,
+        what: format!("<bos> + {repeat_len} random tokens + the same {repeat_len}"),
+        report_tokens: None,
+        title: "tinylens demo: induction heads in a two-layer attention-only transformer".into(),
+    })
+}
+
+/// The demo's analysis on TL's induction test (random tokens repeated twice).
 pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, String)> {
-    let seed = opts.seed;
+    analyse_sets(model, &random_sets(model, opts)?, opts)
+}
+
+/// The demo's analysis of `model` on `sets`: head scores, composition, copying, losses
+/// and ablations; returns the findings and the HTML report.
+pub fn analyse_sets(
+    model: &Model<'_>,
+    sets: &DataSets,
+    opts: &DemoOptions,
+) -> Result<(DemoFindings, String)> {
     let cfg = *model.config();
     let mut timings = Vec::new();
     let mut clock = Instant::now();
@@ -166,23 +255,8 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         timings.push((what.to_string(), clock.elapsed().as_secs_f64() * 1e3));
         clock = Instant::now();
     };
-    let repeat_len = REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
-    let detect_set = repeated_dataset(
-        repeat_len,
-        opts.detect_sequences,
-        seed,
-        Some(0),
-        cfg.d_vocab,
-        cfg.n_ctx,
-    )?;
-    let loss_set = repeated_dataset(
-        repeat_len,
-        opts.loss_sequences,
-        seed.wrapping_add(1000),
-        Some(0),
-        cfg.d_vocab,
-        cfg.n_ctx,
-    )?;
+    let repeat_len = sets.repeat_len;
+    let (detect_set, loss_set) = (&sets.detect, &sets.loss);
 
     // Run with probes -> trace -> decode, for every detection sequence.
     let probes = vec!["blocks.*.attn.hook_pattern".to_string()];
@@ -239,7 +313,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         }
     }
 
-    let means = mean_results(model, &loss_set, &|| {})?;
+    let means = mean_results(model, loss_set, &|| {})?;
     let mut groups = Vec::new();
     if !ind.is_empty() {
         groups.push(refs(&ind));
@@ -249,7 +323,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
     }
     let abl = ablate_heads(
         model,
-        &loss_set,
+        loss_set,
         Mode::Mean,
         Some(&means),
         &groups,
@@ -261,7 +335,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
     } else {
         let heads = refs(&ind);
         let hook = Ablation::new(&cfg, &heads, AblationMode::Zero)?;
-        dataset_losses(model, &loss_set, &hook, &|| {})?.repeat
+        dataset_losses(model, loss_set, &hook, &|| {})?.repeat
     };
     // First copy: the predictions inside the first copy (positions 1..=n-1 predict its
     // tokens 2..=n), which nothing can predict.
@@ -269,7 +343,7 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         let engine = crate::engine::Engine::new(model);
         let v = cfg.d_vocab_out as usize;
         let (mut sum, mut count) = (0.0, 0);
-        for p in &loss_set {
+        for p in loss_set {
             let prompt = &p.tokens[..repeat_len.min(p.tokens.len())];
             let out = engine.run(prompt, 0, &Default::default(), &mut tinylens_core::NoHooks)?;
             for (i, logits) in out.logits.chunks_exact(v).enumerate() {
@@ -329,9 +403,10 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
         head_scores_tl_default,
         losses,
         trace_bytes,
+        detect_sequences: detect_set.len(),
         timings_ms: Vec::new(),
     };
-    let prompts: Vec<(String, Vec<u32>)> = detect_set
+    let mut prompts: Vec<(String, Vec<u32>)> = detect_set
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -341,19 +416,22 @@ pub fn analyse(model: &Model<'_>, opts: &DemoOptions) -> Result<(DemoFindings, S
             )
         })
         .collect();
+    if let Some(t) = &sets.report_tokens {
+        prompts.insert(0, ("the demo's prompt".into(), t.clone()));
+    }
     let html = build(
         model,
         &prompts,
         Extras {
-            title: "tinylens demo: induction heads in a two-layer attention-only transformer".into(),
+            title: sets.title.clone(),
             findings: summary_lines(&findings),
             detection: Some((
                 head_scores,
                 format!(
-                    "Averaged over {} sequences of <bos> + {repeat_len} random tokens + the same {repeat_len} \
-                     (the prompt selector shows each), with TL's exclude_bos (attention parked on <bos> \
-                     left out of both sums).",
-                    detect_set.len()
+                    "Averaged over {} sequences of {} (the prompt selector shows each), with \
+                     TL's exclude_bos (attention parked on <bos> left out of both sums).",
+                    detect_set.len(),
+                    sets.what
                 ),
             )),
             ablation: Some(abl),
@@ -444,8 +522,260 @@ pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
     out
 }
 
+/// Held-out paragraphs repeated: `<bos>` + the first `n` tokens of a paragraph + the
+/// same `n` again, for every paragraph of at least `n` tokens.
+pub fn repeated_text(tok: &TextTokenizer, text: &str, n: usize, bos: u32) -> Result<Vec<Prompt>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let ids = tok.to_tokens(line, true)?;
+        if ids.len() > n {
+            let span = &ids[1..=n];
+            let mut tokens = vec![bos];
+            tokens.extend_from_slice(span);
+            tokens.extend_from_slice(span);
+            out.push(Prompt {
+                tokens,
+                repeat_from: Some(n + 1),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What the English demo measured beyond [`DemoFindings`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TextFindings {
+    /// Flash a device needs: the blob without its host-only trailer.
+    pub flash_bytes: usize,
+    /// Working memory of a session (`Config::workspace_len` f32 words).
+    pub ram_bytes: usize,
+    pub tokenizer_bytes: usize,
+    pub sample_prompt: String,
+    pub sample_text: String,
+    pub name_prompt: String,
+    pub name_tokens: Vec<String>,
+    pub name: RepeatCompletion,
+}
+
+/// The English model's demo: the circuit on held-out paragraphs repeated, a sampled
+/// text, and the repeated name of [`NAME_PROMPT`] completed with and without the
+/// induction heads.
+pub fn analyse_english(
+    blob: &[u8],
+    opts: &DemoOptions,
+) -> Result<(DemoFindings, TextFindings, String)> {
+    let model = Model::from_bytes(blob)?;
+    let cfg = *model.config();
+    let tok = crate::tokenizer::for_blob(blob, None)?
+        .ok_or_else(|| Error::Argument("the English blob has no tokenizer".into()))?;
+    let bos = tok
+        .bos()
+        .ok_or_else(|| Error::Argument("the English tokenizer has no BOS".into()))?;
+    let n = TEXT_REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
+    let all = repeated_text(&tok, HELDOUT, n, bos)?;
+    let d = opts.detect_sequences.min(all.len() / 3).max(1);
+    let (detect, rest) = all.split_at(d);
+    let loss: Vec<Prompt> = rest.iter().take(opts.loss_sequences).cloned().collect();
+    let name_ids = prompts::text_tokens(&tok, NAME_PROMPT, true, &model)?;
+    let sets = DataSets {
+        detect: detect.to_vec(),
+        loss: loss.clone(),
+        repeat_len: n,
+        what: format!("<bos> + {n} tokens of a held-out paragraph + the same {n}"),
+        report_tokens: Some(name_ids.clone()),
+        title: "tinylens demo: induction heads on real English (Python's documentation)".into(),
+    };
+    let (findings, html) = analyse_sets(&model, &sets, opts)?;
+    let means = mean_results(&model, &loss, &|| {})?;
+    let ind = refs(&findings.induction_heads);
+    let name = complete_repeats(
+        &model,
+        &name_ids,
+        &ind,
+        Some(&means),
+        ind.first().copied(),
+        3,
+    )?;
+    let sample = crate::run::run(
+        &model,
+        &crate::run::RunOptions {
+            tokens: prompts::text_tokens(&tok, SAMPLE_PROMPT, true, &model)?,
+            generate: 32,
+            top_k: 20,
+            temperature: 0.7,
+            seed: opts.seed,
+            ..Default::default()
+        },
+    )?;
+    let vocab = vocab_of(&model).unwrap_or_default();
+    let text = TextFindings {
+        flash_bytes: model.as_bytes().len(),
+        ram_bytes: cfg.workspace_len() * 4,
+        tokenizer_bytes: tok.json().len(),
+        sample_prompt: SAMPLE_PROMPT.into(),
+        sample_text: tok.decode_text(&sample.tokens)?,
+        name_prompt: NAME_PROMPT.into(),
+        name_tokens: name_ids
+            .iter()
+            .map(|t| vocab.get(*t as usize).cloned().unwrap_or_default())
+            .collect(),
+        name,
+    };
+    Ok((findings, text, html))
+}
+
+/// The English demo's printed lines about the repeated name.
+pub fn name_lines(t: &TextFindings) -> Vec<String> {
+    let label = |id: u32| {
+        t.name
+            .tokens
+            .iter()
+            .position(|x| *x == id)
+            .map_or(format!("#{id}"), |p| escape(&t.name_tokens[p]))
+    };
+    let at = |p: usize| escape(&t.name_tokens[p]);
+    let heads: Vec<String> = t
+        .name
+        .ablated
+        .iter()
+        .map(|[l, h]| format!("L{l}H{h}"))
+        .collect();
+    let mut out = vec![format!(
+        "{:>4} {:>14} -> {:<14} {:>8} {:>10}  {}",
+        "pos",
+        "token",
+        "next",
+        "P(next)",
+        format!(
+            "{} off",
+            if heads.is_empty() {
+                "none".into()
+            } else {
+                heads.join("+")
+            }
+        ),
+        t.name
+            .head
+            .map_or(String::new(), |[l, h]| format!("L{l}H{h} attends to"))
+    )];
+    for p in &t.name.positions {
+        let att: Vec<String> = p
+            .attends
+            .iter()
+            .map(|(k, a)| format!("{}@{k} {a:.2}", at(*k)))
+            .collect();
+        out.push(format!(
+            "{:>4} {:>14} -> {:<14} {:>8.3} {:>10.3}  {}",
+            p.pos,
+            at(p.pos),
+            label(p.next),
+            p.p,
+            p.p_ablated,
+            att.join(", ")
+        ));
+    }
+    out
+}
+
+fn print_grids(f: &DemoFindings) -> Result<()> {
+    for (title, g) in [
+        (
+            "previous-token score (exclude_bos)",
+            &f.head_scores.previous_token,
+        ),
+        ("induction score (exclude_bos)", &f.head_scores.induction),
+    ] {
+        out!("{}", cli::grid_text(title, g, |v| format!("{v:.2}")))?;
+    }
+    out!(
+        "{}",
+        cli::grid_text("copying score", &f.copying, |v| format!("{v:+.2}"))
+    )?;
+    outln!()?;
+    for line in summary_lines(f) {
+        outln!("* {line}")?;
+    }
+    Ok(())
+}
+
+fn run_english(a: &DemoArgs, start: Instant) -> Result<()> {
+    if let Some(p) = &a.save_model {
+        cli::write_output(p, ENGLISH_BLOB)?;
+    }
+    let (f, t, html) = analyse_english(
+        ENGLISH_BLOB,
+        &DemoOptions {
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
+    cli::write_output(&a.output, html.as_bytes())?;
+    if a.json {
+        return cli::print_json(&serde_json::json!({ "findings": f, "text": t }));
+    }
+    let model = Model::from_bytes(ENGLISH_BLOB)?;
+    let c = model.config();
+    outln!(
+        "tinylens demo: a {}-layer, {}-head attention-only transformer trained in TransformerLens \
+         on Python's documentation\n(d_model {}, n_ctx {}, byte-level BPE of {} tokens; int8 blob \
+         embedded in this binary: {} bytes of flash, {} bytes of working memory — an \
+         nRF52840 has 1 MiB / 256 KiB; the tokenizer, {} bytes, stays on the host)\n",
+        c.n_layers,
+        c.n_heads,
+        c.d_model,
+        c.n_ctx,
+        c.d_vocab,
+        t.flash_bytes,
+        t.ram_bytes,
+        t.tokenizer_bytes
+    )?;
+    outln!(
+        "sampled (top-k 20, temperature 0.7, seed {}):\n  {}\n",
+        a.seed,
+        escape(&t.sample_text)
+    )?;
+    outln!(
+        "a sentence with a repeated name:\n  {}",
+        escape(&t.name_prompt)
+    )?;
+    outln!(
+        "  tokens: {}",
+        t.name_tokens
+            .iter()
+            .map(|s| escape(s))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    outln!("where the second copy repeats the first, the model completes it from there:")?;
+    for line in name_lines(&t) {
+        outln!("  {line}")?;
+    }
+    outln!(
+        "\nran {} held-out paragraphs as <bos> + {n} tokens + the same {n} with probes on every \
+         attention pattern; {} bytes of trace decoded\n",
+        f.detect_sequences,
+        f.trace_bytes,
+        n = TEXT_REPEAT_LEN
+    )?;
+    print_grids(&f)?;
+    outln!(
+        "\nreport: {} (open it in a browser)   total {:.2} s",
+        a.output.display(),
+        start.elapsed().as_secs_f64()
+    )
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
     let start = Instant::now();
+    match a.model.as_str() {
+        "english" => return run_english(&a, start),
+        "syllables" => {}
+        m => {
+            return Err(Error::Argument(format!(
+                "--model `{m}`: english or syllables"
+            )))
+        }
+    }
     let model = Model::from_bytes(DEMO_BLOB)?;
     if let Some(p) = &a.save_model {
         cli::write_output(p, DEMO_BLOB)?;

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod demo;
 pub mod heads;
 pub mod info;
+pub mod monitor;
 pub mod paths;
 pub mod report;
 pub mod run;

@@ -8,7 +8,7 @@ use tinylens_core::Model;
 use crate::prompts::PromptArgs;
 use crate::run::{parse_hook_name, run as run_model, AblateMode, RunOptions};
 use crate::tokenizer::{escape, TextTokenizer};
-use crate::trace::decode_stream;
+use crate::trace::read_run;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -55,6 +55,15 @@ pub struct RunArgs {
     /// Run id written in every trace frame (e.g. to reproduce a device's trace bit for bit).
     #[arg(long, default_value_t = 0)]
     pub run_id: u32,
+    /// KV cache storage: f32 (TransformerLens's values), f16 or int8 (one scale per head
+    /// vector), computed bit for bit as a device with that cache computes it.
+    #[arg(long, default_value = "f32", value_parser = parse_kv)]
+    pub kv: tinylens_core::KvStorage,
+}
+
+fn parse_kv(s: &str) -> std::result::Result<tinylens_core::KvStorage, String> {
+    tinylens_core::KvStorage::from_name(s)
+        .ok_or_else(|| format!("unknown KV cache storage `{s}` (f32, f16, int8)"))
 }
 
 fn parse_ablate(s: &str) -> Result<((u16, u16), AblateMode)> {
@@ -110,12 +119,8 @@ pub fn read_means(path: &Path, cfg: &tinylens_core::Config) -> Result<Vec<f32>> 
 
 /// The first run of a trace file, checked against the model it will be used with.
 fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
-    let bytes = cli::read_input(path)?;
-    let (runs, _) = decode_stream(&bytes);
-    let run = runs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Trace(format!("{}: no run in this trace", path.display())))?;
+    // Streamed: only the first run is kept, and reading stops at its end frame.
+    let (run, _) = read_run(path, 0)?;
     // Without its end frame a run's length is unknown: its values would silently cover
     // fewer positions than were recorded.
     if !run.loss.end_seen {
@@ -172,6 +177,7 @@ pub fn options(a: &RunArgs, model: &Model<'_>, blob: &[u8]) -> Result<RunOptions
         temperature: a.temperature,
         seed: a.prompt.seed,
         run_id: a.run_id,
+        kv: a.kv,
         ..Default::default()
     };
     if let Some(p) = &a.means {

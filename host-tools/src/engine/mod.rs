@@ -6,7 +6,7 @@
 //! batch on all rayon threads. Stepping and the engine are two schedules of one
 //! forward pass: every logit and hook value is the same bits whatever the block size,
 //! the batch, the kernels or the thread count (tests: `core/src/block_tests.rs`,
-//! `host-tools/tests/engine.rs`).
+//! `tests/tests/engine.rs`).
 //!
 //! - [`Engine::run`]: one sequence (prompt in blocks, then generation one token at a
 //!   time) with any [`Hooks`] (interventions, recorders);
@@ -31,7 +31,7 @@ pub use tape::Tape;
 use rayon::prelude::*;
 use tinylens_core::probe::{Probe, ProbeSet};
 use tinylens_core::sample::{self, Rng};
-use tinylens_core::{HookPoint, Hooks, Model, Normalization, Session};
+use tinylens_core::{HookPoint, Hooks, KvStorage, Model, Normalization, Session, SessionOptions};
 
 use crate::export::Cache;
 use crate::{Error, Result};
@@ -82,8 +82,13 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// Whether choosing a token draws from the random generator (top-k sampling).
+    fn draws(&self) -> bool {
+        self.top_k > 1 && self.temperature > 0.0
+    }
+
     fn pick(&self, logits: &[f32], rng: &mut Rng) -> u32 {
-        if self.top_k > 1 && self.temperature > 0.0 {
+        if self.draws() {
             sample::top_k::<64>(logits, self.top_k, self.temperature, rng)
         } else {
             sample::greedy(logits)
@@ -110,6 +115,7 @@ pub struct Engine<'m> {
     model: Model<'m>,
     kernels: HostKernels,
     block: usize,
+    kv: KvStorage,
     all_logits: bool,
 }
 
@@ -121,6 +127,7 @@ impl<'m> Engine<'m> {
             model: *model,
             kernels: HostKernels::detect(),
             block: DEFAULT_BLOCK,
+            kv: KvStorage::F32,
             all_logits: true,
         }
     }
@@ -128,6 +135,13 @@ impl<'m> Engine<'m> {
     /// Positions per block (1 is stepping).
     pub fn with_block(mut self, block: usize) -> Self {
         self.block = block.max(1);
+        self
+    }
+
+    /// How each sequence's KV cache is stored (f32 by default; f16 and int8 are the
+    /// device's RAM-saving choices, computed here bit for bit as a device computes them).
+    pub fn with_kv(mut self, kv: KvStorage) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -163,8 +177,9 @@ impl<'m> Engine<'m> {
         let cfg = *self.model.config();
         let v = cfg.d_vocab_out as usize;
         let block = self.block.min(prompt.len().max(1));
-        let mut ws = vec![0.0f32; cfg.block_workspace_len(block)];
-        let mut session = Session::with_kernels(&self.model, &mut ws, block, self.kernels)?;
+        let mut ws = vec![0.0f32; cfg.session_workspace_len(block, self.kv)];
+        let options = SessionOptions { block, kv: self.kv };
+        let mut session = Session::with_options(&self.model, &mut ws, options, self.kernels)?;
         let mut rng = Rng::new(sampling.seed);
         let mut out = Sequence {
             tokens: prompt.to_vec(),
@@ -179,8 +194,13 @@ impl<'m> Engine<'m> {
         let mut next = 0;
         for chunk in prompt.chunks(block) {
             let logits = session.forward(chunk, hooks)?;
-            for row in logits.chunks_exact(v) {
-                next = sampling.pick(row, &mut rng);
+            if sampling.draws() {
+                // Every position draws from the generator, as stepping does.
+                for row in logits.chunks_exact(v) {
+                    next = sampling.pick(row, &mut rng);
+                }
+            } else if generate > 0 {
+                next = sampling.pick(&logits[logits.len() - v..], &mut rng);
             }
             let last = if self.all_logits { 0 } else { logits.len() - v };
             keep(&logits[last..], &mut out);

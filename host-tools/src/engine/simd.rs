@@ -16,6 +16,10 @@
 //!   (`vpmaddubsw`: |w| ≤ 128 and |x| ≤ 127, so the pairs never saturate); VNNI adds
 //!   128 to each weight to make it unsigned (`vpdpbusd`) and subtracts 128·Σx after.
 //!   Floats enter as in the core: `isum as f32 * (row scale * token scale)`.
+//! - int4: each row's nibbles are widened to int8 once per row (for every token of
+//!   the block), then each group of 32 columns is one exact integer sum as above, and
+//!   the groups are added in the core's order: `acc += isum_g as f32 * scale_g`, then
+//!   `acc * token scale`.
 //!
 //! Register blocks are rows × tokens, walked rows-outer so that a block of weight rows
 //! stays in L1 while every token of the block of positions passes over it: each
@@ -24,7 +28,7 @@
 #![allow(unsafe_code)]
 
 use tinylens_core::kernels::Block;
-use tinylens_core::quant::{StorageKind, Tensor};
+use tinylens_core::quant::{StorageKind, Tensor, INT4_GROUP};
 
 /// The instruction sets the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +126,23 @@ pub fn matmul(level: Level, w: &Tensor<'_>, x: &Block<'_>, out: &mut [f32]) -> b
                 }
                 true
             }
+            StorageKind::Int4 => {
+                let groups = cols.div_ceil(INT4_GROUP);
+                if x.q.len() < x.n * cols
+                    || x.scales.len() < x.n
+                    || w.scales.len() < 2 * rows * groups
+                {
+                    return false;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    match level {
+                        Level::Avx512Vnni => x86::int4_vnni(w, x.q, x.scales, x.n, out),
+                        _ => x86::int4_avx2(w, x.q, x.scales, x.n, out),
+                    }
+                }
+                true
+            }
             _ => false,
         }
     }
@@ -138,6 +159,7 @@ pub fn matmul(level: Level, w: &Tensor<'_>, x: &Block<'_>, out: &mut [f32]) -> b
 #[allow(clippy::incompatible_msrv)]
 mod x86 {
     use std::arch::x86_64::*;
+    use tinylens_core::quant::Tensor;
 
     /// The core's lane tree.
     #[inline(always)]
@@ -180,8 +202,7 @@ mod x86 {
     /// One register block: rows `r0..r0 + R` × tokens `t0..t0 + T`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn float_block<const R: usize, const T: usize>(
-        f16: bool,
+    unsafe fn float_block<const R: usize, const T: usize, const F16: bool>(
         w: &[u8],
         x: &[f32],
         rows: usize,
@@ -190,7 +211,7 @@ mod x86 {
         t0: usize,
         out: &mut [f32],
     ) {
-        let b = if f16 { 2 } else { 4 };
+        let b = if F16 { 2 } else { 4 };
         let row_len = cols * b;
         let wp = w.as_ptr().add(r0 * row_len);
         let xp = x.as_ptr().add(t0 * cols);
@@ -200,7 +221,7 @@ mod x86 {
         while c < full {
             let xs: [__m256; T] = core::array::from_fn(|t| _mm256_loadu_ps(xp.add(t * cols + c)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wv = load8(f16, wp.add(r * row_len + c * b));
+                let wv = load8(F16, wp.add(r * row_len + c * b));
                 for (a, xv) in acc_r.iter_mut().zip(&xs) {
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, *xv));
                 }
@@ -214,7 +235,7 @@ mod x86 {
                 _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
                 let xt = &x[(t0 + t) * cols..(t0 + t + 1) * cols];
                 for (j, lane) in lanes.iter_mut().enumerate().take(cols - full) {
-                    *lane += weight(f16, row, full + j) * xt[full + j];
+                    *lane += weight(F16, row, full + j) * xt[full + j];
                 }
                 out[(t0 + t) * rows + r0 + r] = reduce8(lanes);
             }
@@ -225,8 +246,7 @@ mod x86 {
     /// left over in blocks of one.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn float_all<const R: usize, const T: usize>(
-        f16: bool,
+    unsafe fn float_all<const R: usize, const T: usize, const F16: bool>(
         w: &[u8],
         x: &[f32],
         n: usize,
@@ -241,10 +261,10 @@ mod x86 {
             while t < n {
                 let full_t = t + T <= n;
                 match (full_r, full_t) {
-                    (true, true) => float_block::<R, T>(f16, w, x, rows, cols, r, t, out),
-                    (true, false) => float_block::<R, 1>(f16, w, x, rows, cols, r, t, out),
-                    (false, true) => float_block::<1, T>(f16, w, x, rows, cols, r, t, out),
-                    (false, false) => float_block::<1, 1>(f16, w, x, rows, cols, r, t, out),
+                    (true, true) => float_block::<R, T, F16>(w, x, rows, cols, r, t, out),
+                    (true, false) => float_block::<R, 1, F16>(w, x, rows, cols, r, t, out),
+                    (false, true) => float_block::<1, T, F16>(w, x, rows, cols, r, t, out),
+                    (false, false) => float_block::<1, 1, F16>(w, x, rows, cols, r, t, out),
                 }
                 t += if full_t { T } else { 1 };
             }
@@ -262,7 +282,11 @@ mod x86 {
         cols: usize,
         out: &mut [f32],
     ) {
-        float_all::<4, 3>(f16, w, x, n, rows, cols, out)
+        if f16 {
+            float_all::<4, 3, true>(w, x, n, rows, cols, out)
+        } else {
+            float_all::<4, 3, false>(w, x, n, rows, cols, out)
+        }
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
@@ -275,7 +299,11 @@ mod x86 {
         cols: usize,
         out: &mut [f32],
     ) {
-        float_all::<4, 6>(f16, w, x, n, rows, cols, out)
+        if f16 {
+            float_all::<4, 6, true>(w, x, n, rows, cols, out)
+        } else {
+            float_all::<4, 6, false>(w, x, n, rows, cols, out)
+        }
     }
 
     /// Horizontal sum of eight i32 lanes (exact: wrapping adds of an exact sum).
@@ -406,6 +434,78 @@ mod x86 {
     ) {
         int8_all::<4, 4, true>(w, x, n, rows, cols, out)
     }
+
+    /// Int4 rows widened to int8 one row at a time, then one exact integer sum per
+    /// group of 32 columns and token, the groups in the core's order.
+    #[inline(always)]
+    unsafe fn int4_all<const VNNI: bool>(
+        w: &Tensor<'_>,
+        x: &[i8],
+        xscale: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        use super::INT4_GROUP as G;
+        let (rows, cols) = (w.rows, w.cols);
+        let groups = cols.div_ceil(G);
+        let full = cols / G; // groups of all 32 columns
+        let row_bytes = cols.div_ceil(2);
+        // Σx over each token's full groups (for the +128 of VNNI).
+        let xsum: Vec<i32> = (0..n * full)
+            .map(|i| {
+                let (t, g) = (i / full.max(1), i % full.max(1));
+                x[t * cols + g * G..t * cols + (g + 1) * G]
+                    .iter()
+                    .map(|v| *v as i32)
+                    .sum()
+            })
+            .collect();
+        let mut wide = vec![0i8; groups * G];
+        let bias = _mm256_set1_epi8(-128);
+        for r in 0..rows {
+            let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
+            for (c, v) in wide.iter_mut().enumerate().take(cols) {
+                let b = row[c / 2];
+                let nib = if c % 2 == 0 { b & 0x0f } else { b >> 4 };
+                *v = ((nib << 4) as i8) >> 4;
+            }
+            let scales: Vec<f32> = (0..groups).map(|g| w.scale(r * groups + g)).collect();
+            for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let mut acc = 0.0f32;
+                for (g, scale) in scales.iter().enumerate() {
+                    let s = if g < full {
+                        let wv = _mm256_loadu_si256(wide.as_ptr().add(g * G) as *const __m256i);
+                        let xv = _mm256_loadu_si256(xt.as_ptr().add(g * G) as *const __m256i);
+                        if VNNI {
+                            let v = _mm256_dpbusd_epi32(
+                                _mm256_setzero_si256(),
+                                _mm256_xor_si256(wv, bias),
+                                xv,
+                            );
+                            hsum(v).wrapping_sub(xsum[t * full + g].wrapping_mul(128))
+                        } else {
+                            hsum(madd_avx2(_mm256_setzero_si256(), wv, xv))
+                        }
+                    } else {
+                        (g * G..cols).fold(0i32, |a, c| a + wide[c] as i32 * xt[c] as i32)
+                    };
+                    acc += s as f32 * scale;
+                }
+                out[t * rows + r] = acc * xscale[t];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn int4_avx2(w: &Tensor<'_>, x: &[i8], s: &[f32], n: usize, out: &mut [f32]) {
+        int4_all::<false>(w, x, s, n, out)
+    }
+
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn int4_vnni(w: &Tensor<'_>, x: &[i8], s: &[f32], n: usize, out: &mut [f32]) {
+        int4_all::<true>(w, x, s, n, out)
+    }
 }
 
 #[cfg(test)]
@@ -459,7 +559,12 @@ mod tests {
                             scales: &scales,
                             pairs: &[],
                         };
-                        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8] {
+                        for kind in [
+                            StorageKind::F32,
+                            StorageKind::F16,
+                            StorageKind::Int8,
+                            StorageKind::Int4,
+                        ] {
                             let len = kind.data_len(rows, cols).unwrap();
                             let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                             if kind == StorageKind::F32 {
@@ -473,7 +578,7 @@ mod tests {
                                     c.copy_from_slice(&v.to_le_bytes());
                                 }
                             }
-                            if kind == StorageKind::Int8 {
+                            if kind == StorageKind::Int8 || kind == StorageKind::Int4 {
                                 data[0] = 0x80;
                                 // Finite f16 scales after the values.
                                 let at = kind.values_len(rows, cols).unwrap().next_multiple_of(4);

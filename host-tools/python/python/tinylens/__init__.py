@@ -62,13 +62,15 @@ def _unbatched_ndim(name: str) -> int:
     return 3 if name.endswith(_THREE_AXES) else 2
 
 
-def _tokens(tokens: Any) -> np.ndarray:
-    """Token ids as a C-contiguous int64 ``[batch, pos]`` array (TL accepts ``[pos]`` too)."""
-    if isinstance(tokens, str):
-        raise Error(
-            "invalid argument: text input needs a blob with a tokenizer; this build of "
-            "tinylens takes token ids (a [batch, pos] or [pos] integer array or list)"
-        )
+def _tokens(tokens: Any, model: Optional["Model"] = None) -> np.ndarray:
+    """Token ids as a C-contiguous int64 ``[batch, pos]`` array (TL accepts ``[pos]`` too);
+    text (a string or a list of strings) through the blob's tokenizer."""
+    if isinstance(tokens, str) or (
+        isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)
+    ):
+        if model is None:
+            raise Error("invalid argument: text needs a model's tokenizer; pass token ids")
+        return model.to_tokens(tokens)
     if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # a torch tensor
         tokens = tokens.detach().cpu().numpy()
     try:
@@ -148,8 +150,44 @@ class Model:
         )
 
     def to_bytes(self) -> bytes:
-        """The blob (what a device flashes)."""
+        """The blob as loaded: what a device flashes, plus the host-only tokenizer trailer
+        when it has one."""
         return self._m.to_bytes()
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the blob carries a tokenizer (``convert(..., tokenizer=...)``): then
+        every method that takes tokens also takes text."""
+        return self._m.has_tokenizer()
+
+    def to_tokens(self, text: Union[str, Sequence[str]], prepend_bos: bool = False) -> np.ndarray:
+        """Text -> token ids ``[batch, pos]`` (int64) with the blob's tokenizer, as the CLI's
+        ``--text``: the tokenizer's own post-processor decides about BOS; ``prepend_bos``
+        puts exactly one BOS first (TL's ``to_tokens(prepend_bos=True)``). A list of texts
+        must tokenize to one length (a batch has one)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise Error("invalid argument: to_tokens takes a string or a list of strings")
+        rows = self._m.to_tokens(texts, prepend_bos)
+        if len({len(r) for r in rows}) != 1:
+            raise Error(
+                "invalid argument: the texts tokenize to different lengths "
+                f"({sorted({len(r) for r in rows})}); a batch has one length"
+            )
+        return np.asarray(rows, dtype=np.int64)
+
+    def to_string(self, tokens: Any) -> Union[str, List[str]]:
+        """Token ids -> text (TL's ``to_string``): a string for ``[pos]``, a list for a batch."""
+        t = _tokens(tokens)
+        out = [self._m.decode_tokens([int(x) for x in row], False)[0] for row in t]
+        return out[0] if np.ndim(tokens) == 1 else out
+
+    def to_str_tokens(self, tokens: Any) -> List[str]:
+        """Each token's string (TL's ``to_str_tokens``) for one sequence (text or ids)."""
+        t = _tokens(tokens, self)
+        if t.shape[0] != 1:
+            raise Error("invalid argument: to_str_tokens takes one sequence")
+        return list(self._m.decode_tokens([int(x) for x in t[0]], True))
 
     def save(self, path: PathLike) -> Path:
         """Writes the blob to ``path`` atomically; returns the path."""
@@ -187,7 +225,7 @@ class Model:
     def run(self, tokens: Any) -> np.ndarray:
         """Logits ``[batch, pos, d_vocab_out]`` (float32) for ``[batch, pos]`` or ``[pos]``
         integer tokens (TL's ``model(tokens)``)."""
-        logits, _ = self._m.run(_tokens(tokens), [])
+        logits, _ = self._m.run(_tokens(tokens, self), [])
         return logits
 
     __call__ = run
@@ -206,10 +244,11 @@ class Model:
 
         ``names_filter`` is TL's: None (every hook), a hook name, a list of hook names, or
         a callable ``name -> bool``. Lists and names may also use the CLI's probe
-        patterns (``blocks.*.attn.hook_z``). The values come through the same probe,
-        trace and decoder path a device uses.
+        patterns (``blocks.*.attn.hook_z``). The batch runs on the host engine (the
+        core's forward pass, the sequences in parallel, the GIL released); a device's
+        trace of the same run decodes (:func:`load_trace`) to the same arrays.
         """
-        return self._m.run(_tokens(tokens), self._probes(names_filter))
+        return self._m.run(_tokens(tokens, self), self._probes(names_filter))
 
     def run_with_hooks(
         self,
@@ -239,7 +278,7 @@ class Model:
         With ``return_cache=True`` returns ``(logits, cache)``; the cache (``names_filter``
         as in :meth:`run_with_cache`) holds the values after the interventions.
         """
-        t = _tokens(tokens)
+        t = _tokens(tokens, self)
         batch, pos = t.shape
         heads = _ablations(ablate)
         m = None if means is None else _f32(means, "means")
@@ -291,7 +330,8 @@ class Model:
         with ``:f16``/``:int8`` allowed), generated tokens and run id. Decode it with
         :func:`load_trace`."""
         data, _ = self._m.trace(
-            _tokens(tokens), self._probes(names_filter), generate, top_k, temperature, seed, run_id
+            _tokens(tokens, self), self._probes(names_filter), generate, top_k, temperature, seed,
+            run_id,
         )
         return data
 
@@ -306,7 +346,7 @@ class Model:
     ) -> np.ndarray:
         """Prompt plus ``max_new_tokens`` generated tokens ``[batch, pos + new]`` (int64):
         greedy, or sampled among the ``top_k`` most likely with ``temperature``."""
-        t = _tokens(tokens)
+        t = _tokens(tokens, self)
         rows = [
             self._m.trace(r[None, :], [], max_new_tokens, top_k, temperature, seed, 0)[1]
             for r in t
@@ -461,14 +501,30 @@ def convert(
     (int4 keeps W_E, W_pos, W_U in int8 unless ``embed_quant`` says otherwise).
     ``fold_ln`` ... ``fold_value_biases``: TL's weight processing, with TL's conditions
     (the blob records what was applied: ``Model(blob).processing``). ``vocab``: token
-    strings (a list, or a file with one per line). Returns the blob's bytes, or writes it
-    atomically to ``output`` and returns that path.
+    strings (a list, or a file with one per line). ``tokenizer``: a Hugging Face
+    ``tokenizer.json`` (path, text or bytes), as ``convert --tokenizer``: the vocabulary
+    becomes its token strings and the tokenizer rides in the blob's host-only trailer, so
+    the model then takes text. Returns the blob's bytes, or writes it atomically to
+    ``output`` and returns that path.
     """
-    if tokenizer is not None:
-        raise Error(
-            "invalid argument: tokenizer: this build of tinylens stores no tokenizer in a "
-            "blob; pass vocab=[token strings] instead"
-        )
+    tok = None
+    if tokenizer is not None:  # a tokenizer.json: a path, its text or its bytes
+        if isinstance(tokenizer, (bytes, bytearray)):
+            tok = (bytes(tokenizer), "<tokenizer bytes>")
+        elif isinstance(tokenizer, str) and tokenizer.lstrip().startswith("{"):
+            tok = (tokenizer.encode(), "<tokenizer JSON>")
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            try:
+                tok = (Path(tokenizer).read_bytes(), str(tokenizer))
+            except OSError as e:
+                raise Error(f"{tokenizer}: {e.strerror}") from None
+        else:
+            raise Error(
+                "invalid argument: tokenizer: a tokenizer.json path, its text or bytes, not "
+                f"{type(tokenizer).__name__}"
+            )
+        if vocab is not None:
+            raise Error("invalid argument: give vocab or tokenizer, not both (the tokenizer makes the vocabulary)")
     if hasattr(model_or_state_dict, "state_dict") and hasattr(model_or_state_dict, "cfg"):
         sd = model_or_state_dict.state_dict()
         if cfg is None:
@@ -498,6 +554,7 @@ def convert(
         center_unembed,
         fold_value_biases,
         None if vocab is None else [str(s) for s in vocab],
+        tok,
     )
     if output is None:
         return blob
@@ -596,9 +653,10 @@ def head_scores(
     """TL's ``head_detector.detect_head(model, seq, "<kind>_head")`` ('mul' measure)
     ``[n_layers, n_heads]`` for kind ``previous_token``, ``duplicate_token`` or
     ``induction``; for a batch, the mean of the per-sequence scores (as TL for a list)."""
+    m = _as_model(model)
     return np.asarray(
         _native.head_scores(
-            _as_model(model)._m, _tokens(tokens), kind, exclude_bos, exclude_current_token
+            m._m, _tokens(tokens, m), kind, exclude_bos, exclude_current_token
         ),
         dtype=np.float64,
     )

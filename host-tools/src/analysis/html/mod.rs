@@ -146,7 +146,8 @@ pub struct PromptData {
     pub prev: Vec<Vec<f64>>,
     pub dup: Vec<Vec<f64>>,
     pub ind: Vec<Vec<f64>>,
-    pub dla: DlaData,
+    /// None when the report's DLA budget was spent on earlier prompts.
+    pub dla: Option<DlaData>,
     pub importance: Option<ImportanceData>,
     /// Why `importance` is missing.
     pub importance_note: String,

@@ -19,7 +19,7 @@ function drawThumbs(){
     drawCells(x,0,0,A.m,A.m,cell,cell,(q,k)=>k>q?null:seq(att(A,l,h,q,k)));
     countColours(c);
     const compact=size<100;
-    el('div',null,d).innerHTML='<b>'+headName(l,h)+'</b>'+(compact?'<br>':' ')+'<span class="sc">p '+f2(p.prev[l][h])+' · i '+f2(p.ind[l][h])+'</span>';
+    el('div',null,d).innerHTML='<b>'+headName(l,h)+'</b>'+(compact?'<br>':' ')+'<span class="sc">'+(compact?'p'+f2(p.prev[l][h]).replace(/^0\./,'.')+' i'+f2(p.ind[l][h]).replace(/^0\./,'.'):'p '+f2(p.prev[l][h])+' · i '+f2(p.ind[l][h]))+'</span>';
     d.addEventListener('click',()=>selectHead(l,h));
     c.addEventListener('mousemove',ev=>{const b=c.getBoundingClientRect();const q=Math.floor((ev.clientY-b.top)/cell),k=Math.floor((ev.clientX-b.left)/cell);if(q<0||k<0||q>=A.m||k>q){hideTip();return;}showTip(ev,headName(l,h)+'  query '+q*A.pool+' → key '+k*A.pool+'  '+att(A,l,h,q,k).toFixed(3));});
     c.addEventListener('mouseleave',hideTip);

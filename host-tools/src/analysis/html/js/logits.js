@@ -7,6 +7,8 @@ function rowColour(i){
 }
 function drawDla(){
   const p=D.prompts[S.prompt],d=p.dla,n=p.tokens.length,box=$('dla-chart');box.innerHTML='';
+  $('dla-legend').innerHTML='';
+  if(!d){$('dla-what').textContent='Not included for this prompt (the file keeps the DLA of the first prompts only, to stay small); the first prompt has it.';$('dla-src').textContent='';return;}
   $('dla-what').textContent='Attributed: '+d.what+'. Max |sum − model logit| '+d.max_abs_error.toExponential(1)+'.';
   $('dla-src').textContent='Values: '+p.source_dla+'.';
   const W=Math.max(400,(box.clientWidth||1300)),Hh=300,ml=48,mb=64,mt=10;

@@ -11,8 +11,8 @@ function drawTokens(){
   $('tv-src').textContent='Attention: '+p.source_patterns+'; DLA: '+p.source_dla+'.';
   colourTokens();
 }
-function headDla(p){const [l,h]=S.head;return p.dla.rows[1+l*H+h];}
-function dlaText(i){const p=D.prompts[S.prompt],v=headDla(p)[i];return headName(S.head[0],S.head[1])+' at '+i+' '+p.labels[i]+': '+fmt(v)+' on the logit of '+p.dla.targets[i];}
+function headDla(p){const [l,h]=S.head;return p.dla?p.dla.rows[1+l*H+h]:p.tokens.map(()=>0);}
+function dlaText(i){const p=D.prompts[S.prompt],v=headDla(p)[i];return p.dla?headName(S.head[0],S.head[1])+' at '+i+' '+p.labels[i]+': '+fmt(v)+' on the logit of '+p.dla.targets[i]:'no DLA for this prompt';}
 function colourTokens(){
   const p=D.prompts[S.prompt],A=patternsOf(p),[l,h]=S.head,spans=$('tv').children,i=S.hover,lg=$('tv-legend');
   lg.innerHTML='';

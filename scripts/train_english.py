@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Train the English demo model (models/english/): a two-layer attention-only transformer
+with a byte-level BPE tokenizer, trained in TransformerLens on real English text, sized for
+an nRF52840-class microcontroller (int8 weights <= 1 MiB of flash, working memory <= 200 KiB).
+
+    /opt/tlenv/bin/python scripts/train_english.py          # or any python with
+    pip install transformer-lens==3.9.0 safetensors tokenizers
+
+Corpus: the documentation that ships inside CPython's standard library, i.e. every docstring
+of the pure-Python stdlib modules (module, class and function docstrings, read with `ast`, no
+code is imported or run) and the Language Reference topics of `pydoc_data.topics` (what
+`help('if')` shows). It comes with the Python package itself (Debian `python3`, or any
+CPython build), under the Python Software Foundation License 2.0 (PSF-2.0). The script
+rebuilds it deterministically from the running interpreter and records its size and SHA-256
+in TRAINING.md; another CPython version gives a slightly different corpus.
+
+Deterministic (fixed seeds, CPU, 2 threads). The machine is shared: run it under `nice`.
+Writes models/english/{tokenizer.json, config.json, model.safetensors, TRAINING.md,
+samples.json}. CI never runs this script.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tl_ref  # noqa: E402
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+OUT = tl_ref.REPO / "models" / "english"
+SEED = 11
+VOCAB = 1024
+BOS_TOKEN = "<|endoftext|>"
+CFG = dict(
+    n_layers=2,
+    d_model=128,
+    n_heads=4,
+    d_head=32,
+    d_vocab=VOCAB,
+    n_ctx=64,
+    normalization_type="LN",
+    positional_embedding_type="standard",
+)
+STEPS = int(os.environ.get("TL_STEPS", "220"))
+BATCH = 24
+LR = 5e-3
+WARMUP = 30
+WEIGHT_DECAY = 0.01
+# A share of training sequences in which a span of real text is repeated later in the
+# sequence: real text repeats names and phrases, but rarely within 64 tokens, and a short
+# run only forms induction heads if it sees enough repeats.
+REPEAT_SHARE = 0.25
+
+SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "site-packages",
+             "dist-packages", "ensurepip", "pydoc_data", "__pycache__"}
+
+
+def clean(doc: str) -> str:
+    """One docstring as prose: ASCII only, doctest and indented code blocks dropped, the lines
+    of each paragraph joined."""
+    paras = []
+    for para in re.split(r"\n\s*\n", doc):
+        lines = para.split("\n")
+        if any(l.lstrip().startswith((">>>", "...")) for l in lines):
+            continue
+        if lines and lines[0].startswith(("    ", "\t")):
+            continue  # an indented block: code or a table
+        text = " ".join(l.strip() for l in lines if l.strip())
+        text = text.encode("ascii", "ignore").decode()
+        text = re.sub(r"\s+", " ", text).strip()
+        if len(text) >= 20:
+            paras.append(text)
+    return "\n".join(paras)
+
+
+def build_corpus() -> list[str]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        for f in sorted(files):
+            if not f.endswith(".py"):
+                continue
+            try:
+                tree = ast.parse(Path(root, f).read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    d = ast.get_docstring(node)
+                    if d:
+                        c = clean(d)
+                        if c:
+                            docs.append(c)
+    import pydoc_data.topics as topics  # the Language Reference, as text
+
+    for key in sorted(topics.topics):
+        c = clean(topics.topics[key])
+        if c:
+            docs.append(c)
+    # Deduplicate (many methods share a docstring) keeping the first occurrence.
+    seen, out = set(), []
+    for d in docs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def train_tokenizer(docs: list[str]) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=[BOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    bos = tok.token_to_id(BOS_TOKEN)
+    assert bos == 0, bos
+    # encode(text) prepends BOS, as TransformerLens's to_tokens does (prepend_bos=True).
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A", special_tokens=[(BOS_TOKEN, bos)]
+    )
+    return tok
+
+
+def token_stream(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    ids: list[int] = []
+    for enc in tok.encode_batch(docs, add_special_tokens=False):
+        ids.extend(enc.ids)
+        ids.extend(tok.encode("\n", add_special_tokens=False).ids)
+    return np.array(ids, dtype=np.int64)
+
+
+def make_batch_fn(stream: np.ndarray, gen: torch.Generator):
+    L = CFG["n_ctx"]
+
+    def batch():
+        rows = torch.empty((BATCH, L), dtype=torch.long)
+        rows[:, 0] = 0
+        starts = torch.randint(0, len(stream) - L, (BATCH,), generator=gen)
+        rep = torch.rand((BATCH,), generator=gen) < REPEAT_SHARE
+        for i in range(BATCH):
+            s = int(starts[i])
+            row = torch.from_numpy(stream[s : s + L - 1])
+            if rep[i]:
+                # text, then a span of it again: [a .. b) copied to start at c
+                n = int(torch.randint(6, 24, (1,), generator=gen))
+                a = int(torch.randint(0, L - 1 - 2 * n, (1,), generator=gen))
+                c = int(torch.randint(a + n, L - 1 - n + 1, (1,), generator=gen))
+                row = row.clone()
+                row[c : c + n] = row[a : a + n].clone()
+            rows[i, 1:] = row
+        return rows
+
+    return batch
+
+
+def write_heldout(test_docs: list[str], n: int = 64) -> None:
+    """heldout.txt: the first `n` held-out paragraphs of 200+ characters, one per line, which
+    the demo repeats to measure induction on real text the model never saw."""
+    paras = [p for d in test_docs for p in d.split("\n") if len(p) >= 200][:n]
+    (OUT / "heldout.txt").write_text("\n".join(paras) + "\n")
+
+
+def lr_at(step: int) -> float:
+    if step < WARMUP:
+        return LR * (step + 1) / WARMUP
+    p = (step - WARMUP) / max(1, STEPS - WARMUP)
+    return LR * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * p)))
+
+
+def train(model, make_batch):
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    losses, t0 = [], time.time()
+    for step in range(STEPS):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(make_batch(), return_type="loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 20 == 0:
+            el = time.time() - t0
+            print(f"  step {step + 1:5d}  loss {np.mean(losses[-20:]):.4f}  "
+                  f"{el / (step + 1) * 1e3:.0f} ms/step", flush=True)
+    model.eval()
+    return losses, time.time() - t0
+
+
+@torch.no_grad()
+def eval_loss(model, stream: np.ndarray, n: int = 64) -> float:
+    L = CFG["n_ctx"]
+    gen = torch.Generator().manual_seed(99)
+    starts = torch.randint(0, len(stream) - L, (n,), generator=gen)
+    rows = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long),
+                                   torch.from_numpy(stream[int(s): int(s) + L - 1])]) for s in starts])
+    return float(model(rows, return_type="loss"))
+
+
+@torch.no_grad()
+def repeated_text(model, stream: np.ndarray, half: int = 31, n: int = 32):
+    """Held-out real text, repeated: BOS + 31 tokens + the same 31. Returns the prompts and
+    the loss on each copy (the first copy's first prediction left out)."""
+    gen = torch.Generator().manual_seed(1234)
+    starts = torch.randint(0, len(stream) - half, (n,), generator=gen)
+    rows = []
+    for s in starts:
+        span = torch.from_numpy(stream[int(s): int(s) + half])
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), span, span]))
+    toks = torch.stack(rows)
+    lp = model(toks).log_softmax(-1)
+    nll = -lp[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]  # predicting tokens 1..
+    first = nll[:, 1:half].mean().item()  # predicting tokens 2..half
+    second = nll[:, half + 1:].mean().item()  # predicting tokens half+2..2*half
+    return toks, first, second
+
+
+@torch.no_grad()
+def sample(model, tok: Tokenizer, prompt: str, n: int, gen: torch.Generator,
+           temperature=0.8, top_k=40) -> str:
+    ids = tok.encode(prompt).ids
+    for _ in range(n):
+        if len(ids) >= CFG["n_ctx"]:
+            break
+        logits = model(torch.tensor([ids]))[0, -1] / temperature
+        v, i = logits.topk(top_k)
+        p = torch.softmax(v, -1)
+        ids.append(int(i[torch.multinomial(p, 1, generator=gen)]))
+    return tok.decode(ids)
+
+
+@torch.no_grad()
+def greedy(model, tok: Tokenizer, prompt: str, n: int) -> str:
+    ids = tok.encode(prompt).ids
+    for _ in range(n):
+        if len(ids) >= CFG["n_ctx"]:
+            break
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return tok.decode(ids)
+
+
+SAMPLE_PROMPTS = [
+    "The function",
+    "This module provides",
+    "Return the number of",
+    "If the file",
+]
+NAME_PROMPT = ("Mr Hendricks wrote the parser and the tokenizer. "
+               "The tests were written by Mr Hend")
+
+
+def main():
+    tl_ref.setup_torch()
+    versions = tl_ref.check_versions()
+    import tokenizers as _t
+
+    versions["tokenizers"] = _t.__version__
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    docs = build_corpus()
+    corpus = "\n".join(docs)
+    corpus_sha = hashlib.sha256(corpus.encode()).hexdigest()
+    print(f"corpus: {len(docs)} documents, {len(corpus)} characters, sha256 {corpus_sha[:16]}")
+    # Hold out every 20th document.
+    train_docs = [d for i, d in enumerate(docs) if i % 20 != 0]
+    test_docs = [d for i, d in enumerate(docs) if i % 20 == 0]
+
+    tok = train_tokenizer(train_docs)
+    tok.save(str(OUT / "tokenizer.json"))
+    write_heldout(test_docs)
+    train_ids = token_stream(tok, train_docs)
+    test_ids = token_stream(tok, test_docs)
+    print(f"tokens: {len(train_ids)} train, {len(test_ids)} held out "
+          f"({len(corpus) / (len(train_ids) + len(test_ids)):.2f} characters/token)")
+
+    torch.manual_seed(SEED)
+    model = tl_ref.HookedTransformer(tl_ref.make_cfg(SEED, **CFG))
+    gen = torch.Generator().manual_seed(SEED)
+    losses, seconds = train(model, make_batch_fn(train_ids, gen))
+    print(f"trained {STEPS} steps in {seconds:.0f} s")
+
+    tl_ref.save_tensors(OUT / "model.safetensors", tl_ref.state_dict_tensors(model))
+    tl_ref.write_json(OUT / "config.json", tl_ref.cfg_json(model.cfg))
+
+    held_out = eval_loss(model, test_ids)
+    toks, first, second = repeated_text(model, test_ids)
+    pseudo = [f"t{i}" for i in range(VOCAB)]
+    scores = tl_ref.head_scores(model, toks.tolist(), pseudo)
+    scores_xb = tl_ref.head_scores(model, toks.tolist(), pseudo, exclude_bos=True)
+    gen = torch.Generator().manual_seed(5)
+    samples = [{"prompt": p, "sampled": sample(model, tok, p, 40, gen), "greedy": greedy(model, tok, p, 24)}
+               for p in SAMPLE_PROMPTS]
+    name = greedy(model, tok, NAME_PROMPT, 4)
+    print(f"held-out loss {held_out:.3f}; repeated text: first copy {first:.3f}, second {second:.3f}")
+    for k, v in scores.items():
+        print(f"{k}:\n{v.numpy().round(2)}")
+    for s in samples:
+        print(repr(s["sampled"]))
+    print(repr(name))
+
+    def table(t):
+        rows = ["| layer | " + " | ".join(f"H{h}" for h in range(t.shape[1])) + " |",
+                "|---|" + "---:|" * t.shape[1]]
+        for l in range(t.shape[0]):
+            rows.append(f"| {l} | " + " | ".join(f"{x:.2f}" for x in t[l].tolist()) + " |")
+        return "\n".join(rows)
+
+    (OUT / "samples.json").write_text(json.dumps({"samples": samples, "name_prompt": NAME_PROMPT,
+                                                  "name_greedy": name}, indent=2) + "\n")
+    md = f"""# English demo model: two-layer attention-only transformer on Python's documentation
+
+Generated by `scripts/train_english.py` (do not edit by hand). Reproduce with
+
+    nice /opt/tlenv/bin/python scripts/train_english.py
+
+(CPU, `torch.set_num_threads(2)`, {STEPS} steps in {seconds:.0f} s on the shared 2-core machine;
+versions: transformer-lens {versions['transformer-lens']}, torch {versions['torch']},
+tokenizers {versions['tokenizers']}, safetensors {versions['safetensors']}, Python {versions['python']}.)
+
+## Corpus
+The documentation inside CPython {versions['python']}'s standard library (PSF License 2.0): every
+docstring of the pure-Python stdlib modules (read with `ast`; `test`, `idlelib`, `tkinter`,
+`lib2to3`, `turtledemo`, `ensurepip` left out) and the Language Reference topics of
+`pydoc_data.topics`. Paragraphs with doctests and indented blocks are dropped, the lines of a
+paragraph joined, non-ASCII characters removed, duplicates removed: {len(docs)} documents,
+{len(corpus)} characters, SHA-256 `{corpus_sha}`. Every 20th document is held out.
+
+## Tokenizer
+`tokenizer.json`: byte-level BPE (Hugging Face `tokenizers`), {VOCAB} tokens trained on the
+training documents; token 0 is `{BOS_TOKEN}`, which a `TemplateProcessing` post-processor
+prepends (`encode(text)` gives TransformerLens's `to_tokens(text)` with prepend_bos).
+{len(train_ids)} training tokens, {len(test_ids)} held out.
+
+## Model
+TransformerLens `HookedTransformer` from a config (no hub): n_layers=2, d_model=128,
+n_heads=4, d_head=32, d_vocab={VOCAB}, n_ctx=64, attn_only=True, normalization_type="LN",
+positional_embedding_type="standard", float32, init seed {SEED}.
+
+## Training
+{STEPS} steps of AdamW (peak lr {LR}, {WARMUP} warm-up steps, cosine to 10%, weight decay
+{WEIGHT_DECAY}, gradient norm clipped to 1), batch {BATCH} x {CFG['n_ctx']} tokens (BOS + 63 tokens of
+the training stream at a random place). In {REPEAT_SHARE:.0%} of the sequences a span of 6-23
+tokens of the text is copied to a later place, so that a short run sees enough repeats to form
+induction heads. Loss: TL's `model(tokens, return_type="loss")`. Final training loss
+{np.mean(losses[-20:]):.3f} (mean of the last 20 steps).
+
+## Results (TransformerLens, float32)
+- Held-out loss (64 sequences of BOS + 63 held-out tokens): {held_out:.3f}.
+- Held-out real text repeated (32 prompts: BOS + 31 tokens + the same 31): loss on the first
+  copy {first:.3f}, on the second copy {second:.3f}.
+
+Head-detector scores (`detect_head`, 'mul') on those 32 prompts:
+
+previous-token
+{table(scores['previous_token'])}
+
+induction
+{table(scores['induction'])}
+
+induction with exclude_bos
+{table(scores_xb['induction'])}
+
+## Samples (temperature 0.8, top-k 40; then greedy)
+""" + "\n".join(f"- `{s['sampled']!r}`\n  - greedy: `{s['greedy']!r}`" for s in samples) + f"""
+
+Name completion (greedy, 4 tokens): `{name!r}`
+"""
+    (OUT / "TRAINING.md").write_text(md)
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
