@@ -334,10 +334,32 @@ fn zeros4(n_layers: usize, n_heads: usize) -> Scores4 {
     vec![vec![vec![vec![0.0; n_heads]; n_layers]; n_heads]; n_layers]
 }
 
+/// Most entries of one `[l1][h1][l2][h2]` composition table (`(n_layers n_heads)^2`):
+/// 4M f64s, 32 MB per mode. The table and its work grow as the square of the heads, which
+/// a small blob with very many tiny heads could make unbounded; above this the scores
+/// are refused with an error instead (e.g. 64 layers x 32 heads fit).
+pub const MAX_COMPOSITION_ENTRIES: usize = 1 << 22;
+
+/// An error unless the composition tables of `n_layers x n_heads` heads fit in
+/// [`MAX_COMPOSITION_ENTRIES`].
+pub fn check_composition_size(n_layers: usize, n_heads: usize) -> Result<()> {
+    let heads = n_layers.saturating_mul(n_heads);
+    let entries = heads.saturating_mul(heads);
+    if entries > MAX_COMPOSITION_ENTRIES {
+        return Err(Error::Argument(format!(
+            "composition scores of {heads} heads are {entries} pairs (at most \
+             {MAX_COMPOSITION_ENTRIES}): too many heads for all_composition_scores"
+        )));
+    }
+    Ok(())
+}
+
 /// TL's `model.all_composition_scores(mode)`: `[l1][h1][l2][h2]`, with L = OV of head
-/// (l1, h1) and R from head (l2, h2) per `mode`; 0 unless `l1 < l2`.
-pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Scores4 {
+/// (l1, h1) and R from head (l2, h2) per `mode`; 0 unless `l1 < l2`. Refused above
+/// [`MAX_COMPOSITION_ENTRIES`].
+pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Result<Scores4> {
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
+    check_composition_size(nl, nh)?;
     let left: Vec<Vec<LowRank>> = (0..nl)
         .map(|l| (0..nh).map(|h| ov(w, l, h)).collect())
         .collect();
@@ -362,16 +384,16 @@ pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Scores4 {
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// Q, K and V composition scores.
-pub fn composition_scores(w: &Weights) -> CompositionScores {
-    CompositionScores {
-        q: composition_scores_mode(w, CompositionMode::Q),
-        k: composition_scores_mode(w, CompositionMode::K),
-        v: composition_scores_mode(w, CompositionMode::V),
-    }
+/// Q, K and V composition scores (refused above [`MAX_COMPOSITION_ENTRIES`]).
+pub fn composition_scores(w: &Weights) -> Result<CompositionScores> {
+    Ok(CompositionScores {
+        q: composition_scores_mode(w, CompositionMode::Q)?,
+        k: composition_scores_mode(w, CompositionMode::K)?,
+        v: composition_scores_mode(w, CompositionMode::V)?,
+    })
 }
 
 /// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`,
@@ -713,7 +735,7 @@ pub(crate) mod tests {
     #[test]
     fn composition_of_orthogonal_and_aligned_subspaces() {
         let w = toy();
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         // L0H0 writes dims 0,1; L1H1 reads only dims 2,3: no composition of any kind.
         assert_eq!(c.q[0][0][1][1], 0.0);
         assert_eq!(c.k[0][0][1][1], 0.0);
@@ -754,7 +776,7 @@ pub(crate) mod tests {
             w_e.transpose(),
             vec![vec![writer], vec![reader]],
         );
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         // OV(writer) = P01; QK(reader) = E01 E23^T: P01 * QK = QK (full overlap),
         // P01 * QK^T = 0 (QK^T has rows in dims 2,3).
         assert!((c.q[0][0][1][0] - 0.5f64.sqrt()).abs() < 1e-12, "{:?}", c.q);
@@ -780,7 +802,7 @@ pub(crate) mod tests {
             pseudo(d, 9, 2),
             vec![heads(100), heads(200), heads(300)],
         );
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         let f = |m: &DMatrix<f32>| m.map(f64::from);
         for l1 in 0..3 {
             for h1 in 0..2 {
@@ -829,7 +851,7 @@ pub(crate) mod tests {
         assert!(wide.mean < a.mean, "{} vs {}", wide.mean, a.mean);
 
         let w = toy();
-        let s = composition_scores(&w);
+        let s = composition_scores(&w).unwrap();
         let sub = subtract_baseline_all(&s, 0.25);
         assert!((sub.v[0][0][1][0] - (s.v[0][0][1][0] - 0.25)).abs() < 1e-15);
         assert_eq!(sub.v[0][0][0][1], 0.0);
@@ -873,6 +895,15 @@ pub(crate) mod tests {
         let e = r.eigen.unwrap();
         assert_eq!(e.n_negative_real, 2);
         assert!((e.trace_over_abs_sum + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn composition_tables_are_bounded() {
+        assert!(check_composition_size(2, 8).is_ok());
+        assert!(check_composition_size(64, 32).is_ok());
+        let e = check_composition_size(255, 4096).unwrap_err().to_string();
+        assert!(e.contains("1044480 heads"), "{e}");
+        assert!(check_composition_size(usize::MAX, 2).is_err());
     }
 
     #[test]
