@@ -132,6 +132,9 @@ fn model_file(dir: &Path) -> (PathBuf, Weights) {
 fn prompt(repeated: usize) -> heads::PromptArgs {
     heads::PromptArgs {
         tokens: None,
+        text: None,
+        prepend_bos: false,
+        tokenizer: None,
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),
@@ -504,6 +507,9 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
         ablate::report(&ablate::AblateArgs {
             model: path.clone(),
             data: None,
+            text_data: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: Some(12),
             batch: 4,
             seed: 11,
@@ -512,9 +518,6 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
             together: vec!["0.2,1.5".into()],
             save_means: None,
             json: true,
-            text_data: None,
-            prepend_bos: false,
-            tokenizer: None,
         })
         .unwrap(),
     )

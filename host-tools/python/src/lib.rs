@@ -720,9 +720,9 @@ fn composition_scores(
         }
     };
     let m = model.model();
-    Ok(py.detach(|| {
+    py.detach(|| {
         let w = host_convert::weights_from_model(m);
-        let s = analysis::composition_scores_mode(&w, mode);
+        let s = analysis::composition_scores_mode(&w, mode).map_err(err)?;
         if subtract_baseline {
             let b = analysis::composition_baseline(
                 w.cfg.d_model,
@@ -730,11 +730,11 @@ fn composition_scores(
                 analysis::BASELINE_SAMPLES,
                 analysis::BASELINE_SEED,
             );
-            analysis::subtract_baseline(&s, b.mean)
+            Ok(analysis::subtract_baseline(&s, b.mean))
         } else {
-            s
+            Ok(s)
         }
-    }))
+    })
 }
 
 /// TL's `detect_head` scores `[layer][head]` ('mul'), the mean over the batch's

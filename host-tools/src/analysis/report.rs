@@ -12,7 +12,7 @@
 use nalgebra::DMatrix;
 use tinylens_core::{Config, Model, Normalization};
 
-use super::ablation::{ablate_heads, mean_results, AblationReport, Mode, Prompt};
+use super::ablation::{ablate_heads_from, baseline_and_means, AblationReport, Mode, Prompt};
 use super::attribution::{expand, term_importance, Dla};
 use super::circuits::{composition_baseline, composition_scores, full_ov, full_qk, ov};
 use super::dynamic::attribute_with;
@@ -451,7 +451,7 @@ pub fn weight_data(w: &Weights) -> Result<WeightData> {
         qk_maps.push(qkl);
         eigen.push(el);
     }
-    let composition = composition_scores(w);
+    let composition = composition_scores(w)?;
     let baseline = composition_baseline(
         w.cfg.d_model,
         w.cfg.d_head,
@@ -733,8 +733,17 @@ fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
 }
 
 fn ablation_of(model: &Model<'_>, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>> {
-    let means = mean_results(model, prompts, &|| {})?;
-    let r = ablate_heads(model, prompts, Mode::Mean, Some(&means), &[], true, &|| {})?;
+    let (baseline, means) = baseline_and_means(model, prompts, &|| {})?;
+    let r = ablate_heads_from(
+        model,
+        prompts,
+        Mode::Mean,
+        Some(&means),
+        Some(baseline),
+        &[],
+        true,
+        &|| {},
+    )?;
     Ok(r.loss_increase)
 }
 
