@@ -20,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tinylens_core::{HookPoint, NoHooks, Normalization};
 use tinylens_host::analysis::{self, CompositionMode, DetectOptions, HeadKind};
-use tinylens_host::commands::decode;
 use tinylens_host::convert::{self as host_convert, QuantPlan};
 use tinylens_host::engine::{Engine, Sampling};
 use tinylens_host::export::Cache;
@@ -558,8 +557,8 @@ fn load_trace<'py>(
     let data = data.map(|d| d.as_bytes().to_vec());
     let (r, report) = py
         .detach(|| match (&path, &data) {
-            (Some(p), None) => decode::read_run(p, run),
-            (None, Some(d)) => decode::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
+            (Some(p), None) => tinylens_host::trace::read_run(p, run),
+            (None, Some(d)) => tinylens_host::trace::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
             _ => Err(tinylens_host::Error::Argument(
                 "load_trace: give a path or bytes".into(),
             )),

@@ -11,6 +11,7 @@ use super::attribution::{
 use super::heads::{detect_batch, DetectOptions, HeadKind, LayerPatterns};
 use super::recorded::Recording;
 use crate::convert::weights_from_model;
+use crate::weights::Weights;
 use crate::Result;
 
 /// Previous-token, duplicate-token and induction scores `[layer][head]` of every head,
@@ -46,13 +47,17 @@ pub fn top_heads(values: &[Vec<f64>], threshold: f64) -> Vec<(usize, usize, f64)
 
 /// Direct logit attribution of a recording.
 pub fn attribute(model: &Model<'_>, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let cfg = model.config();
-    let w = weights_from_model(model);
-    let results = (0..cfg.n_layers as usize)
+    attribute_with(&weights_from_model(model), rec, target)
+}
+
+/// [`attribute`] with the model's weights already read (a report attributes many
+/// prompts with one set of weights).
+pub fn attribute_with(w: &Weights, rec: &Recording, target: Option<u32>) -> Result<Dla> {
+    let results = (0..w.cfg.n_layers)
         .map(|l| rec.results(l))
         .collect::<Result<Vec<_>>>()?;
     direct_logit_attribution(
-        &w,
+        w,
         &rec.tokens,
         &rec.rows("hook_embed")?,
         &rec.rows("hook_pos_embed")?,
