@@ -203,8 +203,12 @@ def k(name):
 if k("qkv_all_heads_int8_dsp_64x64") is not None and (D, qkv, dh) == (64, 64, 16):
     for variant in ["dsp", "portable"]:
         big = k(f"qkv_all_heads_int8_{variant}_64x64"); o = k(f"one_head_o_int8_{variant}_64x16")
-        prep = k("quantize_input_int8_1x64") + (k("arrange_pairs_int8_1x64") if variant == "dsp" else 0)
-        prep_z = prep / 4  # a 16-element z: a quarter of the 64-element cost, roughly
+        if variant == "dsp" and k("quantize_with_pairs_int8_1x64") is not None:
+            # The one-pass quantization with the pair layout, measured at both widths.
+            prep, prep_z = k("quantize_with_pairs_int8_1x64"), k("quantize_with_pairs_int8_1x16")
+        else:
+            prep = k("quantize_input_int8_1x64") + (k("arrange_pairs_int8_1x64") if variant == "dsp" else 0)
+            prep_z = prep / 4  # a 16-element z: a quarter of the 64-element cost, roughly
         mat = L * (3 * big + H * o) + big
         inputs = L * (prep + H * prep_z) + prep
         print(f"\nint8 matrix work of one step ({variant} kernel): {mat:,.0f} instructions for {mat_macs:,} MACs = "

@@ -569,7 +569,10 @@ pub struct Pieces;
 impl Pieces {
     /// The points noted since the last call (at most [`PIECES_MAX`]), into `buf`.
     pub fn take(buf: &mut [u8; PIECES_MAX]) -> &[u8] {
-        let n = (PIECE_COUNT.swap(0, Ordering::Relaxed) as usize).min(PIECES_MAX);
+        // Load and store, not `swap`: ARMv6-M has no atomic read-modify-write (the
+        // firmware is single-threaded).
+        let n = (PIECE_COUNT.load(Ordering::Relaxed) as usize).min(PIECES_MAX);
+        PIECE_COUNT.store(0, Ordering::Relaxed);
         for (b, p) in buf.iter_mut().zip(&PIECE_POINTS[..n]) {
             *b = p.load(Ordering::Relaxed);
         }
