@@ -1,8 +1,8 @@
 #![cfg_attr(not(test), no_std)]
-// No `unsafe` anywhere but in three isolated modules: the Cortex-M DSP kernels
-// (`kernels/dsp.rs`, compiled only for targets with the DSP extension) and FPU kernels
-// (`kernels/vfp.rs`, hard-float Cortex-M targets only), whose inline assembly is
-// necessarily `unsafe`, and the lock-free trace ring (`trace/ring.rs`),
+// No `unsafe` anywhere but in isolated modules: the Cortex-M DSP, Helium (MVE) and FPU
+// kernels (`kernels/dsp.rs`, `kernels/mve.rs`, `kernels/vfp.rs`, each compiled only for
+// targets with its extension), whose inline assembly is necessarily `unsafe`, and the
+// lock-free trace ring (`trace/ring.rs`),
 // whose bytes a producer and a consumer (main loop, interrupt, DMA) share. `deny`
 // rather than `forbid` so that those modules alone can `#[allow(unsafe_code)]`; every
 // other module stays free of it, and the portable kernel the DSP one must match bit for
