@@ -22,12 +22,16 @@
 //!
 //! `cfg(tinylens_dsp)` turns the DSP kernel on; `cfg(tinylens_dsp_vfp)` lets it convert
 //! with VFP instructions (hard-float targets, whose LLVM target enables the FPU), else
-//! it converts in Rust (the same operations, so the same bits).
+//! it converts in Rust (the same operations, so the same bits). `cfg(tinylens_vfp)`
+//! turns on the FPU kernels of `kernels/vfp.rs` (attention, f16 weights) on every
+//! hard-float Armv7E-M / Armv8-M target (FPv4-SP and up).
 use std::env;
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(tinylens_dsp)");
     println!("cargo:rustc-check-cfg=cfg(tinylens_dsp_vfp)");
+    println!("cargo:rustc-check-cfg=cfg(tinylens_vfp)");
+    println!("cargo:rerun-if-env-changed=TINYLENS_NO_VFP");
     println!("cargo:rustc-check-cfg=cfg(tinylens_mve)");
     println!("cargo:rerun-if-env-changed=TINYLENS_NO_MVE");
     println!("cargo:rerun-if-env-changed=TINYLENS_NO_DSP");
@@ -68,6 +72,11 @@ fn main() {
     } else {
         false
     };
+    let hard_float = target.ends_with("eabihf")
+        && (target.starts_with("thumbv7em") || target.starts_with("thumbv8m.main"));
+    if hard_float && !flag("TINYLENS_NO_VFP") {
+        println!("cargo:rustc-cfg=tinylens_vfp");
+    }
     // The last `-C target-cpu=` wins, as in rustc.
     let cpu = codegen
         .iter()
