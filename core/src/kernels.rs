@@ -272,8 +272,21 @@ fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
 #[allow(unsafe_code)]
 mod dsp;
 
+/// The Helium (MVE) int8 kernel (Armv8.1-M: Cortex-M55, M85; see `build.rs` and
+/// `kernels/mve.rs`), tested against the portable [`dot_i8`] bit for bit like the DSP one.
+/// MVE cores have the DSP extension, so `tinylens_mve` comes with `tinylens_dsp`: rows the
+/// MVE kernel does not take (multiples of 8 but not of 16 columns) go to the DSP kernel.
+#[cfg(tinylens_mve)]
+#[allow(unsafe_code)]
+mod mve;
+
 mod block;
 pub use block::{matmul, Block, MatMul, Portable};
+
+/// Whether int8 matrix-vector products in this build use the Helium (MVE) kernel
+/// (`VMLADAVA.S8`; `-C target-cpu=cortex-m55`/`cortex-m85`: see `build.rs`). The
+/// results are the same bits either way.
+pub const MVE: bool = cfg!(tinylens_mve);
 
 /// Whether int8 matrix-vector products in this build use the DSP kernel (`SXTB16`/
 /// `SMLAD`; Armv7E-M targets always, Armv8-M Mainline ones when the flags say the core
@@ -471,8 +484,16 @@ pub fn needs_quantized_input(kind: StorageKind) -> bool {
 /// than the shape says) are set to NaN, so that they reach the logits as
 /// [`crate::Error::NonFiniteLogits`] rather than as a plausible value.
 pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
-    // The DSP kernel first, with as little as possible around it (the calls are many
-    // and some matrices small); anything it does not take goes the general way.
+    // The vector kernels first, with as little as possible around them (the calls are
+    // many and some matrices small); anything they do not take goes the general way.
+    #[cfg(tinylens_mve)]
+    if w.kind == StorageKind::Int8
+        && out.len() == w.rows
+        && input.x.len() >= w.cols
+        && mve::matvec_i8(w.values, w.scales, w.cols, input.q, input.scale, out)
+    {
+        return;
+    }
     #[cfg(tinylens_dsp)]
     if w.kind == StorageKind::Int8
         && out.len() == w.rows

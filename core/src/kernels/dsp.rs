@@ -248,7 +248,7 @@ fn rows_any(w: *const u8, x: *const u32, out: *mut f32, rows: usize, cols: usize
 /// FPU the kernel may use (soft-float targets such as `thumbv7em-none-eabi`): the
 /// portable kernel's expression itself, so the same bits.
 #[cfg(not(tinylens_dsp_vfp))]
-fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
+pub(super) fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     for (o, s) in out.iter_mut().zip(scales.chunks_exact(2)) {
         let sum = o.to_bits() as i32;
         *o = sum as f32 * (crate::quant::f16_le_to_f32([s[0], s[1]]) * in_scale);
@@ -259,7 +259,7 @@ fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
 /// portable kernel's float operations in its order: `VCVT.F32.S32` (round to nearest,
 /// as `as f32`), `VCVTB.F32.F16` (exact), then the two multiplications.
 #[cfg(tinylens_dsp_vfp)]
-fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
+pub(super) fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     let rows = out.len();
     let mut o = out.as_mut_ptr();
     let mut s = scales.as_ptr();

@@ -1,4 +1,5 @@
-//! Kernel self-test and micro-benchmarks on QEMU `mps2-an386` (Cortex-M4F).
+//! Kernel self-test and micro-benchmarks on QEMU `mps2-an386` (Cortex-M4F), and on
+//! `mps3-an547` (Cortex-M55, `cargo build-m55`: the Helium kernel, `kernels/mve.rs`).
 //!
 //! 1. **Self-test**: the DSP int8 kernel (`tinylens_core::kernels::matvec`, which uses
 //!    `SXTB16`/`SMLAD` on Armv7E-M) against the portable reference
@@ -92,12 +93,13 @@ fn main() -> ! {
     };
     let b: &'static mut Buffers = BUF;
     hprintln!(
-        "kernels: DSP int8 kernel {}",
+        "kernels: DSP int8 kernel {}, MVE int8 kernel {}",
         if kernels::DSP {
             "on"
         } else {
             "off (portable build)"
-        }
+        },
+        if kernels::MVE { "on" } else { "off" }
     );
     let failures = self_test(b);
     if failures > 0 {
@@ -184,7 +186,10 @@ fn self_test(b: &mut Buffers) -> usize {
         kernels::matvec_portable(&t, &input, &mut b.reference[..rows]);
         for r in 0..rows {
             outputs += 1;
-            if cols % 8 == 0 && (offset + r * cols) % 4 == 0 {
+            // The MVE kernel takes multiples of 16 columns at any alignment, the DSP
+            // kernel 4-byte-aligned multiples of 8.
+            let mve = kernels::MVE && cols % 16 == 0;
+            if mve || (kernels::DSP && cols % 8 == 0 && (offset + r * cols) % 4 == 0) {
                 dsp_rows += 1;
             }
             if b.out[r].to_bits() != b.reference[r].to_bits() {
@@ -205,7 +210,7 @@ fn self_test(b: &mut Buffers) -> usize {
         }
     }
     hprintln!(
-        "self-test: {} matrices, {} outputs ({} rows on the DSP path), {} mismatches",
+        "self-test: {} matrices, {} outputs ({} rows on the DSP/MVE path), {} mismatches",
         TRIALS,
         outputs,
         dsp_rows,
@@ -287,6 +292,7 @@ fn benches(b: &mut Buffers) {
                 black_box(&b.out);
             }
             let name = match kind {
+                StorageKind::Int8 if kernels::MVE => "int8_mve",
                 StorageKind::Int8 if kernels::DSP => "int8_dsp",
                 k => k.name(),
             };
