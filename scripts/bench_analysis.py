@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Circuit analysis at research scale: every analysis command on random-init TransformerLens models, timed beside TransformerLens.
 
-Builds two attention-only models with random weights (seed 0) in TransformerLens 3.9:
-  mid          2 layers x 8 heads, d_model 256, d_head 32, vocab 5000, n_ctx 512, LN, standard positions
+Makes the ladder's attention-only models with random weights (seed 0, TransformerLens 3.9,
+scripts/make_model_ladder.py; generated on the fly, never committed):
+  mid          2 layers x 8 heads, d_model 256, d_head 32, vocab 5000, n_ctx 256, LN, standard positions
   attn-only-2l TL's attn-only-2l shape: d_model 512, 8 x 64, vocab 48262, n_ctx 2048, LN, shortformer
-saves their state_dict (safetensors) and config, converts them with `tinylens convert --quant f32`,
+converts them with `tinylens convert --quant f32`,
 then runs every analysis command under /usr/bin/time -v (wall time and peak RSS) and, in the same
 run and on the same weights, TransformerLens's FactoredMatrix eigenvalues (copying scores) and
 all_composition_scores (1 thread). tinylens's copying and composition scores are compared with TL's.
@@ -24,35 +25,33 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 REPO = Path(__file__).resolve().parent.parent
-
-MODELS = {
-    "mid": dict(n_layers=2, n_heads=8, d_model=256, d_head=32, d_vocab=5000, n_ctx=512,
-                normalization_type="LN", positional_embedding_type="standard"),
-    "attn-only-2l": dict(n_layers=2, n_heads=8, d_model=512, d_head=64, d_vocab=48262, n_ctx=2048,
-                         normalization_type="LN", positional_embedding_type="shortformer"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_model_ladder import LADDER, make  # noqa: E402
 
 
 def build(name: str, out: Path):
-    """The random-init TL model, its safetensors/config files and its f32 blob."""
-    cfg = HookedTransformerConfig(attn_only=True, act_fn=None, seed=0, device="cpu",
-                                  dtype=torch.float32, **MODELS[name])
-    model = HookedTransformer(cfg)
+    """The ladder's random-init TL model (scripts/make_model_ladder.py), its
+    safetensors/config files and its f32 blob (made once per work directory)."""
+    kw = LADDER[name]()
+    kw.update(attn_only=True, act_fn=None, seed=0, device="cpu", dtype=torch.float32)
+    model = HookedTransformer(HookedTransformerConfig(**kw))
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    weights, config, blob = out / "model.safetensors", out / "config.json", out / "model.tlm"
+    d = out / name
+    blob = d / "model.tlm"
     if not blob.exists():
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        d = cfg.to_dict()
-        d["dtype"] = "float32"
-        config.write_text(json.dumps(d, default=str))
-        subprocess.run([str(tinylens()), "convert", "--weights", str(weights), "--config",
-                        str(config), "--quant", "f32", "-o", str(blob)], check=True,
-                       stdout=subprocess.DEVNULL)
+        make(name, out)
+        subprocess.run([str(tinylens()), "convert", "--weights", str(d / "model.safetensors"),
+                        "--config", str(d / "config.json"), "--quant", "f32", "-o", str(blob)],
+                       check=True, stdout=subprocess.DEVNULL)
+    # The same seed gives the same weights; check it against what was converted.
+    saved = load_file(str(d / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        if k in saved and not torch.equal(saved[k], v):
+            raise SystemExit(f"{d}: {k} differs from a fresh seed-0 model; delete {d}")
     return model, blob
 
 
@@ -69,33 +68,36 @@ def tinylens() -> Path:
 
 
 def timed(args, timeout: float):
-    """Runs tinylens with args under /usr/bin/time -v: (seconds, peak RSS MB, stdout or None)."""
+    """Runs tinylens with args under /usr/bin/time -v: (wall s, CPU s, peak RSS MB, stdout or
+    None, note). CPU = user + system time of the process and its threads."""
     cmd = ["/usr/bin/time", "-v", str(tinylens())] + [str(a) for a in args]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, None, None, f"killed after {timeout:.0f} s"
+        return None, None, None, None, f"killed after {timeout:.0f} s"
     wall = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     rss = int(m.group(1)) / 1024 if m else float("nan")
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", p.stderr))
     if p.returncode != 0:
         tail = [l for l in p.stderr.splitlines() if not l.startswith("\t")][-2:]
-        return wall, rss, None, "failed: " + " | ".join(tail)
-    return wall, rss, p.stdout, ""
+        return wall, cpu, rss, None, "failed: " + " | ".join(tail)
+    return wall, cpu, rss, p.stdout, ""
 
 
 def tl_weight_scores(model):
-    """TL's copying scores (FactoredMatrix eigenvalues) and Q/K/V composition scores, timed."""
+    """TL's copying scores (FactoredMatrix eigenvalues) and Q/K/V composition scores, timed
+    (CPU seconds of this process, 1 thread: wall time measures the load)."""
     torch.set_num_threads(1)
     with torch.inference_mode():
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         ev = (model.W_E @ model.OV @ model.W_U).eigenvalues
         copying = (ev.sum(-1).real / ev.abs().sum(-1)).double()
-        t_copy = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_copy = time.process_time() - t0
+        t0 = time.process_time()
         comp = {m: model.all_composition_scores(m).double() for m in "QKV"}
-        t_comp = time.perf_counter() - t0
+        t_comp = time.process_time() - t0
     return copying, comp, t_copy, t_comp
 
 
@@ -107,7 +109,7 @@ def max_diff(ours, ref: torch.Tensor) -> float:
 
 def bench_model(name: str, work: Path, threads: int, timeout: float, commands):
     print(f"\n== {name} ==", flush=True)
-    model, blob = build(name, work / name)
+    model, blob = build(name, work)
     n_params = sum(p.numel() for p in model.parameters())
     copying, comp, t_copy, t_comp = tl_weight_scores(model)
     rows = []
@@ -115,22 +117,23 @@ def bench_model(name: str, work: Path, threads: int, timeout: float, commands):
     def row(label, args, tl=""):
         if args[0] not in commands:
             return None
-        wall, rss, out, note = timed(args, timeout)
-        rows.append((label, wall, rss, tl, note))
-        shown = "-" if wall is None else f"{wall:.2f} s, {rss:.0f} MB"
-        print(f"  {label:<48} {shown:>20}  {note}", flush=True)
+        wall, cpu, rss, out, note = timed(args, timeout)
+        rows.append((label, wall, cpu, rss, tl, note))
+        shown = "-" if wall is None else f"{wall:.2f} s ({cpu:.2f} s CPU), {rss:.0f} MB"
+        print(f"  {label:<48} {shown:>32}  {tl} {note}", flush=True)
         return out
 
     # Weight-only scores, 1 thread, no vocab x vocab scans: the work TL does.
     out = row("circuits --json --no-scans --threads 1", [
         "circuits", blob, "--json", "--no-scans", "--threads", "1"],
-        tl=f"TL copying {t_copy:.2f} s + all_composition_scores {t_comp:.2f} s = {t_copy + t_comp:.2f} s")
+        tl=f"TL (CPU s, same run) copying {t_copy:.2f} s + all_composition_scores {t_comp:.2f} s"
+           f" = {t_copy + t_comp:.2f} s")
     if out:
         j = json.loads(out)
         d_copy = max_diff(j["copying"], copying)
         d_comp = max(max_diff(j["composition"][m], comp[m]) for m in "QKV")
         print(f"    vs TL: copying max |diff| {d_copy:.1e}, composition max |diff| {d_comp:.1e}")
-        rows.append(("  values vs TL (max abs diff)", None, None,
+        rows.append(("  values vs TL (max abs diff)", None, None, None,
                      f"copying {d_copy:.1e}, composition {d_comp:.1e}", ""))
     row("circuits --json (default scans) --threads 1", ["circuits", blob, "--json", "--threads", "1"])
     row(f"circuits --json --full-scans --threads {threads}",
@@ -145,7 +148,7 @@ def bench_model(name: str, work: Path, threads: int, timeout: float, commands):
     html = work / name / "report.html"
     row("report --repeated 128 (256 tokens)", ["report", blob, *prompt, "-o", html])
     if "report" in commands and html.exists():
-        rows.append(("  report HTML size", None, None, f"{html.stat().st_size / 1e6:.2f} MB", ""))
+        rows.append(("  report HTML size", None, None, None, f"{html.stat().st_size / 1e6:.2f} MB", ""))
     return n_params, rows
 
 
@@ -169,11 +172,13 @@ def main():
     if a.markdown:
         for name, (n_params, rows) in results.items():
             print(f"\n### {name} ({n_params / 1e6:.1f}M parameters)\n")
-            print("| command | time | peak RSS | TransformerLens / note |\n|---|---:|---:|---|")
-            for label, wall, rss, tl, note in rows:
+            print("| command | wall | CPU | peak RSS | TransformerLens / note |\n"
+                  "|---|---:|---:|---:|---|")
+            for label, wall, cpu, rss, tl, note in rows:
                 t = "" if wall is None else f"{wall:.2f} s"
+                c = "" if cpu is None else f"{cpu:.2f} s"
                 r = "" if rss is None else f"{rss:.0f} MB"
-                print(f"| `{label.strip()}` | {t} | {r} | {' '.join(x for x in (tl, note) if x)} |")
+                print(f"| `{label.strip()}` | {t} | {c} | {r} | {' '.join(x for x in (tl, note) if x)} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ use tinylens_core::Model;
 use crate::analysis::ablation::{parse_data, repeated_dataset, Prompt};
 use crate::analysis::recorded::{from_run, Recording};
 use crate::tokenizer::{self, TextTokenizer};
-use crate::trace::decode_stream;
+use crate::trace::read_run;
 use crate::{cli, Error, Result};
 
 /// Where the prompt comes from (`run`, `heads`, `attribute`, `paths`, `report`).
@@ -261,16 +261,8 @@ pub fn resolve_bos(spec: &str, model: &Model<'_>) -> Result<Option<u32>> {
 
 /// The `index`-th run (0 = first) of a trace file as a recording, checked against `model`.
 pub fn trace_recording(path: &Path, index: usize, model: &Model<'_>) -> Result<Recording> {
-    let bytes = cli::read_input(path)?;
-    let (runs, report) = decode_stream(&bytes);
-    let run = runs.get(index).ok_or_else(|| {
-        Error::Trace(format!(
-            "{}: no run {index} ({} runs, {} bad frames)",
-            path.display(),
-            runs.len(),
-            report.bad_frames
-        ))
-    })?;
+    // Streamed: only this run is kept, and reading stops at its end frame.
+    let (run, _) = read_run(path, index)?;
     if run.config != *model.config() {
         return Err(Error::Trace(format!(
             "{}: recorded with a model of another shape than {}",
@@ -286,7 +278,7 @@ pub fn trace_recording(path: &Path, index: usize, model: &Model<'_>) -> Result<R
             model.checksum()
         );
     }
-    from_run(run).map_err(|e| Error::Trace(format!("{}: {e}", path.display())))
+    from_run(&run).map_err(|e| Error::Trace(format!("{}: {e}", path.display())))
 }
 
 /// A recording of the prompt run with `probes`, or of the first run of `trace`.

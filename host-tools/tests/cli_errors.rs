@@ -874,10 +874,31 @@ fn failed_outputs_leave_no_files_behind() {
 /// end frame, so a pipe that never closes (a serial line, QEMU) gives its cache.
 #[test]
 fn decode_works_on_a_pipe_that_never_closes() {
+    let out = finishes_on_an_open_pipe(&["decode", "-", "--run", "1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+}
+
+/// The commands that read one run of a trace stream it: they stop at its end frame, so a
+/// pipe that stays open is no problem, and memory is that of one run.
+#[test]
+fn trace_inputs_are_read_up_to_their_run_only() {
+    let model = files().path("model.tlm");
+    let model = model.as_str();
+    let out = finishes_on_an_open_pipe(&["heads", model, "--trace", "-", "--json"]);
+    assert!(out.contains("previous_token"), "{out}");
+    let out =
+        finishes_on_an_open_pipe(&["run", model, "--tokens", "1,2,3", "--freeze-patterns", "-"]);
+    assert!(!out.is_empty());
+}
+
+/// Runs `tinylens args` with two runs of the every-hook trace on a standard input that
+/// stays open until the command exits; its standard output.
+fn finishes_on_an_open_pipe(args: &[&str]) -> String {
     use std::io::{Read, Write};
     let trace = std::fs::read(files().path("trace.tlt")).unwrap();
     let mut child = Command::new(BIN)
-        .args(["decode", "-", "--run", "1"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -895,19 +916,24 @@ fn decode_works_on_a_pipe_that_never_closes() {
         }
         if start.elapsed() > std::time::Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("decode - waited for the end of a pipe");
+            panic!("{args:?} waited for the end of a pipe");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     drop(stdin);
-    let mut out = String::new();
+    let (mut out, mut err) = (String::new(), String::new());
     child
         .stdout
         .take()
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert!(status.success(), "{status:?}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["tokens"]["shape"], serde_json::json!([3]));
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{args:?}: {status:?}: {err}");
+    out
 }

@@ -131,7 +131,6 @@ fn model_file(dir: &Path) -> (PathBuf, Weights) {
 
 fn prompt(repeated: usize) -> heads::PromptArgs {
     heads::PromptArgs {
-        tokens: None,
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),
@@ -504,6 +503,9 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
         ablate::report(&ablate::AblateArgs {
             model: path.clone(),
             data: None,
+            text_data: None,
+            prepend_bos: false,
+            tokenizer: None,
             repeated: Some(12),
             batch: 4,
             seed: 11,
@@ -512,9 +514,6 @@ fn ablate_on_a_generated_model_matches_ablated_runs() {
             together: vec!["0.2,1.5".into()],
             save_means: None,
             json: true,
-            text_data: None,
-            prepend_bos: false,
-            tokenizer: None,
         })
         .unwrap(),
     )

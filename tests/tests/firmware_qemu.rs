@@ -10,7 +10,18 @@
 //!   128 KiB SRAM; soft-float ABI, DSP kernel);
 //! - Cortex-M0 (`thumbv6m-none-eabi`, QEMU `microbit`, 16 KiB RAM, soft-float);
 //! - Cortex-M33 (`thumbv8m.main-none-eabihf` with `target-cpu=cortex-m33`, QEMU
-//!   `mps2-an505`, Secure state, DSP kernel).
+//!   `mps2-an505`, Secure state, DSP kernel);
+//! - Cortex-M7 (QEMU `mps2-an500`, the memory map of mps2-an386): the Cortex-M4F ELF
+//!   itself, as `thumbv7em-none-eabihf` is the Rust target of both cores (DSP kernel).
+//!
+//! - Cortex-M55 with Helium (`thumbv8m.main-none-eabihf` with `target-cpu=cortex-m55`,
+//!   QEMU `mps3-an547`, Secure state, MVE kernel and DSP kernel).
+//!
+//! - RISC-V (`riscv32imac-unknown-none-elf`, `qemu-system-riscv32 -machine virt -bios
+//!   none`: semihosting, or the NS16550A UART; no FPU, so every float is soft-float).
+//!
+//! A machine that runs another target's ELF is named after it: `TRIPLE@MACHINE`; a
+//! build for a named CPU is `CPU/TRIPLE` (its target directory).
 //!
 //! Tests are named after the transport and the machine (`uart_netduinoplus2`,
 //! `semihosting_mps2_an505`, ...), so that a filter runs one. The semihosting ones take
@@ -37,9 +48,29 @@ use tinylens_host::trace::{decode_stream, Run};
 use tinylens_tests::firmware::{ci, examples, require_tools};
 use tinylens_tests::{repo_root, run_with_watchdog, Output};
 
-/// The QEMU firmware ELF for `triple`.
+/// The QEMU firmware ELF for `triple` (`TRIPLE@MACHINE`: the ELF of TRIPLE).
 fn firmware(triple: &str) -> PathBuf {
+    let triple = triple.split_once('@').map_or(triple, |(t, _)| t);
     tinylens_tests::firmware::elf("tinylens-fw-qemu", "qemu", triple)
+}
+
+/// Checks that the firmware for `triple` links the int8 kernel module `module` (`dsp`,
+/// `mve`) of tinylens-core: the dispatch in `kernels::matvec` is its only caller, so a
+/// linked kernel is a used one (the trace tests then show it gives the host's bits).
+fn assert_links_kernel(triple: &str, module: &str) {
+    let elf = firmware(triple);
+    let out = Command::new("readelf")
+        .arg("-sW")
+        .arg(&elf)
+        .output()
+        .unwrap();
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("7kernels{}{module}", module.len());
+    assert!(
+        symbols.contains(&needle),
+        "{} has no tinylens_core::kernels::{module} symbol: the {module} kernel is not built in",
+        elf.display()
+    );
 }
 
 // The firmware's compiled-in settings (`firmware-examples/fw/src/lib.rs`: DEFAULT_*).
@@ -61,6 +92,12 @@ const M0: &str = "thumbv6m-none-eabi";
 /// STM32F405 (QEMU netduinoplus2).
 const STM32: &str = "thumbv7em-none-eabi";
 const M33: &str = "thumbv8m.main-none-eabihf";
+/// Cortex-M55 with Helium (QEMU mps3-an547): `target-cpu=cortex-m55` (`cargo build-m55`).
+const M55: &str = "cortex-m55/thumbv8m.main-none-eabihf";
+/// RISC-V RV32IMAC (QEMU virt).
+const RV32: &str = "riscv32imac-unknown-none-elf";
+/// Cortex-M7 (QEMU mps2-an500) runs the Cortex-M4F build.
+const M7: &str = "thumbv7em-none-eabihf@mps2-an500";
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -85,11 +122,12 @@ fn qemu(triple: &str, args: &[&str]) -> Output {
 /// [`qemu`], with `uart`: the firmware sends the trace through the machine's UART
 /// (`transport=uart`), captured by QEMU into a file; the capture replaces `stdout`.
 fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
-    qemu_elf(&firmware(triple), args, uart)
+    let machine = triple.split_once('@').map(|(_, m)| m);
+    qemu_elf(&firmware(triple), machine, args, uart)
 }
 
-/// [`qemu_on`] with the firmware ELF `elf`.
-fn qemu_elf(elf: &Path, args: &[&str], uart: bool) -> Output {
+/// [`qemu_on`] with the firmware ELF `elf` (on `machine`, else the one run-qemu.sh picks).
+fn qemu_elf(elf: &Path, machine: Option<&str>, args: &[&str], uart: bool) -> Output {
     require_tools();
     let dir = scratch("qemu");
     let capture = dir.join("uart.tlt");
@@ -99,6 +137,9 @@ fn qemu_elf(elf: &Path, args: &[&str], uart: bool) -> Output {
         .arg("--no-decode")
         .arg("--defmt-out")
         .arg(dir.join("log.defmt"));
+    if let Some(machine) = machine {
+        cmd.arg("--machine").arg(machine);
+    }
     if uart {
         cmd.arg("--serial").arg(&capture);
     }
@@ -357,8 +398,13 @@ fn semihosting_mps2_an386_no_probes_still_traces_tokens() {
 /// one on the soft-float M0) gives the host's trace byte for byte.
 #[test]
 fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
+    kv_int8_all_hooks(M4).check();
+}
+
+/// Every hook with an int8 KV cache, 8-token prompt, 3 generated tokens, run 8.
+fn kv_int8_all_hooks(triple: &str) -> Case<'_> {
     Case {
-        triple: M4,
+        triple,
         uart: false,
         args: &[
             "tokens=0,3,9,27,4,8,3,9",
@@ -372,7 +418,6 @@ fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
         probes: &["*"],
         run_id: 8,
     }
-    .check();
 }
 
 #[test]
@@ -441,12 +486,50 @@ fn uart_microbit() {
 
 #[test]
 fn semihosting_mps2_an505() {
+    assert_links_kernel(M33, "dsp");
     Case::defaults(M33).check();
 }
 
 #[test]
 fn semihosting_mps2_an505_all_hooks_int8() {
     all_hooks_int8(M33, false).check();
+}
+
+#[test]
+fn semihosting_mps2_an500() {
+    assert_links_kernel(M7, "dsp");
+    Case::defaults(M7).check();
+}
+
+#[test]
+fn semihosting_mps3_an547() {
+    assert_links_kernel(M55, "mve");
+    Case::defaults(M55).check();
+}
+
+#[test]
+fn semihosting_mps3_an547_all_hooks_int8() {
+    all_hooks_int8(M55, false).check();
+}
+
+#[test]
+fn semihosting_riscv32_virt() {
+    Case::defaults(RV32).check();
+}
+
+#[test]
+fn uart_riscv32_virt_all_hooks_int8() {
+    all_hooks_int8(RV32, true).check();
+}
+
+#[test]
+fn semihosting_riscv32_virt_kv_int8_all_hooks() {
+    kv_int8_all_hooks(RV32).check();
+}
+
+#[test]
+fn uart_mps2_an500_all_hooks_int8() {
+    all_hooks_int8(M7, true).check();
 }
 
 /// Frames written from inside the step (no ring) are the same bytes.
@@ -839,7 +922,7 @@ fn semihosting_mps2_an386_english_text_in_text_out_bit_exact() {
         "run=13",
     ];
     let start = Instant::now();
-    let out = qemu_elf(&elf, &args, false);
+    let out = qemu_elf(&elf, None, &args, false);
     let elapsed = start.elapsed();
     assert_eq!(
         out.status,

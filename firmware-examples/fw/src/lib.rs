@@ -21,7 +21,7 @@ pub use embedded_hal;
 pub use tinylens_core;
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use embedded_hal::{delay::DelayNs, digital::OutputPin};
 use tinylens_core::kernels::Portable;
@@ -93,6 +93,9 @@ pub struct Settings {
     /// `false`: no recorder at all (the steps run with `NoHooks`; nothing is written
     /// to the trace channel), to measure the cost of inference alone.
     pub record: bool,
+    /// `record=pieces`: no recorder, but an instruction-count marker at every hook
+    /// point ([`Pieces`]), for a per-piece profile of the step.
+    pub pieces: bool,
     pub run_id: u32,
     /// How the KV cache is stored (`kv=f32|f16|int8`; the static workspace is sized for
     /// f32, the largest).
@@ -136,6 +139,7 @@ impl Settings {
             generate: DEFAULT_GENERATE,
             probes,
             record: true,
+            pieces: false,
             run_id: DEFAULT_RUN_ID,
             kv: KvStorage::F32,
             probes_given: false,
@@ -144,7 +148,8 @@ impl Settings {
 
     /// Applies one argument. Keys: `tokens=1,2,3` (the prompt), `generate=N`,
     /// `probe=PATTERN` (repeatable; the first replaces the default set; `probe=none`
-    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`,
+    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`
+    /// (or `record=pieces`: no recorder, a marker at every hook point, see [`Pieces`]),
     /// `kv=f32|f16|int8`.
     /// Returns `Ok(false)` for a key it does not know (the binary may know it).
     pub fn apply<'a>(&mut self, key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
@@ -183,10 +188,11 @@ impl Settings {
                 self.kv = KvStorage::from_name(value).ok_or(bad("expected f32, f16 or int8"))?;
             }
             "record" => {
-                self.record = match value {
-                    "1" | "on" => true,
-                    "0" | "off" => false,
-                    _ => return Err(bad("expected 0 or 1")),
+                (self.record, self.pieces) = match value {
+                    "1" | "on" => (true, false),
+                    "0" | "off" => (false, false),
+                    "pieces" => (false, true),
+                    _ => return Err(bad("expected 0, 1 or pieces")),
                 };
             }
             _ => return Ok(false),
@@ -375,6 +381,7 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         let (result, ticks) = stepper.step(|| {
             let logits = match recorder.as_mut() {
                 Some(r) => session.step_with(token, r)?,
+                None if settings.pieces => session.step_with(token, &mut Pieces)?,
                 None => session.step(token)?,
             };
             Ok::<_, Error>(sample::greedy(logits))
@@ -382,6 +389,9 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         next = result.map_err(|error| RunError::Step { pos, error })?;
         step_ticks += ticks as u64;
         between_steps();
+        if settings.pieces {
+            defmt::info!("pieces {=[u8]}", Pieces::take(&mut [0; PIECES_MAX]));
+        }
         defmt::info!(
             "pos {=usize} {=str} token {=u32} -> {=u32}: {=u32} ticks ({=u32} us), marks {=u32}",
             pos,
@@ -539,6 +549,50 @@ pub extern "C" fn tinylens_icount_mark(id: u32) {
 /// How many markers have run so far.
 pub fn icount_marks() -> u32 {
     MARKS.load(Ordering::Relaxed)
+}
+
+/// Most hook points one step passes (the log line of [`Pieces`] holds this many).
+pub const PIECES_MAX: usize = 160;
+
+/// Hook points a [`Pieces`] step passed, in order, and how many.
+static PIECE_POINTS: [AtomicU8; PIECES_MAX] = [const { AtomicU8::new(0) }; PIECES_MAX];
+static PIECE_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Hooks that want nothing but mark every hook point the forward pass passes
+/// ([`tinylens_icount_mark`] with id `100 + point`) and note the point: the
+/// instructions between two consecutive marks are the piece of the step between those
+/// hook points (e.g. `Pattern` to `Z`: the weighted sum of one head), which
+/// `scripts/bench_firmware.sh` adds up per piece. The hook checks themselves are those
+/// of any recorder (`wants` is asked, `hook` never called).
+pub struct Pieces;
+
+impl Pieces {
+    /// The points noted since the last call (at most [`PIECES_MAX`]), into `buf`.
+    pub fn take(buf: &mut [u8; PIECES_MAX]) -> &[u8] {
+        // Load and store, not `swap`: ARMv6-M has no atomic read-modify-write (the
+        // firmware is single-threaded).
+        let n = (PIECE_COUNT.load(Ordering::Relaxed) as usize).min(PIECES_MAX);
+        PIECE_COUNT.store(0, Ordering::Relaxed);
+        for (b, p) in buf.iter_mut().zip(&PIECE_POINTS[..n]) {
+            *b = p.load(Ordering::Relaxed);
+        }
+        &buf[..n]
+    }
+}
+
+impl tinylens_core::Hooks for Pieces {
+    #[inline(never)]
+    fn wants(&self, point: tinylens_core::HookPoint) -> bool {
+        tinylens_icount_mark(100 + point as u32);
+        let n = PIECE_COUNT.load(Ordering::Relaxed);
+        if let Some(slot) = PIECE_POINTS.get(n as usize) {
+            slot.store(point as u8, Ordering::Relaxed);
+        }
+        PIECE_COUNT.store(n.wrapping_add(1), Ordering::Relaxed);
+        false
+    }
+
+    fn hook(&mut self, _site: tinylens_core::Site, _value: &mut [f32]) {}
 }
 
 // ---------------------------------------------------------------------------

@@ -7,6 +7,10 @@
 //! | `thumbv7em-none-eabi` | `netduinoplus2` | STM32F405 (M4, soft-float ABI) | 1 MiB flash at 0x0800_0000, 128 KiB SRAM |
 //! | `thumbv6m-none-eabi` | `microbit` | nRF51822 (Cortex-M0) | 256 KiB flash, 16 KiB RAM |
 //! | `thumbv8m.main-none-eabihf` | `mps2-an505` | Cortex-M33 (Secure) | 4 MiB SSRAM1 at 0x1000_0000, 4 MiB SSRAM2/3 at 0x3800_0000 |
+//! | `thumbv8m.main-none-eabihf`, `target-cpu=cortex-m55` | `mps3-an547` | Cortex-M55 + Helium (Secure) | 512 KiB ITCM at 0x1000_0000, 512 KiB DTCM at 0x3000_0000 |
+//!
+//! The `thumbv7em-none-eabihf` build also runs on `mps2-an500` (Cortex-M7, the same
+//! memory map and UART): `run-qemu.sh --machine mps2-an500`.
 //!
 //! Runs the embedded model (see `tinylens_fw`): the prompt, then greedy generation
 //! with the KV cache, recording the probe set as trace frames. The recorder writes
@@ -40,19 +44,25 @@
 #![no_main]
 
 mod logger;
+#[cfg(target_arch = "riscv32")]
+mod rv;
 mod semihost;
 mod uart;
 
 use core::cell::{Cell, RefCell};
 use core::fmt::{self, Write as _};
 
+#[cfg(target_arch = "arm")]
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
+#[cfg(target_arch = "arm")]
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use semihost::HostFile;
 use tinylens_core::trace::FrameRing;
 use tinylens_core::Error;
+#[cfg(target_arch = "arm")]
+use tinylens_fw::Clock;
 use tinylens_fw::{
-    Clock, NoDelay, NoPin, RingSink, Settings, Stepper, TraceSink, FRAME_BUFFER_LEN, MODEL_BLOB,
+    NoDelay, NoPin, RingSink, Settings, Stepper, TraceSink, FRAME_BUFFER_LEN, MODEL_BLOB,
     WORKSPACE_WORDS,
 };
 use uart::Uart;
@@ -62,10 +72,16 @@ const RAM_BYTES: usize = if cfg!(microbit) {
     16 * 1024
 } else if cfg!(netduinoplus2) {
     128 * 1024
+} else if cfg!(mps3_an547) {
+    512 * 1024
 } else {
     4 * 1024 * 1024
 };
-const RAM_START: u32 = if cfg!(mps2_an505) {
+const RAM_START: u32 = if cfg!(riscv_virt) {
+    0x8040_0000
+} else if cfg!(mps3_an547) {
+    0x3000_0000
+} else if cfg!(mps2_an505) {
     0x3800_0000
 } else {
     0x2000_0000
@@ -85,12 +101,15 @@ const CMDLINE_LEN: usize = 1024;
 /// Core clock of the emulated machine (QEMU: mps2 25 MHz, nRF51 16 MHz). Under
 /// `-icount shift=0` one instruction takes 1 ns of emulated time, so these "µs" are
 /// about a thousandth of the instruction count, not a hardware latency.
+#[cfg(target_arch = "arm")]
 const CORE_HZ: u32 = if cfg!(microbit) {
     16_000_000
 } else if cfg!(netduinoplus2) {
     168_000_000
 } else if cfg!(mps2_an505) {
     20_000_000
+} else if cfg!(mps3_an547) {
+    32_000_000
 } else {
     25_000_000
 };
@@ -121,13 +140,39 @@ struct Path {
     drain_between_steps: bool,
 }
 
+/// The working memory of a run (in .bss, never on the stack).
+struct Memory {
+    workspace: [f32; WORKSPACE_WORDS],
+    frame_buf: [u8; FRAME_BUFFER_LEN],
+    ring: FrameRing<TRACE_RING>,
+}
+
+impl Memory {
+    const fn new() -> Self {
+        Memory {
+            workspace: [0.0; WORKSPACE_WORDS],
+            frame_buf: [0; FRAME_BUFFER_LEN],
+            ring: FrameRing::new(),
+        }
+    }
+}
+
+#[cfg(target_arch = "arm")]
 #[entry]
 fn main() -> ! {
     // cortex-m-rt turns `static mut` in the entry function into `&'static mut`
     // (in .bss, never on the stack): no `unsafe` needed.
-    static mut WORKSPACE: [f32; WORKSPACE_WORDS] = [0.0; WORKSPACE_WORDS];
-    static mut FRAME_BUF: [u8; FRAME_BUFFER_LEN] = [0; FRAME_BUFFER_LEN];
-    static mut RING: FrameRing<TRACE_RING> = FrameRing::new();
+    static mut MEMORY: Memory = Memory::new();
+    run(MEMORY)
+}
+
+/// Reads the arguments, runs the model and ends QEMU with its status.
+fn run(memory: &'static mut Memory) -> ! {
+    let Memory {
+        workspace,
+        frame_buf,
+        ring,
+    } = memory;
 
     let mut line = [0u8; CMDLINE_LEN];
     let Some(args) = semihost::cmdline(&mut line) else {
@@ -189,8 +234,13 @@ fn main() -> ! {
 
     demo_failure();
 
-    let mut core = cortex_m::Peripherals::take().unwrap_or_else(|| fail("peripherals taken"));
-    let clock = SysTickClock::start(&mut core.SYST);
+    #[cfg(target_arch = "arm")]
+    let clock = {
+        let mut core = cortex_m::Peripherals::take().unwrap_or_else(|| fail("peripherals taken"));
+        SysTickClock::start(&mut core.SYST)
+    };
+    #[cfg(target_arch = "riscv32")]
+    let clock = rv::TimeClock;
     let mut stepper = Stepper::new(NoPin, NoDelay, clock, 0);
 
     let mut transport = if uart {
@@ -208,8 +258,8 @@ fn main() -> ! {
     // The lowest stack pointer seen at a frame write (the deepest point of a step)
     // goes to the log.
     let low_sp = Cell::new(u32::MAX);
-    let see_sp = || low_sp.set(low_sp.get().min(cortex_m::register::msp::read()));
-    let (writer, reader) = RING.split();
+    let see_sp = || low_sp.set(low_sp.get().min(stack_pointer()));
+    let (writer, reader) = ring.split();
     // The reader is shared by the drain between steps and, with `overflow=block`, the
     // wait of a step that found the ring full: never at the same time.
     let reader = RefCell::new(reader);
@@ -237,8 +287,8 @@ fn main() -> ! {
     };
     let result = tinylens_fw::run(
         MODEL_BLOB,
-        WORKSPACE,
-        FRAME_BUF,
+        workspace,
+        frame_buf,
         &settings,
         &mut stepper,
         sink,
@@ -267,9 +317,27 @@ fn main() -> ! {
     }
 }
 
+/// The stack pointer now.
+#[cfg(target_arch = "arm")]
+fn stack_pointer() -> u32 {
+    cortex_m::register::msp::read()
+}
+#[cfg(target_arch = "riscv32")]
+use rv::stack_pointer;
+
+/// Stops the core for good (after a semihosting exit that returned).
+#[cfg(target_arch = "arm")]
+fn halt() -> ! {
+    cortex_m::asm::udf()
+}
+#[cfg(target_arch = "riscv32")]
+use rv::halt;
+
 /// SysTick as a free-running 24-bit down-counter at the core clock (no interrupt).
+#[cfg(target_arch = "arm")]
 struct SysTickClock;
 
+#[cfg(target_arch = "arm")]
 impl SysTickClock {
     fn start(syst: &mut SYST) -> Self {
         syst.set_clock_source(SystClkSource::Core);
@@ -280,6 +348,7 @@ impl SysTickClock {
     }
 }
 
+#[cfg(target_arch = "arm")]
 impl Clock for SysTickClock {
     fn now(&mut self) -> u32 {
         SYST::get_current()
@@ -307,13 +376,14 @@ fn demo_failure() {
     #[cfg(feature = "demo-panic")]
     panic!("demo-panic: deliberate panic");
     #[cfg(feature = "demo-hardfault")]
-    cortex_m::asm::udf();
+    halt();
 }
 
 /// Prints the panic message on the host's stderr (stdout carries the trace, the
 /// defmt file the log) and ends QEMU with failure.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    #[cfg(target_arch = "arm")]
     cortex_m::interrupt::disable();
     if let Some(mut err) = HostFile::stderr() {
         let _ = writeln!(err, "firmware {info}");
@@ -322,6 +392,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 // cortex-m-rt requires exception handlers to be `unsafe fn`.
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
     if let Some(mut err) = HostFile::stderr() {
@@ -336,6 +407,7 @@ unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
     semihost::exit(false)
 }
 
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
     if let Some(mut err) = HostFile::stderr() {

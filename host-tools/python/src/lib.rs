@@ -20,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tinylens_core::{HookPoint, NoHooks, Normalization};
 use tinylens_host::analysis::{self, CompositionMode, DetectOptions, HeadKind};
-use tinylens_host::commands::decode;
 use tinylens_host::convert::{self as host_convert, QuantPlan};
 use tinylens_host::engine::{Engine, Sampling};
 use tinylens_host::export::Cache;
@@ -558,8 +557,8 @@ fn load_trace<'py>(
     let data = data.map(|d| d.as_bytes().to_vec());
     let (r, report) = py
         .detach(|| match (&path, &data) {
-            (Some(p), None) => decode::read_run(p, run),
-            (None, Some(d)) => decode::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
+            (Some(p), None) => tinylens_host::trace::read_run(p, run),
+            (None, Some(d)) => tinylens_host::trace::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
             _ => Err(tinylens_host::Error::Argument(
                 "load_trace: give a path or bytes".into(),
             )),
@@ -721,9 +720,9 @@ fn composition_scores(
         }
     };
     let m = model.model();
-    Ok(py.detach(|| {
+    py.detach(|| {
         let w = host_convert::weights_from_model(m);
-        let s = analysis::composition_scores_mode(&w, mode);
+        let s = analysis::composition_scores_mode(&w, mode).map_err(err)?;
         if subtract_baseline {
             let b = analysis::composition_baseline(
                 w.cfg.d_model,
@@ -731,11 +730,11 @@ fn composition_scores(
                 analysis::BASELINE_SAMPLES,
                 analysis::BASELINE_SEED,
             );
-            analysis::subtract_baseline(&s, b.mean)
+            Ok(analysis::subtract_baseline(&s, b.mean))
         } else {
-            s
+            Ok(s)
         }
-    }))
+    })
 }
 
 /// TL's `detect_head` scores `[layer][head]` ('mul'), the mean over the batch's

@@ -9,18 +9,18 @@
 //!   prompts of equal length). For repeated tokens the loss on the second copy alone
 //!   (the part only induction can predict) is reported too.
 //! - Means: each head's `hook_result` averaged over every position of every prompt,
-//!   recorded through the probe/trace path ([`mean_results`]); laid out
-//!   `[n_layers][n_heads][d_model]`, as `tinylens run --means` reads them.
+//!   summed in memory as the unablated runs produce them, in the same pass as the
+//!   baseline loss ([`baseline_and_means`]); laid out `[n_layers][n_heads][d_model]`,
+//!   as `tinylens run --means` reads them.
 //! - The ablated runs are the core's own forward pass with its [`Ablation`] hook, as on
 //!   a device.
 
 use rayon::prelude::*;
 use serde::Serialize;
 use tinylens_core::intervene::{Ablation, AblationMode, HeadRef};
-use tinylens_core::{Hooks, Model, NoHooks};
+use tinylens_core::{HookPoint, Hooks, Model, NoHooks, Site};
 
 use super::heads::repeated_random_tokens;
-use super::recorded::record;
 use crate::engine::{threads, Engine, Sampling};
 use crate::numerics::loss;
 use crate::{Error, Result};
@@ -152,6 +152,18 @@ pub fn dataset_losses<H: Hooks + Clone + Send + Sync>(
     hooks: &H,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Losses> {
+    Ok(dataset_run(model, prompts, &|| hooks.clone(), progress)?.0)
+}
+
+/// Runs every prompt on the engine with hooks `make()` (prompts in parallel, one
+/// sequence per thread) and returns the pooled losses and each prompt's hooks after its
+/// run, in prompt order.
+fn dataset_run<H: Hooks + Send>(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    make: &(dyn Fn() -> H + Sync),
+    progress: &(dyn Fn() + Sync),
+) -> Result<(Losses, Vec<H>)> {
     // One sequence per thread: the products of a sequence stay on its thread.
     let base = Engine::new(model);
     let mut kernels = *base.kernels();
@@ -160,69 +172,97 @@ pub fn dataset_losses<H: Hooks + Clone + Send + Sync>(
     let per_prompt = prompts
         .par_iter()
         .map(|p| {
-            let r = run_losses(&engine, p, &mut hooks.clone());
+            let mut hooks = make();
+            let r = run_losses(&engine, p, &mut hooks);
             progress();
-            r
+            r.map(|r| (r, hooks))
         })
         .collect::<Result<Vec<_>>>()?;
     let (mut all, mut n_all, mut rep, mut n_rep) = (0.0, 0, 0.0, 0);
-    for (a, na, r, nr) in per_prompt {
+    let mut hooks = Vec::with_capacity(per_prompt.len());
+    for ((a, na, r, nr), h) in per_prompt {
         all += a;
         n_all += na;
         rep += r;
         n_rep += nr;
+        hooks.push(h);
     }
-    Ok(Losses {
+    let losses = Losses {
         all: all / n_all.max(1) as f64,
         repeat: (n_rep > 0).then(|| rep / n_rep as f64),
-    })
+    };
+    Ok((losses, hooks))
+}
+
+/// Sums every head's `hook_result` over the positions of one run, in f64
+/// (`[n_layers][n_heads][d_model]`): the mean ablation's means, recorded in memory as
+/// the forward pass produces them.
+struct ResultSums {
+    n_heads: usize,
+    d_model: usize,
+    sum: Vec<f64>,
+}
+
+impl Hooks for ResultSums {
+    #[inline(always)]
+    fn wants(&self, point: HookPoint) -> bool {
+        point == HookPoint::Result
+    }
+
+    fn hook(&mut self, site: Site, value: &mut [f32]) {
+        let (Some(head), HookPoint::Result) = (site.head, site.point) else {
+            return;
+        };
+        let at = (site.layer as usize * self.n_heads + head as usize) * self.d_model;
+        if let Some(sum) = self.sum.get_mut(at..at + self.d_model) {
+            for (s, v) in sum.iter_mut().zip(value.iter()) {
+                *s += f64::from(*v);
+            }
+        }
+    }
+}
+
+/// The unablated losses over `prompts` and the mean `hook_result` of every head over
+/// every position of every prompt, `[n_layers][n_heads][d_model]` (what
+/// [`Mode::Mean`] writes in), from one pass over the data on the engine (prompts in
+/// parallel on the current rayon pool; summed in prompt order, so the result does not
+/// depend on the thread count). `progress` is called once per prompt.
+pub fn baseline_and_means(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    progress: &(dyn Fn() + Sync),
+) -> Result<(Losses, Vec<f32>)> {
+    let cfg = model.config();
+    let (nh, dm) = (cfg.n_heads as usize, cfg.d_model as usize);
+    let per_model = cfg.n_layers as usize * nh * dm;
+    let make = || ResultSums {
+        n_heads: nh,
+        d_model: dm,
+        sum: vec![0.0; per_model],
+    };
+    let (losses, parts) = dataset_run(model, prompts, &make, progress)?;
+    let mut sum = vec![0.0f64; per_model];
+    for part in parts {
+        for (s, v) in sum.iter_mut().zip(part.sum) {
+            *s += v;
+        }
+    }
+    let count: usize = prompts.iter().map(|p| p.tokens.len()).sum();
+    let means = sum
+        .iter()
+        .map(|s| (s / count.max(1) as f64) as f32)
+        .collect();
+    Ok((losses, means))
 }
 
 /// Mean `hook_result` of every head over every position of every prompt,
-/// `[n_layers][n_heads][d_model]`, recorded through the probe/trace path (prompts in
-/// parallel on the current rayon pool; summed in prompt order).
+/// `[n_layers][n_heads][d_model]` (see [`baseline_and_means`]).
 pub fn mean_results(
     model: &Model<'_>,
     prompts: &[Prompt],
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<f32>> {
-    let cfg = model.config();
-    let (nl, nh, dm) = (
-        cfg.n_layers as usize,
-        cfg.n_heads as usize,
-        cfg.d_model as usize,
-    );
-    let probes = vec!["blocks.*.attn.hook_result".to_string()];
-    let per_prompt = prompts
-        .par_iter()
-        .map(|p| -> Result<Vec<f64>> {
-            let rec = record(model, &p.tokens, &probes)?;
-            let mut sum = vec![0.0f64; nl * nh * dm];
-            for l in 0..nl {
-                for heads in rec.results(l)? {
-                    for (h, r) in heads.iter().enumerate() {
-                        let at = (l * nh + h) * dm;
-                        for (s, v) in sum[at..at + dm].iter_mut().zip(r) {
-                            *s += f64::from(*v);
-                        }
-                    }
-                }
-            }
-            progress();
-            Ok(sum)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut sum = vec![0.0f64; nl * nh * dm];
-    for part in per_prompt {
-        for (s, v) in sum.iter_mut().zip(part) {
-            *s += v;
-        }
-    }
-    let count: usize = prompts.iter().map(|p| p.tokens.len()).sum();
-    Ok(sum
-        .iter()
-        .map(|s| (s / count.max(1) as f64) as f32)
-        .collect())
+    Ok(baseline_and_means(model, prompts, progress)?.1)
 }
 
 /// How ablated heads are replaced.
@@ -274,6 +314,24 @@ pub fn ablate_heads(
     each_head: bool,
     progress: &(dyn Fn() + Sync),
 ) -> Result<AblationReport> {
+    ablate_heads_from(
+        model, prompts, mode, means, None, groups, each_head, progress,
+    )
+}
+
+/// [`ablate_heads`] with the unablated losses already measured (`baseline`, e.g. from
+/// [`baseline_and_means`]); `None` runs the baseline first.
+#[allow(clippy::too_many_arguments)]
+pub fn ablate_heads_from(
+    model: &Model<'_>,
+    prompts: &[Prompt],
+    mode: Mode,
+    means: Option<&[f32]>,
+    baseline: Option<Losses>,
+    groups: &[Vec<HeadRef>],
+    each_head: bool,
+    progress: &(dyn Fn() + Sync),
+) -> Result<AblationReport> {
     let cfg = *model.config();
     let (nl, nh) = (cfg.n_layers as usize, cfg.n_heads as usize);
     let ablation_mode = match (mode, means) {
@@ -285,7 +343,10 @@ pub fn ablate_heads(
             ))
         }
     };
-    let baseline = dataset_losses(model, prompts, &NoHooks, progress)?;
+    let baseline = match baseline {
+        Some(b) => b,
+        None => dataset_losses(model, prompts, &NoHooks, progress)?,
+    };
     let one = |heads: &[HeadRef]| -> Result<HeadAblation> {
         let hook = Ablation::new(&cfg, heads, ablation_mode)
             .map_err(|e| Error::Argument(format!("ablation: {e}")))?;

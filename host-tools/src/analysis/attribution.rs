@@ -701,6 +701,11 @@ impl Lse {
 /// (all terms, all but one term, all but one order, orders up to one, biases alone) and
 /// into each term's sums for its RMS. Memory: `terms x positions x VOCAB_BLOCK` floats.
 pub fn term_importance(e: &Expansion) -> TermImportance {
+    term_importance_with(e, &|| {})
+}
+
+/// [`term_importance`], calling `progress` after each block of [`VOCAB_BLOCK`] tokens.
+pub fn term_importance_with(e: &Expansion, progress: &dyn Fn()) -> TermImportance {
     let tokens = &e.tokens;
     let n = tokens.len();
     let nt = e.terms.len();
@@ -786,6 +791,7 @@ pub fn term_importance(e: &Expansion) -> TermImportance {
             }
             st.lse[nq - 1].add(bias.iter().copied());
         });
+        progress();
     });
 
     // Target logits of every query, from the terms' next-token logits.

@@ -334,10 +334,32 @@ fn zeros4(n_layers: usize, n_heads: usize) -> Scores4 {
     vec![vec![vec![vec![0.0; n_heads]; n_layers]; n_heads]; n_layers]
 }
 
+/// Most entries of one `[l1][h1][l2][h2]` composition table (`(n_layers n_heads)^2`):
+/// 4M f64s, 32 MB per mode. The table and its work grow as the square of the heads, which
+/// a small blob with very many tiny heads could make unbounded; above this the scores
+/// are refused with an error instead (e.g. 64 layers x 32 heads fit).
+pub const MAX_COMPOSITION_ENTRIES: usize = 1 << 22;
+
+/// An error unless the composition tables of `n_layers x n_heads` heads fit in
+/// [`MAX_COMPOSITION_ENTRIES`].
+pub fn check_composition_size(n_layers: usize, n_heads: usize) -> Result<()> {
+    let heads = n_layers.saturating_mul(n_heads);
+    let entries = heads.saturating_mul(heads);
+    if entries > MAX_COMPOSITION_ENTRIES {
+        return Err(Error::Argument(format!(
+            "composition scores of {heads} heads are {entries} pairs (at most \
+             {MAX_COMPOSITION_ENTRIES}): too many heads for all_composition_scores"
+        )));
+    }
+    Ok(())
+}
+
 /// TL's `model.all_composition_scores(mode)`: `[l1][h1][l2][h2]`, with L = OV of head
-/// (l1, h1) and R from head (l2, h2) per `mode`; 0 unless `l1 < l2`.
-pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Scores4 {
+/// (l1, h1) and R from head (l2, h2) per `mode`; 0 unless `l1 < l2`. Refused above
+/// [`MAX_COMPOSITION_ENTRIES`].
+pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Result<Scores4> {
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
+    check_composition_size(nl, nh)?;
     let left: Vec<Vec<LowRank>> = (0..nl)
         .map(|l| (0..nh).map(|h| ov(w, l, h)).collect())
         .collect();
@@ -362,25 +384,48 @@ pub fn composition_scores_mode(w: &Weights, mode: CompositionMode) -> Scores4 {
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// Q, K and V composition scores.
-pub fn composition_scores(w: &Weights) -> CompositionScores {
-    CompositionScores {
-        q: composition_scores_mode(w, CompositionMode::Q),
-        k: composition_scores_mode(w, CompositionMode::K),
-        v: composition_scores_mode(w, CompositionMode::V),
-    }
+/// Q, K and V composition scores (refused above [`MAX_COMPOSITION_ENTRIES`]).
+pub fn composition_scores(w: &Weights) -> Result<CompositionScores> {
+    Ok(CompositionScores {
+        q: composition_scores_mode(w, CompositionMode::Q)?,
+        k: composition_scores_mode(w, CompositionMode::K)?,
+        v: composition_scores_mode(w, CompositionMode::V)?,
+    })
 }
 
-/// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`).
+/// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`,
+/// both values of each pair, column by column).
 fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
+    let mut spare: Option<f64> = None;
     DMatrix::from_fn(rows, cols, |_, _| {
+        if let Some(z) = spare.take() {
+            return z;
+        }
         let u1: f64 = 1.0 - rng.gen::<f64>(); // (0, 1]
         let u2: f64 = rng.gen::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        spare = Some(r * sin);
+        r * cos
     })
+}
+
+/// `||A1 B1 A2 B2||_F / (||A1 B1||_F ||A2 B2||_F)` from `k x k` Gram matrices
+/// (`||A B||_F^2 = tr((A^T A)(B B^T))`), without a `d_model x d_model` product.
+fn factored_score(
+    a1: &DMatrix<f64>,
+    b1: &DMatrix<f64>,
+    a2: &DMatrix<f64>,
+    b2: &DMatrix<f64>,
+) -> f64 {
+    let (ga1, gb1) = (a1.tr_mul(a1), b1 * b1.transpose());
+    let (ga2, gb2) = (a2.tr_mul(a2), b2 * b2.transpose());
+    let m = b1 * a2;
+    let mgm = &m * gb2.clone() * m.transpose();
+    norm_from_grams(&ga1, &mgm) / (norm_from_grams(&ga1, &gb1) * norm_from_grams(&ga2, &gb2))
 }
 
 /// The composition score that random matrices of the model's shapes get, which the
@@ -393,7 +438,8 @@ fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
 /// over the samples. As the score does not depend on the scale of any factor, the
 /// variance of the entries is irrelevant, and as the transpose of a Gaussian product
 /// `A B` has the law of a Gaussian product of the same shapes, the one estimate serves
-/// all of Q-, K- and V-composition. The normal draws come from Box-Muller on
+/// all of Q-, K- and V-composition. Each sample's norms come from `d_head x d_head`
+/// Gram matrices of the factors. The normal draws come from Box-Muller on
 /// `StdRng::seed_from_u64(seed)` (rand 0.8, ChaCha12), in the order A1, B1, A2, B2 per
 /// sample (column by column within a matrix), so the result is deterministic for given
 /// (d_model, d_head, samples, seed). Defaults: [`BASELINE_SAMPLES`], [`BASELINE_SEED`].
@@ -406,15 +452,11 @@ pub fn composition_baseline(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(samples.min(1 << 20));
     for _ in 0..samples {
-        let l = LowRank::new(
-            gaussian(&mut rng, d_model, d_head),
-            gaussian(&mut rng, d_head, d_model),
-        );
-        let r = LowRank::new(
-            gaussian(&mut rng, d_model, d_head),
-            gaussian(&mut rng, d_head, d_model),
-        );
-        values.push(composition_score(&l, &r));
+        let a1 = gaussian(&mut rng, d_model, d_head);
+        let b1 = gaussian(&mut rng, d_head, d_model);
+        let a2 = gaussian(&mut rng, d_model, d_head);
+        let b2 = gaussian(&mut rng, d_head, d_model);
+        values.push(factored_score(&a1, &b1, &a2, &b2));
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -693,7 +735,7 @@ pub(crate) mod tests {
     #[test]
     fn composition_of_orthogonal_and_aligned_subspaces() {
         let w = toy();
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         // L0H0 writes dims 0,1; L1H1 reads only dims 2,3: no composition of any kind.
         assert_eq!(c.q[0][0][1][1], 0.0);
         assert_eq!(c.k[0][0][1][1], 0.0);
@@ -734,7 +776,7 @@ pub(crate) mod tests {
             w_e.transpose(),
             vec![vec![writer], vec![reader]],
         );
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         // OV(writer) = P01; QK(reader) = E01 E23^T: P01 * QK = QK (full overlap),
         // P01 * QK^T = 0 (QK^T has rows in dims 2,3).
         assert!((c.q[0][0][1][0] - 0.5f64.sqrt()).abs() < 1e-12, "{:?}", c.q);
@@ -760,7 +802,7 @@ pub(crate) mod tests {
             pseudo(d, 9, 2),
             vec![heads(100), heads(200), heads(300)],
         );
-        let c = composition_scores(&w);
+        let c = composition_scores(&w).unwrap();
         let f = |m: &DMatrix<f32>| m.map(f64::from);
         for l1 in 0..3 {
             for h1 in 0..2 {
@@ -788,6 +830,15 @@ pub(crate) mod tests {
 
     #[test]
     fn baseline_is_deterministic_and_plausible() {
+        // One sample's score from Gram matrices equals the dense definition.
+        let mut rng = StdRng::seed_from_u64(5);
+        let m: Vec<DMatrix<f64>> = [(16, 4), (4, 16), (16, 4), (4, 16)]
+            .iter()
+            .map(|&(r, c)| gaussian(&mut rng, r, c))
+            .collect();
+        let (l, r) = (&m[0] * &m[1], &m[2] * &m[3]);
+        let dense = (&l * &r).norm() / (l.norm() * r.norm());
+        assert!((factored_score(&m[0], &m[1], &m[2], &m[3]) - dense).abs() < 1e-12);
         let a = composition_baseline(16, 4, 64, BASELINE_SEED);
         let b = composition_baseline(16, 4, 64, BASELINE_SEED);
         assert_eq!(a.mean, b.mean);
@@ -800,7 +851,7 @@ pub(crate) mod tests {
         assert!(wide.mean < a.mean, "{} vs {}", wide.mean, a.mean);
 
         let w = toy();
-        let s = composition_scores(&w);
+        let s = composition_scores(&w).unwrap();
         let sub = subtract_baseline_all(&s, 0.25);
         assert!((sub.v[0][0][1][0] - (s.v[0][0][1][0] - 0.25)).abs() < 1e-15);
         assert_eq!(sub.v[0][0][0][1], 0.0);
@@ -844,6 +895,15 @@ pub(crate) mod tests {
         let e = r.eigen.unwrap();
         assert_eq!(e.n_negative_real, 2);
         assert!((e.trace_over_abs_sum + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn composition_tables_are_bounded() {
+        assert!(check_composition_size(2, 8).is_ok());
+        assert!(check_composition_size(64, 32).is_ok());
+        let e = check_composition_size(255, 4096).unwrap_err().to_string();
+        assert!(e.contains("1044480 heads"), "{e}");
+        assert!(check_composition_size(usize::MAX, 2).is_err());
     }
 
     #[test]

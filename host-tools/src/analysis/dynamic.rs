@@ -2,15 +2,18 @@
 //! them: head-detector scores averaged over recordings, direct logit attribution of a
 //! recording, and the frozen-attention path expansion checked against its logits.
 
+use indicatif::ProgressBar;
 use serde::Serialize;
 use tinylens_core::Model;
 
 use super::attribution::{
-    direct_logit_attribution, expand, term_importance, Dla, Expansion, TermImportance,
+    direct_logit_attribution, expand, term_importance_with, Dla, Expansion, TermImportance,
+    VOCAB_BLOCK,
 };
 use super::heads::{detect_batch, DetectOptions, HeadKind, LayerPatterns};
 use super::recorded::Recording;
 use crate::convert::weights_from_model;
+use crate::weights::Weights;
 use crate::Result;
 
 /// Previous-token, duplicate-token and induction scores `[layer][head]` of every head,
@@ -46,13 +49,17 @@ pub fn top_heads(values: &[Vec<f64>], threshold: f64) -> Vec<(usize, usize, f64)
 
 /// Direct logit attribution of a recording.
 pub fn attribute(model: &Model<'_>, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let cfg = model.config();
-    let w = weights_from_model(model);
-    let results = (0..cfg.n_layers as usize)
+    attribute_with(&weights_from_model(model), rec, target)
+}
+
+/// [`attribute`] with the model's weights already read (a report attributes many
+/// prompts with one set of weights).
+pub fn attribute_with(w: &Weights, rec: &Recording, target: Option<u32>) -> Result<Dla> {
+    let results = (0..w.cfg.n_layers)
         .map(|l| rec.results(l))
         .collect::<Result<Vec<_>>>()?;
     direct_logit_attribution(
-        &w,
+        w,
         &rec.tokens,
         &rec.rows("hook_embed")?,
         &rec.rows("hook_pos_embed")?,
@@ -88,12 +95,26 @@ pub struct PathsReport {
 
 /// Expands a recording; checks the sum against the recorded logits.
 pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsReport)> {
+    paths_with_progress(model, rec, &ProgressBar::hidden())
+}
+
+/// [`paths_of`], advancing `pb` (its length set here) through the expansion, the sum
+/// check and the term importance's vocabulary blocks.
+pub fn paths_with_progress(
+    model: &Model<'_>,
+    rec: &Recording,
+    pb: &ProgressBar,
+) -> Result<(Expansion, PathsReport)> {
     let w = weights_from_model(model);
+    let blocks = (w.cfg.d_vocab_out as u64).div_ceil(VOCAB_BLOCK as u64);
+    pb.set_length(pb.position() + 2 + blocks);
     let patterns = rec.patterns()?;
     let scales = rec.ln_scales()?;
     let e = expand(&w, &rec.tokens, &patterns, scales.as_deref())?;
+    pb.inc(1);
     let logits = rec.logits()?;
     let (vs_model, vs_exact, max_logit) = e.sum_check(logits);
+    pb.inc(1);
     let n = rec.tokens.len();
     let model_loss = (0..n.saturating_sub(1))
         .map(|p| crate::numerics::loss(&logits[p], rec.tokens[p + 1]))
@@ -113,7 +134,7 @@ pub fn paths_of(model: &Model<'_>, rec: &Recording) -> Result<(Expansion, PathsR
             max_abs_error_vs_exact: vs_exact,
             max_abs_logit: max_logit,
         },
-        importance: term_importance(&e),
+        importance: term_importance_with(&e, &|| pb.inc(1)),
         next_token_logits,
     };
     Ok((e, report))

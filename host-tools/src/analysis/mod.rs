@@ -298,6 +298,9 @@ pub fn analyze_with_progress(
     pb: &ProgressBar,
 ) -> Result<AnalysisReport> {
     let cfg = &w.cfg;
+    // Composition scores and virtual heads are one value per pair of heads: refuse a
+    // head count whose pairs would not fit before any work starts.
+    circuits::check_composition_size(cfg.n_layers, cfg.n_heads)?;
     let v = vocab::Vocab::new(w);
     pb.inc(1);
     let tokens = opts.scan.tokens(cfg.d_vocab);
@@ -311,7 +314,7 @@ pub fn analyze_with_progress(
     } else {
         None
     };
-    let composition = composition_scores(w);
+    let composition = composition_scores(w)?;
     let baseline = composition_baseline(
         cfg.d_model,
         cfg.d_head,

@@ -12,9 +12,10 @@
 use nalgebra::DMatrix;
 use tinylens_core::{Config, Model, Normalization};
 
-use super::ablation::{ablate_heads, mean_results, AblationReport, Mode, Prompt};
-use super::attribution::{direct_logit_attribution, expand, term_importance, Dla};
+use super::ablation::{ablate_heads_from, baseline_and_means, AblationReport, Mode, Prompt};
+use super::attribution::{expand, term_importance, Dla};
 use super::circuits::{composition_baseline, composition_scores, full_ov, full_qk, ov};
+use super::dynamic::attribute_with;
 use super::factored::{to_f64, LowRank};
 use super::heads::{detect_all, DetectOptions};
 use super::html::render;
@@ -40,9 +41,11 @@ pub const DLA_BUDGET: usize = 120_000;
 pub const CIRCUIT_BUDGET: usize = 600_000;
 /// Largest number of tokens per side of a circuit map.
 pub const MAX_CIRCUIT_TOKENS: usize = 64;
-/// Path-expansion logits (terms × positions × vocab f64 values) computed per prompt at
-/// most; larger prompts are left to `tinylens paths`.
-pub const EXPANSION_BUDGET: usize = 12_000_000;
+/// Residual-stream values (terms × positions × d_model, f64) of the path expansion the
+/// report holds per prompt at most (the logits are streamed over the vocabulary, see
+/// [`term_importance`]); larger prompts are left to `tinylens paths`. 16 M values are
+/// 128 MB, held twice while the terms are stacked.
+pub const EXPANSION_BUDGET: usize = 16_000_000;
 
 /// Where one prompt's activations come from.
 #[derive(Clone, Debug)]
@@ -218,22 +221,6 @@ fn source_of(p: &PromptRecording, needs: &[&str]) -> String {
     }
 }
 
-fn dla_of(w: &Weights, rec: &Recording, target: Option<u32>) -> Result<Dla> {
-    let results = (0..w.cfg.n_layers)
-        .map(|l| rec.results(l))
-        .collect::<Result<Vec<_>>>()?;
-    direct_logit_attribution(
-        w,
-        &rec.tokens,
-        &rec.rows("hook_embed")?,
-        &rec.rows("hook_pos_embed")?,
-        &results,
-        rec.final_scale()?.as_deref(),
-        rec.logits()?,
-        target,
-    )
-}
-
 /// Rows of a DLA (direct, each head, biases) per position, and its description.
 fn dla_rows(
     w: &Weights,
@@ -262,7 +249,7 @@ fn dla_rows(
         String,
     ) = match target {
         DlaTarget::NextToken => {
-            let d = dla_of(w, rec, None)?;
+            let d = attribute_with(w, rec, None)?;
             (
                 rows_of(&d),
                 d.targets.iter().map(|t| label(*t)).collect(),
@@ -272,7 +259,7 @@ fn dla_rows(
             )
         }
         DlaTarget::Token(t) => {
-            let d = dla_of(w, rec, Some(t))?;
+            let d = attribute_with(w, rec, Some(t))?;
             (
                 rows_of(&d),
                 vec![label(t); d.tokens.len()],
@@ -282,8 +269,8 @@ fn dla_rows(
             )
         }
         DlaTarget::Difference(a, b) => {
-            let da = dla_of(w, rec, Some(a))?;
-            let db = dla_of(w, rec, Some(b))?;
+            let da = attribute_with(w, rec, Some(a))?;
+            let db = attribute_with(w, rec, Some(b))?;
             let (ra, rb) = (rows_of(&da), rows_of(&db));
             let rows = ra
                 .iter()
@@ -352,13 +339,15 @@ fn importance_of(
     let (nl, nh) = (w.cfg.n_layers, w.cfg.n_heads);
     let n_virtual: usize = (0..nl).map(|l| nh * nh * (nl - 1 - l)).sum();
     let terms = 2 + nl * nh + n_virtual;
-    let values = terms * rec.len() * w.cfg.d_vocab_out;
+    let values = terms
+        .saturating_mul(rec.len())
+        .saturating_mul(w.cfg.d_model);
     if values > EXPANSION_BUDGET {
         return Ok(Err(format!(
-            "not computed for this prompt: {terms} terms × {} positions × {} logits is more than the \
-             report's budget; `tinylens paths` computes it",
+            "not computed for this prompt: {terms} terms × {} positions × d_model {} is more \
+             than the report's budget; `tinylens paths` computes it",
             rec.len(),
-            w.cfg.d_vocab_out
+            w.cfg.d_model
         )));
     }
     let e = expand(w, &rec.tokens, patterns, rec.ln_scales()?.as_deref())?;
@@ -462,7 +451,7 @@ pub fn weight_data(w: &Weights) -> Result<WeightData> {
         qk_maps.push(qkl);
         eigen.push(el);
     }
-    let composition = composition_scores(w);
+    let composition = composition_scores(w)?;
     let baseline = composition_baseline(
         w.cfg.d_model,
         w.cfg.d_head,
@@ -729,7 +718,7 @@ fn mean_over_prompts(grids: impl Iterator<Item = Vec<Vec<f64>>>) -> Vec<Vec<f64>
 /// (over the positions with a real next token) of one recording.
 fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
     let d = detect_all(&rec.patterns()?, &rec.tokens, DetectOptions::default())?;
-    let dla = dla_of(w, rec, None)?;
+    let dla = attribute_with(w, rec, None)?;
     let m = rec.len().saturating_sub(1).max(1) as f64;
     let heads = dla
         .heads
@@ -744,8 +733,17 @@ fn behaviour(w: &Weights, rec: &Recording) -> Result<[Vec<Vec<f64>>; 3]> {
 }
 
 fn ablation_of(model: &Model<'_>, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>> {
-    let means = mean_results(model, prompts, &|| {})?;
-    let r = ablate_heads(model, prompts, Mode::Mean, Some(&means), &[], true, &|| {})?;
+    let (baseline, means) = baseline_and_means(model, prompts, &|| {})?;
+    let r = ablate_heads_from(
+        model,
+        prompts,
+        Mode::Mean,
+        Some(&means),
+        Some(baseline),
+        &[],
+        true,
+        &|| {},
+    )?;
     Ok(r.loss_increase)
 }
 

@@ -181,7 +181,7 @@ fn composition_scores_match_tl() {
     for name in MODELS {
         let w = load_weights(name);
         let (nl, nh) = dims(&w);
-        let ours = composition_scores(&w);
+        let ours = composition_scores(&w).unwrap();
         let mut max = 0.0f64;
         let r = Reference::open(name);
         for (mode, s) in [("Q", &ours.q), ("K", &ours.k), ("V", &ours.v)] {

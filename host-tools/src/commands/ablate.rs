@@ -14,7 +14,7 @@ use tinylens_core::intervene::HeadRef;
 use tinylens_core::Model;
 
 use crate::analysis::ablation::{
-    ablate_heads, mean_results, runs_needed, AblationReport, Mode, Prompt,
+    ablate_heads_from, baseline_and_means, runs_needed, AblationReport, Mode, Prompt,
 };
 use crate::analysis::progress::progress_bar;
 use crate::cli::grid_text;
@@ -143,32 +143,35 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         .iter()
         .map(|g| parse_heads(g, &cfg))
         .collect::<Result<Vec<_>>>()?;
-    let means = if mode == Mode::Mean || a.save_means.is_some() {
-        let pb = progress_bar(data.len() as u64, "means", "prompts");
-        let m = mean_results(&model, &data, &|| pb.inc(1))?;
+    // The means and the unablated losses come from one pass over the data, in memory.
+    let (baseline, means) = if mode == Mode::Mean || a.save_means.is_some() {
+        let pb = progress_bar(data.len() as u64, "baseline and means", "prompts");
+        let (b, m) = baseline_and_means(&model, &data, &|| pb.inc(1))?;
         pb.finish_and_clear();
-        Some(m)
+        (Some(b), Some(m))
     } else {
-        None
+        (None, None)
     };
     if let (Some(path), Some(m)) = (&a.save_means, &means) {
         save_means(path, &cfg, m)?;
     }
-    let pb = progress_bar(
-        runs_needed(
-            data.len(),
-            cfg.n_layers as usize,
-            cfg.n_heads as usize,
-            groups.len(),
-        ),
-        "ablating",
-        "runs",
-    );
-    let r = ablate_heads(
+    let runs = runs_needed(
+        data.len(),
+        cfg.n_layers as usize,
+        cfg.n_heads as usize,
+        groups.len(),
+    ) - if baseline.is_some() {
+        data.len() as u64
+    } else {
+        0
+    };
+    let pb = progress_bar(runs, "ablating", "runs");
+    let r = ablate_heads_from(
         &model,
         &data,
         mode,
         means.as_deref(),
+        baseline,
         &groups,
         true,
         &|| pb.inc(1),

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use clap::Args;
 use tinylens_core::Model;
 
-use crate::analysis::attribution::TargetSource;
+use crate::analysis::attribution::{Dla, TargetSource};
 pub use crate::analysis::dynamic::attribute;
+use crate::analysis::progress::progress_bar;
 use crate::analysis::recorded::{analysis_probes, Recording};
 use crate::convert::vocab_of;
 use crate::prompts::PromptArgs;
@@ -44,12 +45,21 @@ pub fn recording(
     crate::prompts::recording(model, blob, prompt, trace, &analysis_probes(model.config()))
 }
 
+/// Records the prompt (or reads the trace) and attributes it, with a progress bar.
+fn attribution(model: &Model<'_>, bytes: &[u8], a: &AttributeArgs) -> Result<Dla> {
+    let pb = progress_bar(2, "attributing", "steps");
+    let rec = recording(model, bytes, &a.prompt, a.trace.as_ref())?;
+    pb.inc(1);
+    let dla = attribute(model, &rec, a.target)?;
+    pb.finish_and_clear();
+    Ok(dla)
+}
+
 /// What `tinylens attribute --json` prints.
 pub fn json(a: &AttributeArgs) -> Result<serde_json::Value> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
-    let dla = attribute(&model, &rec, a.target)?;
+    let dla = attribution(&model, &bytes, a)?;
     serde_json::to_value(&dla).map_err(|e| Error::Argument(e.to_string()))
 }
 
@@ -63,8 +73,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     }
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
-    let rec = recording(&model, &bytes, &a.prompt, a.trace.as_ref())?;
-    let d = attribute(&model, &rec, a.target)?;
+    let d = attribution(&model, &bytes, &a)?;
     let vocab = vocab_of(&model);
     let lab = |t: u32| cli::token_label(vocab.as_deref(), t);
     let (nl, nh) = (d.heads.len(), d.heads.first().map_or(0, |h| h.len()));

@@ -1,12 +1,11 @@
 //! `tinylens decode`: a trace stream → a TransformerLens-shaped cache.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::trace::{Decoder, Keep, Run, StreamReport};
-use crate::{cli, export, Error, Result};
+use crate::trace::read_run;
+use crate::{export, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
@@ -41,47 +40,6 @@ pub struct DecodeArgs {
     /// Print the loss report as JSON on stderr.
     #[arg(long)]
     pub report_json: bool,
-}
-
-/// Reads `path` (`-`: standard input) through the streaming decoder, keeping run
-/// `index` only, until that run's end frame or the end of the input.
-pub fn read_run(path: &std::path::Path, index: usize) -> Result<(Run, StreamReport)> {
-    let mut input = cli::open_input(path)?;
-    read_run_from(&mut input, path, index)
-}
-
-/// [`read_run`] from any reader (the Python binding's bytes); `path` names it in errors.
-pub fn read_run_from(
-    input: &mut dyn Read,
-    path: &std::path::Path,
-    index: usize,
-) -> Result<(Run, StreamReport)> {
-    let name = cli::escape(&path.display().to_string()).into_owned();
-    let mut decoder = Decoder::new(Keep::Only(index));
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        decoder.push(&buf[..n], &mut |_, _| {});
-        if decoder.run_ended(index) {
-            break;
-        }
-    }
-    if decoder.report().bytes == 0 {
-        return Err(Error::Trace(format!("{name}: empty trace")));
-    }
-    let (mut runs, report) = decoder.finish();
-    let run = runs.pop().ok_or_else(|| {
-        Error::Trace(format!(
-            "{name}: no run {index} ({} runs, {} good frames, {} bad frames)",
-            report.runs, report.frames_ok, report.bad_frames
-        ))
-    })?;
-    Ok((run, report))
 }
 
 pub fn run(a: DecodeArgs) -> Result<()> {

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use clap::Args;
 use tinylens_core::Model;
 
-pub use crate::analysis::dynamic::{paths_of, PathsReport, SumCheck};
+pub use crate::analysis::dynamic::{paths_of, paths_with_progress, PathsReport, SumCheck};
+use crate::analysis::progress::progress_bar;
 use crate::analysis::recorded::{analysis_probes, record};
 use crate::prompts::PromptArgs;
 use crate::{cli, Error, Result};
@@ -38,8 +39,12 @@ pub fn report(a: &PathsArgs) -> Result<PathsReport> {
             "the path expansion's loss needs at least 2 tokens".into(),
         ));
     }
+    let pb = progress_bar(1, "paths", "steps");
     let rec = record(&model, &p.tokens, &analysis_probes(model.config()))?;
-    Ok(paths_of(&model, &rec)?.1)
+    pb.inc(1);
+    let r = paths_with_progress(&model, &rec, &pb)?.1;
+    pb.finish_and_clear();
+    Ok(r)
 }
 
 /// What `tinylens paths --json` prints.

@@ -8,7 +8,7 @@ use tinylens_core::Model;
 use crate::prompts::PromptArgs;
 use crate::run::{parse_hook_name, run as run_model, AblateMode, RunOptions};
 use crate::tokenizer::{escape, TextTokenizer};
-use crate::trace::decode_stream;
+use crate::trace::read_run;
 use crate::{cli, Error, Result};
 
 #[derive(Debug, Args)]
@@ -119,12 +119,8 @@ pub fn read_means(path: &Path, cfg: &tinylens_core::Config) -> Result<Vec<f32>> 
 
 /// The first run of a trace file, checked against the model it will be used with.
 fn trace_run(path: &Path, model: &Model<'_>) -> Result<crate::trace::Run> {
-    let bytes = cli::read_input(path)?;
-    let (runs, _) = decode_stream(&bytes);
-    let run = runs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Trace(format!("{}: no run in this trace", path.display())))?;
+    // Streamed: only the first run is kept, and reading stops at its end frame.
+    let (run, _) = read_run(path, 0)?;
     // Without its end frame a run's length is unknown: its values would silently cover
     // fewer positions than were recorded.
     if !run.loss.end_seen {

@@ -186,3 +186,92 @@ pub fn compare_table(c: &CompareData) -> String {
     s.push_str("</table></div>");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::html::CompareRow;
+
+    /// The cells of row `head` ("L0H1") of a comparison table, as (class, text).
+    fn cells(html: &str, head: &str) -> Vec<(String, String)> {
+        let start = html.find(&format!("<tr><th>{head}</th>")).unwrap();
+        let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+        row.split("<td")
+            .skip(1)
+            .map(|c| {
+                let class = c
+                    .split_once("class=\"")
+                    .filter(|(before, _)| !before.contains('>'))
+                    .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
+                    .unwrap_or_default();
+                let text = c[c.find('>').unwrap() + 1..c.find("</td>").unwrap()].to_string();
+                (class, text)
+            })
+            .collect()
+    }
+
+    /// A head and its (this, other) value per metric.
+    type Row = ([usize; 2], Vec<(f64, f64)>);
+
+    fn data(rows: Vec<Row>) -> CompareData {
+        CompareData {
+            name: "model-f32.tlm".into(),
+            crc: 1,
+            metrics: vec![
+                "previous-token".into(),
+                "induction".into(),
+                "copying".into(),
+            ],
+            thresholds: vec![0.05, 0.05, 0.1],
+            rows: rows
+                .into_iter()
+                .map(|(head, values)| CompareRow { head, values })
+                .collect(),
+            eigen: Vec::new(),
+            n_prompts: 4,
+        }
+    }
+
+    #[test]
+    fn a_head_that_changes_role_is_named_and_marked() {
+        let html = compare_table(&data(vec![
+            // Keeps its roles; copying moves by less than its threshold.
+            ([0, 0], vec![(0.90, 0.88), (0.01, 0.02), (0.50, 0.45)]),
+            // Loses its induction role (0.62 → 0.31): the role mark, not only a highlight.
+            ([1, 3], vec![(0.02, 0.02), (0.31, 0.62), (0.20, 0.21)]),
+            // Copying changes by more than 0.1: highlighted, no role change.
+            ([1, 5], vec![(0.10, 0.12), (0.05, 0.05), (0.90, 0.40)]),
+        ]));
+        assert!(
+            html.contains("Circuit changed: L1H3 induction."),
+            "verdict: {html}"
+        );
+        let kept = cells(&html, "L0H0");
+        assert_eq!(kept.len(), 9);
+        assert!(kept.iter().all(|(class, _)| class.is_empty()), "{kept:?}");
+        let lost = cells(&html, "L1H3");
+        assert_eq!(lost[5].0, "role");
+        assert!(lost[5].1.starts_with('-'), "{:?}", lost[5]);
+        assert!(lost
+            .iter()
+            .enumerate()
+            .all(|(i, (c, _))| i == 5 || c.is_empty()));
+        let moved = cells(&html, "L1H5");
+        assert_eq!(moved[8].0, "hi");
+        assert!(moved[8].1.starts_with('+'), "{:?}", moved[8]);
+        assert!(moved
+            .iter()
+            .enumerate()
+            .all(|(i, (c, _))| i == 8 || c.is_empty()));
+    }
+
+    #[test]
+    fn a_kept_circuit_says_so() {
+        let html = compare_table(&data(vec![(
+            [0, 1],
+            vec![(0.70, 0.69), (0.80, 0.81), (0.3, 0.3)],
+        )]));
+        assert!(html.contains("Circuit kept"), "{html}");
+        assert!(!html.contains("class=\"role\"") && !html.contains("class=\"hi\""));
+    }
+}
