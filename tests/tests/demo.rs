@@ -343,7 +343,7 @@ fn english_demo_measures_the_copying_heads_on_real_text() {
     let kinds: Vec<&str> = t.name_patterns.iter().map(|p| p.kind.as_str()).collect();
     assert_eq!(kinds, ["induction", "previous-token"]);
     let lines = demo::pattern_lines(&t, &t.name_patterns[0]);
-    assert!(lines.iter().any(|l| l.contains("end@")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("\"end\"@4")), "{lines:#?}");
     assert!(t.flash_bytes <= 1 << 20 && t.ram_bytes <= 200 << 10);
     assert!(html.contains("Induction heads"));
 }
