@@ -65,6 +65,12 @@ step "firmware examples (Cortex-M4F/M7, STM32F405, Cortex-M0, Cortex-M33, Cortex
     && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf; do
            cargo clippy --release --quiet --target "$t" -p tinylens-fw-qemu -- -D warnings || exit 1
        done)
+# The M4 firmware with the English model (models/english/, tokenizer trailer stripped by
+# the fw build script) in a target directory of its own, with the linker's map, which
+# firmware_qemu.rs reads for the flash and RAM it really takes.
+(cd firmware-examples && TINYLENS_MODEL=../models/english/english-int8.tlm \
+    CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS="-C link-arg=-Map=$PWD/target/english/qemu.map" \
+    cargo build --release --quiet -p tinylens-fw-qemu --target thumbv7em-none-eabihf --target-dir target/english)
 # Board examples with HALs whose PACs turn on cortex-m-rt's `device` feature: workspaces
 # of their own, build-checked only (no hardware in CI).
 (cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)

@@ -8,6 +8,11 @@
 //! 3. otherwise the demo model `<repo>/models/demo/demo-int8.tlm` when it exists,
 //!    else the fixture `models/attn2_shortformer_ln-int8.tlm`.
 //!
+//! Only the blob's first `total_len` bytes (header offset 12) are embedded: a blob made by
+//! `tinylens convert --tokenizer` carries the tokenizer after them, in a host-only trailer
+//! (core/BLOB_FORMAT.md) that the device never reads, so the build embeds a copy without it
+//! (in `OUT_DIR`) and the trailer never reaches flash.
+//!
 //! The blob's config is read at compile time (`tinylens_core::blob::peek_config` is a
 //! `const fn`), so the working memory is sized for exactly this blob and a file that
 //! is not a blob fails the build.
@@ -43,7 +48,28 @@ fn main() {
         .canonicalize()
         .unwrap_or_else(|e| panic!("model blob {} (TINYLENS_MODEL): {e}", blob.display()));
     println!("cargo:rerun-if-changed={}", blob.display());
-    println!("cargo:rustc-env=TINYLENS_FW_MODEL_PATH={}", blob.display());
     let name = blob.file_name().unwrap().to_string_lossy().into_owned();
+    let blob = device_part(&blob, &name);
+    println!("cargo:rustc-env=TINYLENS_FW_MODEL_PATH={}", blob.display());
     println!("cargo:rustc-env=TINYLENS_FW_MODEL_NAME={name}");
+}
+
+/// `path` itself if it holds exactly one blob, else a copy of its first `total_len` bytes
+/// in `OUT_DIR` (the host-only trailer left out). A file too short to say is embedded as it
+/// is, and `tinylens_fw::CONFIG` fails the build with the blob error.
+fn device_part(path: &std::path::Path, name: &str) -> PathBuf {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("model blob {}: {e}", path.display()));
+    let total = bytes
+        .get(12..16)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match total {
+        Some(total) if total >= 16 && total < bytes.len() => {
+            let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join(name);
+            std::fs::write(&out, &bytes[..total])
+                .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+            out
+        }
+        _ => path.to_path_buf(),
+    }
 }

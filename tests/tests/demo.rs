@@ -293,3 +293,57 @@ fn english_model_fits_a_microcontroller_and_writes_text() {
     let name = tinylens_host::prompts::text_tokens(&tok, demo::NAME_PROMPT, true, &model).unwrap();
     assert!(tinylens_host::analysis::repeats::repeats(&name).len() >= 2);
 }
+
+/// The English demo's figures, measured by the demo's own analysis (fewer paragraphs than
+/// `tinylens demo`, sized for a debug build) and checked loosely, never against copied
+/// numbers: the circuit's shape (the strongest previous-token head in layer 0, the
+/// strongest induction head in layer 1, well above layer 0's), a loss drop on the
+/// repeated half of held-out paragraphs, the name sentence shown with those heads'
+/// labelled patterns, and the device budget.
+#[test]
+fn english_demo_measures_the_copying_heads_on_real_text() {
+    let (f, t, html) = demo::analyse_english(
+        demo::ENGLISH_BLOB,
+        &demo::DemoOptions {
+            seed: 1,
+            detect_sequences: 6,
+            loss_sequences: 8,
+            ablate_each_head: false,
+        },
+    )
+    .unwrap();
+    eprintln!("{}", demo::summary_lines(&f).join("\n"));
+    let best = |g: &[Vec<f64>]| {
+        let mut b = (0, 0, f64::MIN);
+        for (l, row) in g.iter().enumerate() {
+            for (h, &v) in row.iter().enumerate() {
+                if v > b.2 {
+                    b = (l, h, v);
+                }
+            }
+        }
+        b
+    };
+    let prev = best(&f.head_scores.previous_token);
+    let ind = best(&f.head_scores.induction);
+    eprintln!("strongest previous-token head {prev:?}, induction head {ind:?}");
+    assert_eq!(prev.0, 0, "{:?}", f.head_scores.previous_token);
+    assert_eq!(ind.0, 1, "{:?}", f.head_scores.induction);
+    let layer0_ind = f.head_scores.induction[0]
+        .iter()
+        .cloned()
+        .fold(0.0, f64::max);
+    assert!(ind.2 > 1.5 * layer0_ind, "{:?}", f.head_scores.induction);
+    let l = &f.losses;
+    let drop = l.first_copy - l.repeat;
+    assert!(drop > 0.1, "loss drop on the repeated half: {drop:.3}");
+    // The name sentence, with the strongest heads' attention labelled with its tokens.
+    assert!(t.name.positions.len() >= 2);
+    assert_eq!(t.name.ablated.len(), 1);
+    let kinds: Vec<&str> = t.name_patterns.iter().map(|p| p.kind.as_str()).collect();
+    assert_eq!(kinds, ["induction", "previous-token"]);
+    let lines = demo::pattern_lines(&t, &t.name_patterns[0]);
+    assert!(lines.iter().any(|l| l.contains("\"end\"@4")), "{lines:#?}");
+    assert!(t.flash_bytes <= 1 << 20 && t.ram_bytes <= 200 << 10);
+    assert!(html.contains("Induction heads"));
+}

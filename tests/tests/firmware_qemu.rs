@@ -168,7 +168,10 @@ fn qemu_elf(elf: &Path, machine: Option<&str>, args: &[&str], uart: bool) -> Out
 /// The blob the firmware embeds, found by the CRC its trace header names among the
 /// blobs it may have been built with (see firmware-examples/fw/build.rs).
 fn embedded_blob(model_crc: u32) -> (PathBuf, Vec<u8>) {
-    let mut candidates = vec![repo_root().join("models/demo/demo-int8.tlm")];
+    let mut candidates = vec![
+        repo_root().join("models/demo/demo-int8.tlm"),
+        repo_root().join("models/english/english-int8.tlm"),
+    ];
     if let Ok(dir) = std::fs::read_dir(examples().join("models")) {
         let mut v: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
         v.sort();
@@ -876,4 +879,204 @@ fn semihosting_mps2_an386_decode_cli_reads_the_qemu_pipe() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::io::stderr().flush().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The English model on the Cortex-M4: text in, text out
+
+/// Where `scripts/test.sh` builds the M4 firmware that embeds the English model (a target
+/// directory of its own, under firmware-examples/target/, so the default ELF stays), and
+/// the linker's map of it.
+const ENGLISH_TARGET_DIR: &str = "target/english";
+
+/// The English firmware's ELF and link map; built when missing (not under CI) the way
+/// scripts/test.sh builds them.
+fn english_firmware() -> (PathBuf, PathBuf) {
+    let dir = examples().join(ENGLISH_TARGET_DIR);
+    let elf = dir.join(M4).join("release").join("qemu");
+    let map = dir.join("qemu.map");
+    if elf.is_file() && map.is_file() {
+        return (elf, map);
+    }
+    let how = format!(
+        "cd firmware-examples && TINYLENS_MODEL=../models/english/english-int8.tlm \
+         CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS=\"-C link-arg=-Map=$PWD/{ENGLISH_TARGET_DIR}/qemu.map\" \
+         cargo build --release -p tinylens-fw-qemu --target {M4} --target-dir {ENGLISH_TARGET_DIR} \
+         (scripts/test.sh does this)"
+    );
+    assert!(!ci(), "{} is missing: {how}", elf.display());
+    eprintln!("building the English firmware: {how}");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(examples())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tinylens-fw-qemu",
+            "--target",
+            M4,
+        ])
+        .args(["--target-dir", ENGLISH_TARGET_DIR])
+        .env("TINYLENS_MODEL", "../models/english/english-int8.tlm")
+        .env(
+            "CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS",
+            format!("-C link-arg=-Map={}", map.display()),
+        )
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS");
+    let out = run_with_watchdog(cmd, Duration::from_secs(900));
+    assert!(
+        out.status == Some(0) && elf.is_file() && map.is_file(),
+        "building the English firmware failed ({how}): {}",
+        out.stderr
+    );
+    (elf, map)
+}
+
+/// Sizes from an lld link map (`-Map=`): of the output section `.name` (a line of 5
+/// fields: VMA LMA Size Align Out), or of the input section that defines `symbol`
+/// (its Size column).
+struct LinkMap(String);
+
+impl LinkMap {
+    fn size_of(line: &str) -> Option<u64> {
+        u64::from_str_radix(line.split_whitespace().nth(2)?, 16).ok()
+    }
+
+    fn section(&self, name: &str) -> u64 {
+        self.0
+            .lines()
+            .find(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 5 && f[4] == name
+            })
+            .and_then(Self::size_of)
+            .unwrap_or(0)
+    }
+
+    /// The largest input section whose symbol's name contains `part` (`MODEL_BLOB` also
+    /// names the slice that points at the bytes).
+    fn symbol(&self, part: &str) -> u64 {
+        let lines: Vec<&str> = self.0.lines().collect();
+        // A symbol's line follows its input section's, which carries the size.
+        (1..lines.len())
+            .filter(|&i| {
+                lines[i]
+                    .split_whitespace()
+                    .nth(4)
+                    .is_some_and(|s| s.contains(part))
+            })
+            .filter_map(|i| Self::size_of(lines[i - 1]))
+            .max()
+            .unwrap_or_else(|| panic!("{part} not in the link map"))
+    }
+}
+
+/// The prompt of the English firmware case: a name, then its first word again.
+const ENGLISH_PROMPT: &str = "Mr Hendricks wrote the parser. The tests were written by Mr";
+const ENGLISH_GENERATE: usize = 6;
+
+#[test]
+fn semihosting_mps2_an386_english_text_in_text_out_bit_exact() {
+    let (elf, map) = english_firmware();
+    let path = repo_root().join("models/english/english-int8.tlm");
+    let file = std::fs::read(&path).unwrap();
+    let model = Model::from_bytes(&file).unwrap();
+    let device_len = model.as_bytes().len();
+    let tok = tinylens_host::tokenizer::for_blob(&file, None)
+        .unwrap()
+        .expect("the English blob carries its tokenizer");
+
+    // The flash and RAM the linker gave it: the blob without its host-only trailer (the
+    // tokenizer is not linked), the workspace `Config::workspace_len` says.
+    let map = LinkMap(std::fs::read_to_string(&map).unwrap());
+    let blob_in_flash = map.symbol("MODEL_BLOB");
+    assert_eq!(
+        blob_in_flash,
+        device_len.next_multiple_of(16) as u64,
+        "MODEL_BLOB (16-byte aligned) is the device part of the blob"
+    );
+    assert!(
+        (device_len as u64) < file.len() as u64,
+        "the blob file has a trailer"
+    );
+    // The firmware's one `static` of working memory (workspace, frame buffer, trace ring).
+    let workspace = model.config().workspace_len() as u64 * 4;
+    let memory = map.symbol("MEMORY");
+    assert!(
+        memory >= workspace,
+        "MEMORY {memory} B < workspace {workspace} B"
+    );
+    let flash: u64 = [".vector_table", ".text", ".rodata", ".data"]
+        .iter()
+        .map(|s| map.section(s))
+        .sum();
+    let ram: u64 = [".data", ".bss", ".uninit"]
+        .iter()
+        .map(|s| map.section(s))
+        .sum();
+    eprintln!(
+        "English firmware (link map): flash {flash} B (blob {blob_in_flash} B of the file's {} B), \
+         static RAM {ram} B (MEMORY {memory} B, of which workspace {workspace} B)",
+        file.len()
+    );
+    assert!(flash <= 1 << 20, "flash {flash} B > 1 MiB");
+    assert!(workspace <= 200 << 10, "workspace {workspace} B > 200 KiB");
+    assert!(ram <= 256 << 10, "static RAM {ram} B > 256 KiB");
+
+    // Text in: the host tokenizes, the device runs the ids.
+    let prompt = tinylens_host::prompts::text_tokens(&tok, ENGLISH_PROMPT, true, &model).unwrap();
+    let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    let tokens_arg = format!("tokens={}", ids.join(","));
+    let generate_arg = format!("generate={ENGLISH_GENERATE}");
+    let args = [
+        tokens_arg.as_str(),
+        generate_arg.as_str(),
+        "probe=blocks.*.attn.hook_pattern",
+        "probe=logits",
+        "run=13",
+    ];
+    let start = Instant::now();
+    let out = qemu_elf(&elf, None, &args, false);
+    let elapsed = start.elapsed();
+    assert_eq!(
+        out.status,
+        Some(0),
+        "English firmware failed: {}",
+        out.stderr
+    );
+    let device = lossless_run(&out.stdout);
+    assert_eq!(device.model_crc, model.checksum());
+    let host = run(
+        &model,
+        &RunOptions {
+            tokens: prompt.clone(),
+            probes: vec!["blocks.*.attn.hook_pattern".into(), "logits".into()],
+            trace: true,
+            generate: ENGLISH_GENERATE,
+            run_id: 13,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_same_bytes(&out.stdout, &host.trace, "English model on the M4");
+
+    // Text out: the device's tokens, decoded on the host.
+    let tokens: Vec<u32> = device
+        .token_list()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(tokens, host.tokens);
+    let text = tok.decode_text(&tokens).unwrap();
+    assert!(text.starts_with(ENGLISH_PROMPT), "{text:?}");
+    assert!(text.len() > ENGLISH_PROMPT.len(), "{text:?}");
+    eprintln!(
+        "English on the M4: {ENGLISH_PROMPT:?} -> {:?} ({} bytes of trace, QEMU {elapsed:?})",
+        &text[ENGLISH_PROMPT.len()..],
+        out.stdout.len()
+    );
 }

@@ -97,8 +97,9 @@ pub fn complete_repeats(
         probabilities(model, tokens, Some((ablated, mode)))?
     };
     let patterns = match head {
-        Some((l, _)) => {
-            let rec = record(model, tokens, &[format!("blocks.{l}.attn.hook_pattern")])?;
+        // `patterns()` reads every layer's pattern.
+        Some(_) => {
+            let rec = record(model, tokens, &["blocks.*.attn.hook_pattern".to_string()])?;
             Some(rec.patterns()?)
         }
         None => None,

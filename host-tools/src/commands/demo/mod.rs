@@ -1,11 +1,15 @@
-//! `tinylens demo`: the whole tool on the bundled demo model, a two-layer
-//! attention-only transformer trained in TransformerLens on sequences with repeated
-//! spans (`models/demo/`, `scripts/train_demo.py`), shipped as an int8 blob inside the
-//! binary. It runs the model with probes, writes and decodes the traces, and finds the
-//! induction circuit the way the paper does: head-detector scores name the
+//! `tinylens demo`: the whole tool on a bundled model, shipped as an int8 blob inside the
+//! binary. By default the English model (`models/english/`, `scripts/train_english.py`:
+//! two layers trained in TransformerLens on Python's documentation, with its byte-level
+//! BPE tokenizer): a sampled text, a sentence with a repeated name completed from its
+//! first occurrence, the attention of the heads that copy it labelled with the words, and
+//! the same with those heads ablated. `--model syllables` is the small fixture
+//! (`models/demo/`, `scripts/train_demo.py`: repeated random syllables, small enough for
+//! a Cortex-M0). Either way it runs the model with probes, writes and decodes the traces,
+//! and finds the induction circuit the way the paper does: head-detector scores name the
 //! previous-token and induction heads, K-composition links them, copying scores show
-//! the induction heads copy, and ablating the induction heads destroys the loss on the
-//! repeated half. Then it writes the HTML report.
+//! the induction heads copy, and ablating the induction heads destroys the loss drop on
+//! the repeated half. Then it writes the HTML report.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,13 +25,13 @@ use crate::analysis::ablation::{
 use crate::analysis::dynamic::{score, top_heads};
 use crate::analysis::heads::DetectOptions;
 use crate::analysis::recorded::record;
-use crate::analysis::repeats::{complete_repeats, RepeatCompletion};
 use crate::analysis::report::{build, Extras};
 use crate::analysis::{analyze, AnalysisOptions, HeadDetection};
-use crate::convert::{vocab_of, weights_from_model};
-use crate::prompts;
-use crate::tokenizer::{escape, TextTokenizer};
+use crate::convert::weights_from_model;
 use crate::{cli, Error, Result};
+
+mod english;
+pub use english::*;
 
 /// The demo model as an int8 blob, made from `models/demo/` by
 /// `tinylens convert --weights models/demo/model.safetensors --config models/demo/config.json
@@ -40,32 +44,6 @@ pub const DEMO_BLOB: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/demo/demo-int8.tlm"
 ));
-
-/// The English model (`models/english/`, `scripts/train_english.py`): int8, with its
-/// byte-level BPE tokenizer in the host-only trailer. Made by `tinylens convert --weights
-/// models/english/model.safetensors --config models/english/config.json --tokenizer
-/// models/english/tokenizer.json --quant int8 -o models/english/english-int8.tlm`.
-pub const ENGLISH_BLOB: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/english/english-int8.tlm"
-));
-
-/// Held-out paragraphs of the English corpus (one per line), never trained on.
-pub const HELDOUT: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/english/heldout.txt"
-));
-
-/// The English demo's sentence with a repeated name.
-pub const NAME_PROMPT: &str = "Mr Hendricks wrote the parser and the tokenizer for the module. \
-                               The tests of the module were written by Mr Hendricks";
-
-/// The English demo's prompt for sampling.
-pub const SAMPLE_PROMPT: &str = "The function returns";
-
-/// Tokens of each copy in the English demo's repeated paragraphs: `<bos>` + 31 + the same
-/// 31 fills 63 of the 64 positions.
-pub const TEXT_REPEAT_LEN: usize = 31;
 
 /// Length of each copy in the demo's repeated sequences: `<bos>` + 15 + the same 15
 /// fills 31 of the model's 32 positions, the format of the held-out test in TRAINING.md.
@@ -88,10 +66,10 @@ pub const NAMING: DetectOptions = DetectOptions {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Which bundled model: `syllables` (trained on repeated random syllables) or
-    /// `english` (trained on Python's documentation, with a tokenizer; still short of
-    /// the training its induction heads need, see models/english/TRAINING.md).
-    #[arg(long, default_value = "syllables")]
+    /// Which bundled model: `english` (trained on Python's documentation, with its
+    /// tokenizer; models/english/TRAINING.md) or `syllables` (trained on repeated random
+    /// syllables; the small fixture that fits a Cortex-M0).
+    #[arg(long, default_value = "english")]
     pub model: String,
     /// Where to write the HTML report.
     #[arg(short, long, default_value = "report.html")]
@@ -130,7 +108,8 @@ pub struct KComposition {
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoLosses {
     pub sequences: usize,
-    /// First copy (after its first token): unpredictable, about ln(d_vocab - 1).
+    /// First copy (after its first token): for random tokens unpredictable, about
+    /// ln(d_vocab - 1); for text the model's loss on text it has not seen repeated.
     pub first_copy: f64,
     /// Second copy, predicted by induction.
     pub repeat: f64,
@@ -166,7 +145,7 @@ fn heads_of(v: &[(usize, usize, f64)]) -> Vec<ScoredHead> {
         .collect()
 }
 
-fn refs(v: &[ScoredHead]) -> Vec<HeadRef> {
+pub(super) fn refs(v: &[ScoredHead]) -> Vec<HeadRef> {
     v.iter().map(|h| (h.layer as u16, h.head as u16)).collect()
 }
 
@@ -505,8 +484,10 @@ pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
     }
     let l = &f.losses;
     let mut loss = format!(
-        "Loss on the repeated half: {:.3} (first copy, unpredictable: {:.3})",
-        l.repeat, l.first_copy
+        "Loss on the repeated half: {:.3}, {:.3} below the first copy's {:.3}",
+        l.repeat,
+        l.first_copy - l.repeat,
+        l.first_copy
     );
     if let Some(m) = l.repeat_induction_mean_ablated {
         loss.push_str(&format!("; induction heads mean-ablated: {m:.3}"));
@@ -522,162 +503,7 @@ pub fn summary_lines(f: &DemoFindings) -> Vec<String> {
     out
 }
 
-/// Held-out paragraphs repeated: `<bos>` + the first `n` tokens of a paragraph + the
-/// same `n` again, for every paragraph of at least `n` tokens.
-pub fn repeated_text(tok: &TextTokenizer, text: &str, n: usize, bos: u32) -> Result<Vec<Prompt>> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let ids = tok.to_tokens(line, true)?;
-        if ids.len() > n {
-            let span = &ids[1..=n];
-            let mut tokens = vec![bos];
-            tokens.extend_from_slice(span);
-            tokens.extend_from_slice(span);
-            out.push(Prompt {
-                tokens,
-                repeat_from: Some(n + 1),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// What the English demo measured beyond [`DemoFindings`].
-#[derive(Debug, Clone, Serialize)]
-pub struct TextFindings {
-    /// Flash a device needs: the blob without its host-only trailer.
-    pub flash_bytes: usize,
-    /// Working memory of a session (`Config::workspace_len` f32 words).
-    pub ram_bytes: usize,
-    pub tokenizer_bytes: usize,
-    pub sample_prompt: String,
-    pub sample_text: String,
-    pub name_prompt: String,
-    pub name_tokens: Vec<String>,
-    pub name: RepeatCompletion,
-}
-
-/// The English model's demo: the circuit on held-out paragraphs repeated, a sampled
-/// text, and the repeated name of [`NAME_PROMPT`] completed with and without the
-/// induction heads.
-pub fn analyse_english(
-    blob: &[u8],
-    opts: &DemoOptions,
-) -> Result<(DemoFindings, TextFindings, String)> {
-    let model = Model::from_bytes(blob)?;
-    let cfg = *model.config();
-    let tok = crate::tokenizer::for_blob(blob, None)?
-        .ok_or_else(|| Error::Argument("the English blob has no tokenizer".into()))?;
-    let bos = tok
-        .bos()
-        .ok_or_else(|| Error::Argument("the English tokenizer has no BOS".into()))?;
-    let n = TEXT_REPEAT_LEN.min((cfg.n_ctx as usize - 1) / 2);
-    let all = repeated_text(&tok, HELDOUT, n, bos)?;
-    let d = opts.detect_sequences.min(all.len() / 3).max(1);
-    let (detect, rest) = all.split_at(d);
-    let loss: Vec<Prompt> = rest.iter().take(opts.loss_sequences).cloned().collect();
-    let name_ids = prompts::text_tokens(&tok, NAME_PROMPT, true, &model)?;
-    let sets = DataSets {
-        detect: detect.to_vec(),
-        loss: loss.clone(),
-        repeat_len: n,
-        what: format!("<bos> + {n} tokens of a held-out paragraph + the same {n}"),
-        report_tokens: Some(name_ids.clone()),
-        title: "tinylens demo: induction heads on real English (Python's documentation)".into(),
-    };
-    let (findings, html) = analyse_sets(&model, &sets, opts)?;
-    let means = mean_results(&model, &loss, &|| {})?;
-    let ind = refs(&findings.induction_heads);
-    let name = complete_repeats(
-        &model,
-        &name_ids,
-        &ind,
-        Some(&means),
-        ind.first().copied(),
-        3,
-    )?;
-    let sample = crate::run::run(
-        &model,
-        &crate::run::RunOptions {
-            tokens: prompts::text_tokens(&tok, SAMPLE_PROMPT, true, &model)?,
-            generate: 32,
-            top_k: 20,
-            temperature: 0.7,
-            seed: opts.seed,
-            ..Default::default()
-        },
-    )?;
-    let vocab = vocab_of(&model).unwrap_or_default();
-    let text = TextFindings {
-        flash_bytes: model.as_bytes().len(),
-        ram_bytes: cfg.workspace_len() * 4,
-        tokenizer_bytes: tok.json().len(),
-        sample_prompt: SAMPLE_PROMPT.into(),
-        sample_text: tok.decode_text(&sample.tokens)?,
-        name_prompt: NAME_PROMPT.into(),
-        name_tokens: name_ids
-            .iter()
-            .map(|t| vocab.get(*t as usize).cloned().unwrap_or_default())
-            .collect(),
-        name,
-    };
-    Ok((findings, text, html))
-}
-
-/// The English demo's printed lines about the repeated name.
-pub fn name_lines(t: &TextFindings) -> Vec<String> {
-    let label = |id: u32| {
-        t.name
-            .tokens
-            .iter()
-            .position(|x| *x == id)
-            .map_or(format!("#{id}"), |p| escape(&t.name_tokens[p]))
-    };
-    let at = |p: usize| escape(&t.name_tokens[p]);
-    let heads: Vec<String> = t
-        .name
-        .ablated
-        .iter()
-        .map(|[l, h]| format!("L{l}H{h}"))
-        .collect();
-    let mut out = vec![format!(
-        "{:>4} {:>14} -> {:<14} {:>8} {:>10}  {}",
-        "pos",
-        "token",
-        "next",
-        "P(next)",
-        format!(
-            "{} off",
-            if heads.is_empty() {
-                "none".into()
-            } else {
-                heads.join("+")
-            }
-        ),
-        t.name
-            .head
-            .map_or(String::new(), |[l, h]| format!("L{l}H{h} attends to"))
-    )];
-    for p in &t.name.positions {
-        let att: Vec<String> = p
-            .attends
-            .iter()
-            .map(|(k, a)| format!("{}@{k} {a:.2}", at(*k)))
-            .collect();
-        out.push(format!(
-            "{:>4} {:>14} -> {:<14} {:>8.3} {:>10.3}  {}",
-            p.pos,
-            at(p.pos),
-            label(p.next),
-            p.p,
-            p.p_ablated,
-            att.join(", ")
-        ));
-    }
-    out
-}
-
-fn print_grids(f: &DemoFindings) -> Result<()> {
+pub(super) fn print_grids(f: &DemoFindings) -> Result<()> {
     for (title, g) in [
         (
             "previous-token score (exclude_bos)",
@@ -696,73 +522,6 @@ fn print_grids(f: &DemoFindings) -> Result<()> {
         outln!("* {line}")?;
     }
     Ok(())
-}
-
-fn run_english(a: &DemoArgs, start: Instant) -> Result<()> {
-    if let Some(p) = &a.save_model {
-        cli::write_output(p, ENGLISH_BLOB)?;
-    }
-    let (f, t, html) = analyse_english(
-        ENGLISH_BLOB,
-        &DemoOptions {
-            seed: a.seed,
-            ..Default::default()
-        },
-    )?;
-    cli::write_output(&a.output, html.as_bytes())?;
-    if a.json {
-        return cli::print_json(&serde_json::json!({ "findings": f, "text": t }));
-    }
-    let model = Model::from_bytes(ENGLISH_BLOB)?;
-    let c = model.config();
-    outln!(
-        "tinylens demo: a {}-layer, {}-head attention-only transformer trained in TransformerLens \
-         on Python's documentation\n(d_model {}, n_ctx {}, byte-level BPE of {} tokens; int8 blob \
-         embedded in this binary: {} bytes of flash, {} bytes of working memory — an \
-         nRF52840 has 1 MiB / 256 KiB; the tokenizer, {} bytes, stays on the host)\n",
-        c.n_layers,
-        c.n_heads,
-        c.d_model,
-        c.n_ctx,
-        c.d_vocab,
-        t.flash_bytes,
-        t.ram_bytes,
-        t.tokenizer_bytes
-    )?;
-    outln!(
-        "sampled (top-k 20, temperature 0.7, seed {}):\n  {}\n",
-        a.seed,
-        escape(&t.sample_text)
-    )?;
-    outln!(
-        "a sentence with a repeated name:\n  {}",
-        escape(&t.name_prompt)
-    )?;
-    outln!(
-        "  tokens: {}",
-        t.name_tokens
-            .iter()
-            .map(|s| escape(s))
-            .collect::<Vec<_>>()
-            .join(" ")
-    )?;
-    outln!("where the second copy repeats the first, the model completes it from there:")?;
-    for line in name_lines(&t) {
-        outln!("  {line}")?;
-    }
-    outln!(
-        "\nran {} held-out paragraphs as <bos> + {n} tokens + the same {n} with probes on every \
-         attention pattern; {} bytes of trace decoded\n",
-        f.detect_sequences,
-        f.trace_bytes,
-        n = TEXT_REPEAT_LEN
-    )?;
-    print_grids(&f)?;
-    outln!(
-        "\nreport: {} (open it in a browser)   total {:.2} s",
-        a.output.display(),
-        start.elapsed().as_secs_f64()
-    )
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
