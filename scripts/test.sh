@@ -69,7 +69,12 @@ step "firmware examples (Cortex-M4F/M7, STM32F405, Cortex-M0, Cortex-M33, Cortex
 # of their own, build-checked only (no hardware in CI).
 (cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 (cd firmware-examples/rp2040 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
+# ESP32-C3 (riscv32imc) with esp-hal: a workspace of its own too.
+(cd firmware-examples/esp32c3 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 cargo build --quiet -p tinylens-host --bin tinylens
+# The M0 firmware with a GPTQ-calibrated int4 blob embedded (firmware_qemu's
+# `semihosting_microbit_calibrated_int4_blob_bit_exact`).
+firmware-examples/build-calibrated.sh "$PWD/target/debug/tinylens" >/dev/null
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"
 log=$(mktemp)

@@ -9,7 +9,10 @@ fn main() {
     let m55 = env::var("CARGO_ENCODED_RUSTFLAGS")
         .unwrap_or_default()
         .split('\x1f')
-        .filter_map(|f| f.strip_prefix("target-cpu=").or(f.strip_prefix("-Ctarget-cpu=")))
+        .filter_map(|f| {
+            f.strip_prefix("target-cpu=")
+                .or(f.strip_prefix("-Ctarget-cpu="))
+        })
         .next_back()
         == Some("cortex-m55");
     let layout = match () {

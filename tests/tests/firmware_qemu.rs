@@ -122,9 +122,13 @@ fn qemu(triple: &str, args: &[&str]) -> Output {
 /// [`qemu`], with `uart`: the firmware sends the trace through the machine's UART
 /// (`transport=uart`), captured by QEMU into a file; the capture replaces `stdout`.
 fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
-    require_tools();
-    let elf = firmware(triple);
     let machine = triple.split_once('@').map(|(_, m)| m);
+    qemu_elf(&firmware(triple), machine, args, uart)
+}
+
+/// [`qemu_on`] for a given firmware ELF (on `machine`, else the one run-qemu.sh picks).
+fn qemu_elf(elf: &Path, machine: Option<&str>, args: &[&str], uart: bool) -> Output {
+    require_tools();
     let dir = scratch("qemu");
     let capture = dir.join("uart.tlt");
     let mut cmd = Command::new(examples().join("run-qemu.sh"));
@@ -139,7 +143,7 @@ fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
     if uart {
         cmd.arg("--serial").arg(&capture);
     }
-    cmd.arg(&elf).args(args);
+    cmd.arg(elf).args(args);
     if uart {
         cmd.arg("transport=uart");
     }
@@ -477,6 +481,32 @@ fn uart_microbit() {
     .check();
 }
 
+/// `drain=tick`: the SysTick handler drains the ring to the UART, 16 bytes every 2048
+/// instructions, while the model writes frames from the main loop (the interrupt lands
+/// inside frames being encoded; steps wait with `wfi` when the ring is full): the
+/// trace is still the host's, bit for bit.
+#[test]
+fn uart_mps2_an386_drain_from_systick_interrupt() {
+    Case {
+        uart: true,
+        args: &["drain=tick"],
+        ..Case::defaults(M4)
+    }
+    .check();
+}
+
+/// The same on the Cortex-M0 (ARMv6-M: no atomic read-modify-write; the ring needs only
+/// atomic loads and stores).
+#[test]
+fn uart_microbit_drain_from_systick_interrupt() {
+    Case {
+        uart: true,
+        args: &["drain=tick"],
+        ..Case::defaults(M0)
+    }
+    .check();
+}
+
 #[test]
 fn semihosting_mps2_an505() {
     assert_links_kernel(M33, "dsp");
@@ -486,6 +516,89 @@ fn semihosting_mps2_an505() {
 #[test]
 fn semihosting_mps2_an505_all_hooks_int8() {
     all_hooks_int8(M33, false).check();
+}
+
+/// The M0 firmware built with a GPTQ-calibrated int4 blob of the attn1_ln fixture embedded
+/// (`tinylens convert --quant int4 --calibrate repeated`, by
+/// `firmware-examples/build-calibrated.sh`; scripts/test.sh runs it before the tests):
+/// its trace of every hook is the host's on that blob, bit for bit. The blob is checked
+/// to be int4 and to differ from round-to-nearest int4 (the calibration changed the
+/// stored values; the kernels did not change).
+#[test]
+fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
+    let dir = examples().join("target/calibrated");
+    let (blob_path, elf) = (
+        dir.join("attn1_ln-int4-calibrated.tlm"),
+        dir.join("thumbv6m-none-eabi/release/qemu"),
+    );
+    if !(blob_path.is_file() && elf.is_file()) {
+        let how = "firmware-examples/build-calibrated.sh (scripts/test.sh runs it)";
+        assert!(!ci(), "{} is missing: {how}", elf.display());
+        let mut cmd = Command::new(examples().join("build-calibrated.sh"));
+        cmd.arg(tinylens_cli())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS");
+        let out = run_with_watchdog(cmd, Duration::from_secs(900));
+        assert_eq!(out.status, Some(0), "{how} failed: {}", out.stderr);
+    }
+    let blob = std::fs::read(&blob_path).unwrap();
+    let model = Model::from_bytes(&blob).unwrap();
+    let kinds: Vec<_> = (0..model.tensor_count())
+        .map(|i| model.tensor_at(i).kind)
+        .collect();
+    assert!(
+        kinds.contains(&tinylens_core::StorageKind::Int4),
+        "not an int4 blob: {kinds:?}"
+    );
+    let fixture = tinylens_tests::fixture("attn1_ln");
+    let w = tinylens_host::tl::load_files(
+        &fixture.join("model.safetensors"),
+        &fixture.join("config.json"),
+    )
+    .unwrap();
+    let nearest = tinylens_host::convert::write_blob(
+        &w,
+        tinylens_host::convert::QuantPlan::for_kind(tinylens_core::StorageKind::Int4),
+        tinylens_host::tl::Processing::NONE,
+        None,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(nearest.len(), blob.len(), "same kinds, same layout");
+    assert_ne!(
+        nearest, blob,
+        "the calibrated blob is round-to-nearest int4"
+    );
+
+    let args = ["probe=*", "generate=4"];
+    let out = qemu_elf(&elf, None, &args, false);
+    assert_eq!(out.status, Some(0), "firmware failed: {}", out.stderr);
+    let device = lossless_run(&out.stdout);
+    assert_eq!(
+        device.model_crc,
+        model.checksum(),
+        "the ELF embeds another blob"
+    );
+    let host = run(
+        &model,
+        &RunOptions {
+            tokens: DEFAULT_PROMPT.to_vec(),
+            probes: vec!["*".into()],
+            trace: true,
+            generate: 4,
+            run_id: DEFAULT_RUN_ID,
+            ..Default::default()
+        },
+    )
+    .expect("host run");
+    assert_same_bytes(&out.stdout, &host.trace, "calibrated int4 attn1_ln blob");
+    eprintln!(
+        "calibrated int4 attn1_ln blob ({} bytes): {} trace bytes, bit-exact, generated {:?}",
+        blob.len(),
+        out.stdout.len(),
+        host.generated
+    );
 }
 
 #[test]
@@ -644,7 +757,7 @@ fn semihosting_mps2_an386_record_off_writes_no_trace() {
 
 #[test]
 fn semihosting_mps2_an386_bad_arguments_fail_with_a_message() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["generate=many"], "bad argument `generate=many`"),
         (&["tokens=1,x"], "bad argument `tokens=1,x`"),
         (&["probe=blocks.0.attn.hook_nonsense"], "not a hook name"),
@@ -652,6 +765,10 @@ fn semihosting_mps2_an386_bad_arguments_fail_with_a_message() {
         (&["generate=1000"], "exceed the model's context"),
         (&["tokens=100000"], "out of range"),
         (&["colour=blue"], "unknown argument `colour=blue`"),
+        (
+            &["sink=direct", "drain=tick"],
+            "does not go with sink=direct",
+        ),
     ];
     for (args, message) in cases {
         let out = qemu(M4, args);

@@ -13,6 +13,8 @@
 //!   defaults that `key=value` arguments override ([`Settings::apply`]).
 //! - [`run`]: processes the prompt, generates greedily with the KV cache, records
 //!   the probes as trace frames to the sink and logs progress with defmt.
+//! - [`run_with_ring`]: [`run`] with the trace ring drained by the main loop (the
+//!   board examples' loop); [`Notify`]: a sink that signals a draining interrupt.
 //! - [`Stepper`]: wraps each model step with the busy pin, a clock reading and the
 //!   instruction-count markers (see `scripts/qemu/icount.c`).
 #![no_std]
@@ -20,6 +22,7 @@
 pub use embedded_hal;
 pub use tinylens_core;
 
+use core::cell::{Cell, RefCell};
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
@@ -434,6 +437,96 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         summary,
         step_ticks,
     })
+}
+
+// ---------------------------------------------------------------------------
+// The board examples' loop: the trace ring drained by the main loop
+
+/// [`run`] with the trace in `ring`, drained by the main loop: the recorder writes
+/// frames into the ring during each step, and between steps (and whenever a step finds
+/// the ring full: policy *block*) `send` gets everything committed, as contiguous
+/// slices of whole frames (a frame may span two slices at the ring's wrap), to write
+/// all of it to the transport (a UART's `write_all`, an RTT channel). The rest goes
+/// after the run. A transport error loses the bytes of that slice (later ones are still
+/// sent) and makes the run [`RunError::Trace`]`(`[`Error::SinkFailed`]`)`.
+///
+/// The loop the board examples share (`rp2040`, `stm32f4` with `DRAIN_FROM_INTERRUPT`
+/// off); for a drain from an interrupt, see [`Notify`].
+pub fn run_with_ring<const N: usize, P: OutputPin, D: DelayNs, C: Clock, E>(
+    ring: &mut trace::FrameRing<N>,
+    blob: &[u8],
+    workspace: &mut [f32],
+    frame_buf: &mut [u8],
+    settings: &Settings,
+    stepper: &mut Stepper<P, D, C>,
+    send: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Outcome, RunError> {
+    let (writer, reader) = ring.split();
+    // The drain between steps and the wait of a step that found the ring full share
+    // the reader and the transport; they never run at the same time.
+    let reader = RefCell::new(reader);
+    let send = RefCell::new(send);
+    let failed = Cell::new(false);
+    let drain = || {
+        let mut send = send.borrow_mut();
+        let mut reader = reader.borrow_mut();
+        while !reader.is_empty() {
+            if reader.drain_all(|bytes| (*send)(bytes)).is_err() {
+                // Skip what failed, so that a broken transport cannot hang the run.
+                let n = reader.readable().len();
+                reader.release(n);
+                failed.set(true);
+            }
+        }
+    };
+    let result = run(
+        blob,
+        workspace,
+        frame_buf,
+        settings,
+        stepper,
+        writer.blocking(drain),
+        drain,
+    );
+    drain();
+    match result {
+        Ok(_) if failed.get() => Err(RunError::Trace(Error::SinkFailed)),
+        r => r,
+    }
+}
+
+/// A sink that runs `notify` after every frame it has taken: to start an
+/// interrupt-driven drain (pend the transmit interrupt, enable the transmit-empty
+/// interrupt, start a DMA transfer) as soon as there is something to send. The
+/// handler owns the ring's reader (see `tinylens_core::trace::FrameRing`, "Draining
+/// from an interrupt or by DMA").
+pub struct Notify<S, F> {
+    pub sink: S,
+    pub notify: F,
+}
+
+impl<S: Sink, F: FnMut()> Sink for Notify<S, F> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let r = self.sink.write_frame(frame);
+        (self.notify)();
+        r
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let r = self.sink.write_last_frame(frame);
+        (self.notify)();
+        r
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        self.sink.lend(max)
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        let r = self.sink.commit(len);
+        (self.notify)();
+        r
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -265,14 +265,15 @@ fn self_test_float_and_prep(b: &mut Buffers) -> usize {
         if s1.to_bits() != s2.to_bits() {
             report("quantize scale", trial, 0, s1.to_bits(), s2.to_bits());
         }
-        for i in 0..cols {
-            if b.q[i] != q2[i] {
-                report("quantize q", trial, i, b.q[i] as u32, q2[i] as u32);
+        for (i, (x, y)) in b.q[..cols].iter().zip(&q2[..cols]).enumerate() {
+            if x != y {
+                report("quantize q", trial, i, *x as u32, *y as u32);
             }
         }
-        for i in 0..kernels::pairs_len(cols) {
-            if b.pairs[i] != p2[i] {
-                report("quantize pairs", trial, i, b.pairs[i], p2[i]);
+        let pairs = kernels::pairs_len(cols);
+        for (i, (x, y)) in b.pairs[..pairs].iter().zip(&p2[..pairs]).enumerate() {
+            if x != y {
+                report("quantize pairs", trial, i, *x, *y);
             }
         }
 
