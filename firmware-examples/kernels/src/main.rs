@@ -223,6 +223,8 @@ fn self_test(b: &mut Buffers) -> usize {
 /// one-pass input quantization with the pair layout, attention scores and the weighted
 /// sum over an f32 cache (FPU), and the f16 (FPU) and int4 (DSP) matrix-vector
 /// products. Returns the number of differing outputs.
+// Indices compare the device and portable outputs element by element (and name them).
+#[allow(clippy::needless_range_loop)]
 fn self_test_float_and_prep(b: &mut Buffers) -> usize {
     let mut rng = Rng(0x0bad_cafe);
     let mut failures = 0usize;
