@@ -314,7 +314,9 @@ pub fn ablate_heads(
     each_head: bool,
     progress: &(dyn Fn() + Sync),
 ) -> Result<AblationReport> {
-    ablate_heads_from(model, prompts, mode, means, None, groups, each_head, progress)
+    ablate_heads_from(
+        model, prompts, mode, means, None, groups, each_head, progress,
+    )
 }
 
 /// [`ablate_heads`] with the unablated losses already measured (`baseline`, e.g. from

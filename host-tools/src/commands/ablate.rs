@@ -160,7 +160,11 @@ pub fn report(a: &AblateArgs) -> Result<AblationReport> {
         cfg.n_layers as usize,
         cfg.n_heads as usize,
         groups.len(),
-    ) - if baseline.is_some() { data.len() as u64 } else { 0 };
+    ) - if baseline.is_some() {
+        data.len() as u64
+    } else {
+        0
+    };
     let pb = progress_bar(runs, "ablating", "runs");
     let r = ablate_heads_from(
         &model,
