@@ -138,7 +138,6 @@ fn prompt(repeated: usize) -> heads::PromptArgs {
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),
-        ..Default::default()
     }
 }
 
