@@ -6,6 +6,8 @@
 #
 #   --elf ELF   firmware to run (default: target/thumbv7em-none-eabihf/release/qemu;
 #               target/thumbv6m-none-eabi/release/qemu for the Cortex-M0 build)
+#   --machine M QEMU machine (default: from the ELF, see run-qemu.sh; mps2-an500 runs
+#               the thumbv7em-none-eabihf build on a Cortex-M7)
 #   --tsv       only the per-position table, tab-separated, no summary
 #   firmware-arg: as for run-qemu.sh, e.g. tokens=0,1,2 generate=16 probe=logits;
 #               record=0 runs the steps without any recorder (the cost of inference
@@ -23,10 +25,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 elf="$here/target/thumbv7em-none-eabihf/release/qemu"
 tsv=0
+machine=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --elf) elf="${2:?}"; shift 2 ;;
         --tsv) tsv=1; shift ;;
+        --machine) machine=(--machine "${2:?}"); shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
@@ -36,7 +40,7 @@ command -v defmt-print >/dev/null || { echo "icount-per-token.sh: needs defmt-pr
 
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 status=0
-"$here/run-qemu.sh" --icount="$tmp/icount" "$elf" "$@" > /dev/null 2> "$tmp/log" || status=$?
+"$here/run-qemu.sh" "${machine[@]}" --icount="$tmp/icount" "$elf" "$@" > /dev/null 2> "$tmp/log" || status=$?
 if [[ $status != 0 ]]; then
     cat "$tmp/log" >&2
     echo "icount-per-token.sh: the firmware failed (status $status)" >&2

@@ -19,7 +19,9 @@
 #                      address: v7E-M at 0x0800_0000 -> netduinoplus2 (STM32F405),
 #                      other v7E-M -> mps2-an386 (Cortex-M4F), v6-M -> microbit
 #                      (Cortex-M0), v8-M.mainline -> mps2-an505 (Cortex-M33),
-#                      v7-M -> mps2-an385 (Cortex-M3))
+#                      v8.1-M.mainline -> mps3-an547 (Cortex-M55, Helium),
+#                      v7-M -> mps2-an385 (Cortex-M3)); mps2-an500 (Cortex-M7)
+#                      runs the v7E-M builds
 #   --serial FILE      capture the machine's first UART (serial0) into FILE
 #                      (`-serial file:FILE`; the firmware's transport=uart), or
 #                      `--serial pty` for a pseudo-terminal (QEMU prints its path)
@@ -33,6 +35,9 @@
 #                      followed by the instruction count of each begin/end mark pair
 #   --plugin PATH      the icount plugin .so (default <repo>/target/qemu-icount/libicount.so)
 #   --qemu-arg ARG     pass ARG to qemu-system-arm (repeatable)
+#
+# A RISC-V ELF (riscv32imac) runs on qemu-system-riscv32 -machine virt -bios none
+# (Debian's qemu-system-misc); everything else is the same.
 #
 # Always on: -icount shift=0 (guest time follows the instruction count, so runs are
 # repeatable), semihosting with target=native, no display/monitor, UART to null
@@ -75,8 +80,15 @@ done
 [[ $# -ge 1 ]] || die "missing <app.elf> (see --help)"
 elf="$(realpath "$1")"; shift
 [[ -f "$elf" ]] || die "no such file: $elf"
-command -v qemu-system-arm >/dev/null || die "qemu-system-arm not found (apt-get install qemu-system-arm)"
 command -v readelf >/dev/null || die "readelf not found (apt-get install binutils)"
+qemu_bin=qemu-system-arm
+if readelf -h "$elf" | grep -q 'Machine: *RISC-V'; then
+    qemu_bin=qemu-system-riscv32
+    machine="${machine:-virt}"
+    command -v "$qemu_bin" >/dev/null || die "$qemu_bin not found (apt-get install qemu-system-misc)"
+else
+    command -v "$qemu_bin" >/dev/null || die "$qemu_bin not found (apt-get install qemu-system-arm)"
+fi
 
 # Machine from the ELF's build attributes.
 if [[ -z "$machine" ]]; then
@@ -87,6 +99,7 @@ if [[ -z "$machine" ]]; then
             vectors="$(readelf -SW "$elf" | sed -n 's/.*\.vector_table  *PROGBITS  *\([0-9a-f]*\) .*/\1/p')"
             if [[ "$vectors" == 08000000 ]]; then machine=netduinoplus2; else machine=mps2-an386; fi ;;
         v8-M.mainline) machine=mps2-an505 ;;
+        v8.1-M.mainline) machine=mps3-an547 ;;
         v6-M|v6S-M) machine=microbit ;;
         v7-M) machine=mps2-an385 ;;
         *) die "cannot tell the machine for CPU architecture '$arch'; pass --machine" ;;
@@ -97,7 +110,9 @@ case "$machine" in
     mps2-an385|mps2-an511) cpu=cortex-m3 ;;
     mps2-an500) cpu=cortex-m7 ;;
     mps2-an505) cpu=cortex-m33 ;;
+    mps3-an547) cpu=cortex-m55 ;;
     microbit) cpu=cortex-m0 ;;
+    virt) cpu=""; qemu_extra=(-bios none "${qemu_extra[@]}") ;;
     *) cpu="" ;;
 esac
 
@@ -174,7 +189,7 @@ if [[ $icount == 1 ]]; then
     plugin_args=(-plugin "$popt")
 fi
 
-qemu=(qemu-system-arm -machine "$machine" ${cpu:+-cpu "$cpu"}
+qemu=("$qemu_bin" -machine "$machine" ${cpu:+-cpu "$cpu"}
       -display none -monitor none "${serial_args[@]}"
       -icount shift=0
       -semihosting-config "$semi"

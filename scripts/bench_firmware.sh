@@ -8,6 +8,7 @@
 #
 #   --quick      int8 only (the shipped blob), fewer probe sets
 #   --json FILE  also write every figure as JSON
+#   --pieces     only the per-piece profile of the int8 blob (quick to iterate on)
 #
 # Builds what it needs: the host tool (to convert models/demo/model.safetensors to f32,
 # f16, int8 and int4 blobs), the icount plugin, and one firmware per blob and variant
@@ -22,10 +23,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fw="$root/firmware-examples"
 quick=0
 json=""
+pieces_only=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1; shift ;;
         --json) json="${2:?}"; shift 2 ;;
+        --pieces) pieces_only=1; quick=1; shift ;;
         -h|--help) sed -n '2,/^set -e/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench_firmware.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -80,6 +83,21 @@ probe_sets=(
     "every hook (int8)|probe=*:int8"
 )
 [[ $quick == 1 ]] && probe_sets=("${probe_sets[0]}" "${probe_sets[2]}" "${probe_sets[5]}" "${probe_sets[7]}")
+
+# The step piece by piece (int8 blob, probes off but a marker at every hook point,
+# `record=pieces`; see scripts/firmware_pieces.py).
+pieces_profile() {
+    local elf; elf="$(firmware int8 hooks)"
+    "$fw/run-qemu.sh" --icount="$work/pieces.icount" "$elf" "tokens=$prompt" "generate=$generate" \
+        record=pieces > /dev/null 2> "$work/pieces.log"
+    "$fw/icount-per-token.sh" --elf "$elf" --tsv "tokens=$prompt" "generate=$generate" record=0 > "$work/plain.tsv"
+    python3 "$root/scripts/firmware_pieces.py" "$work/pieces.icount" "$work/pieces.log" "$work/plain.tsv" \
+        "$root" ${json:+"$json.pieces"}
+}
+if [[ $pieces_only == 1 ]]; then
+    pieces_profile
+    exit 0
+fi
 
 results="$work/results.tsv"
 : > "$results"
@@ -185,8 +203,12 @@ def k(name):
 if k("qkv_all_heads_int8_dsp_64x64") is not None and (D, qkv, dh) == (64, 64, 16):
     for variant in ["dsp", "portable"]:
         big = k(f"qkv_all_heads_int8_{variant}_64x64"); o = k(f"one_head_o_int8_{variant}_64x16")
-        prep = k("quantize_input_int8_1x64") + (k("arrange_pairs_int8_1x64") if variant == "dsp" else 0)
-        prep_z = prep / 4  # a 16-element z: a quarter of the 64-element cost, roughly
+        if variant == "dsp" and k("quantize_with_pairs_int8_1x64") is not None:
+            # The one-pass quantization with the pair layout, measured at both widths.
+            prep, prep_z = k("quantize_with_pairs_int8_1x64"), k("quantize_with_pairs_int8_1x16")
+        else:
+            prep = k("quantize_input_int8_1x64") + (k("arrange_pairs_int8_1x64") if variant == "dsp" else 0)
+            prep_z = prep / 4  # a 16-element z: a quarter of the 64-element cost, roughly
         mat = L * (3 * big + H * o) + big
         inputs = L * (prep + H * prep_z) + prep
         print(f"\nint8 matrix work of one step ({variant} kernel): {mat:,.0f} instructions for {mat_macs:,} MACs = "
@@ -213,3 +235,4 @@ for f in sorted(glob.glob(f"{blobs}/demo-*.json")):
 if json_out:
     json.dump(out, open(json_out, "w"), indent=1)
 EOF
+pieces_profile

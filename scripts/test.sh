@@ -14,15 +14,16 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain: targets and components"
 installed_targets=$(rustup target list --installed)
-for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imc-unknown-none-elf; do
+for t in thumbv7em-none-eabihf thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
     grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
-step "system packages: QEMU (Cortex-M emulation), Chromium (report rendering), gcc, binutils"
+step "system packages: QEMU (Cortex-M and RISC-V emulation), Chromium (report rendering), gcc, binutils"
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+command -v qemu-system-riscv32 >/dev/null || missing+=(qemu-system-misc)   # RISC-V virt
 command -v chromium >/dev/null || missing+=(chromium)
 [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)   # report text in Chromium
 command -v gcc >/dev/null || missing+=(gcc)
@@ -49,23 +50,31 @@ cargo build -p tinylens-core --quiet --target thumbv7em-none-eabihf --features d
 cargo build -p tinylens-core --quiet --target thumbv6m-none-eabi
 cargo build -p tinylens-core --quiet --target riscv32imc-unknown-none-elf   # ESP32-C3
 
-step "firmware examples (Cortex-M4F, STM32F405, Cortex-M0, Cortex-M33), and the CLI the QEMU test pipes into"
+step "firmware examples (Cortex-M4F/M7, STM32F405, Cortex-M0, Cortex-M33, Cortex-M55, RISC-V), and the CLI the QEMU test pipes into"
 # tests/tests/firmware_qemu.rs runs these ELFs in QEMU (qemu + board for thumbv7em-
 # eabihf: mps2-an386; qemu for thumbv7em-eabi: netduinoplus2, thumbv6m: microbit,
-# thumbv8m.main: mps2-an505) and pipes a trace into target/debug/tinylens.
+# thumbv8m.main: mps2-an505; thumbv7em-eabihf also on mps2-an500; build-m55, target-cpu=
+# cortex-m55 in target/cortex-m55: mps3-an547; riscv32imac: virt) and pipes a trace into target/debug/tinylens.
 (cd firmware-examples && cargo build --release --quiet && cargo build-m0 --quiet \
     && cargo build --release --quiet -p tinylens-fw-board --features trace-rtt \
     && cargo build --release --quiet --target thumbv7em-none-eabi -p tinylens-fw-qemu \
-    && cargo build --release --quiet --target thumbv8m.main-none-eabihf -p tinylens-fw-qemu \
+    && cargo build --release --quiet --target thumbv8m.main-none-eabihf -p tinylens-fw-qemu -p tinylens-fw-kernels \
+    && cargo build-m55 --quiet && cargo clippy-m55 --quiet -- -D warnings \
+    && cargo build --release --quiet --target riscv32imac-unknown-none-elf -p tinylens-fw-qemu \
     && cargo clippy --release --quiet -- -D warnings \
-    && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf; do
+    && for t in thumbv6m-none-eabi thumbv7em-none-eabi thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf; do
            cargo clippy --release --quiet --target "$t" -p tinylens-fw-qemu -- -D warnings || exit 1
        done)
 # Board examples with HALs whose PACs turn on cortex-m-rt's `device` feature: workspaces
 # of their own, build-checked only (no hardware in CI).
 (cd firmware-examples/stm32f4 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 (cd firmware-examples/rp2040 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
+# ESP32-C3 (riscv32imc) with esp-hal: a workspace of its own too.
+(cd firmware-examples/esp32c3 && cargo build --release --quiet && cargo clippy --release --quiet -- -D warnings)
 cargo build --quiet -p tinylens-host --bin tinylens
+# The M0 firmware with a GPTQ-calibrated int4 blob embedded (firmware_qemu's
+# `semihosting_microbit_calibrated_int4_blob_bit_exact`).
+firmware-examples/build-calibrated.sh "$PWD/target/debug/tinylens" >/dev/null
 
 step "tests: unit, doc, TransformerLens parity, traces, firmware in QEMU, analysis, CLI"
 log=$(mktemp)

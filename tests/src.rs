@@ -256,6 +256,8 @@ pub mod firmware {
 
     /// The release ELF of binary `bin` of firmware package `package` for `triple`; built
     /// when missing, except under CI, where scripts/test.sh must have built it.
+    /// `CPU/TRIPLE` (e.g. `cortex-m55/thumbv8m.main-none-eabihf`) is TRIPLE built with
+    /// `-C target-cpu=CPU` in the target directory `target/CPU` (`cargo build-m55`).
     pub fn elf(package: &str, bin: &str, triple: &str) -> PathBuf {
         let elf = examples()
             .join("target")
@@ -276,9 +278,24 @@ pub mod firmware {
         );
         eprintln!("building the firmware: {how}");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        match triple.split_once('/') {
+            Some((cpu, t)) => cmd.args([
+                "build",
+                "--release",
+                "-p",
+                package,
+                "--target",
+                t,
+                "--target-dir",
+                &format!("target/{cpu}"),
+                "--config",
+                &format!("target.{t}.rustflags=['-C', 'target-cpu={cpu}']"),
+            ]),
+            None => cmd.args(["build", "--release", "-p", package, "--target", triple]),
+        };
+        let status = cmd
             .current_dir(examples())
-            .args(["build", "--release", "-p", package, "--target", triple])
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET")
             .env_remove("RUSTFLAGS")

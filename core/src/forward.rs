@@ -303,9 +303,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         }
         emit(hooks, site(HookPoint::PosEmbed, 0), n, d_model, pos_buf);
         if cfg.positional == Positional::Standard {
-            for (r, e) in self.resid[..n * d_model].iter_mut().zip(self.normed.iter()) {
-                *r += e;
-            }
+            kernels::add_assign(&mut self.resid[..n * d_model], &self.normed[..n * d_model]);
         }
 
         for layer in 0..cfg.n_layers as usize {
@@ -329,16 +327,13 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
             self.attention(&cfg, &lt, layer, n, hooks);
             let attn_out = &mut self.attn_out[..n * d_model];
             for row in attn_out.chunks_exact_mut(d_model) {
-                lt.b_o.add_row_to(0, row);
+                add_bias(&lt.b_o, 0, row);
             }
             emit(hooks, site(HookPoint::AttnOut, layer), n, d_model, attn_out);
-            for (r, a) in self
-                .resid
-                .iter_mut()
-                .zip(self.attn_out[..n * d_model].iter())
-            {
-                *r += a;
-            }
+            kernels::add_assign(
+                &mut self.resid[..n * d_model],
+                &self.attn_out[..n * d_model],
+            );
             emit(
                 hooks,
                 site(HookPoint::ResidPost, layer),
@@ -371,7 +366,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         let logits = &mut self.logits[..n * v];
         self.kernels.matmul(&w_u, &x, logits);
         for row in logits.chunks_exact_mut(v) {
-            self.model.b_u().add_row_to(0, row);
+            add_bias(&self.model.b_u(), 0, row);
         }
         emit(hooks, site(HookPoint::Logits, 0), n, v, logits);
         if let Some(bad) = logits
@@ -445,7 +440,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                         None => &mut stage[i * qkv + h * d_head..i * qkv + (h + 1) * d_head],
                     };
                     out.copy_from_slice(&r[h * d_head..(h + 1) * d_head]);
-                    b.add_range_to(h * d_head, out);
+                    add_bias(b, h * d_head, out);
                 }
             }
         };
@@ -475,7 +470,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
         to_cache(&mut self.k_cache, k_stage, &self.q[..n * qkv], &lt.b_k);
         self.kernels.matmul(&lt.w_q, &x, &mut self.q[..n * qkv]);
         for row in self.q[..n * qkv].chunks_exact_mut(qkv) {
-            lt.b_q.add_row_to(0, row);
+            add_bias(&lt.b_q, 0, row);
         }
         for point in [HookPoint::Q, HookPoint::K, HookPoint::V] {
             if !active(hooks, point) {
@@ -518,10 +513,8 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                 let scores = &mut self.scores[..=p];
                 match self.k_cache.as_f32() {
                     Some(k) => {
-                        for (j, s) in scores.iter_mut().enumerate() {
-                            *s = kernels::dot(q, &k[slot(h, j)..slot(h, j) + d_head])
-                                / cfg.attn_scale;
-                        }
+                        let keys = &k[slot(h, 0)..slot(h, p + 1)];
+                        kernels::scores(q, keys, cfg.attn_scale, scores);
                     }
                     None => {
                         for (j, s) in scores.iter_mut().enumerate() {
@@ -539,9 +532,9 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
                 }
                 let z = &mut self.z[i * d_head..(i + 1) * d_head];
                 match self.v_cache.as_f32() {
-                    Some(v) => weighted_sum(scores, &v[slot(h, 0)..], d_head, z),
+                    Some(v) => kernels::weighted_sum(scores, &v[slot(h, 0)..slot(h, p + 1)], z),
                     None => {
-                        // Each element summed from 0.0 in key order, as `weighted_sum`
+                        // Each element summed from 0.0 in key order, as `kernels::weighted_sum`
                         // does, over the values read back from the cache.
                         z.fill(0.0);
                         for (j, &w) in scores.iter().enumerate() {
@@ -563,9 +556,7 @@ impl<'m, 'w, K: MatMul> Session<'m, 'w, K> {
             if h == 0 {
                 self.attn_out[..n * d_model].copy_from_slice(result);
             } else {
-                for (o, r) in self.attn_out.iter_mut().zip(result.iter()) {
-                    *o += r;
-                }
+                kernels::add_assign(&mut self.attn_out[..n * d_model], result);
             }
         }
     }
@@ -598,11 +589,9 @@ fn quantize_rows<'x>(
     if quantize {
         for t in 0..n {
             let q = &mut xq[t * cols..(t + 1) * cols];
-            scales[t] = kernels::quantize_input(&x[t * cols..(t + 1) * cols], q);
-            if kernels::DSP {
-                let end = ((t + 1) * pl).min(pairs.len());
-                kernels::arrange_pairs(q, &mut pairs[(t * pl).min(end)..end]);
-            }
+            let end = ((t + 1) * pl).min(pairs.len());
+            let p = &mut pairs[(t * pl).min(end)..end];
+            scales[t] = kernels::quantize_with_pairs(&x[t * cols..(t + 1) * cols], q, p);
         }
     }
     let pairs_end = (n * pl).min(pairs.len());
@@ -626,38 +615,24 @@ fn active<H: Hooks>(hooks: &H, point: HookPoint) -> bool {
     HOOKS_COMPILED && hooks.wants(point)
 }
 
-/// `z = Σ_j a[j] · v_j`, `v_j = values[j * d_head..][..d_head]`: each element summed from
-/// 0.0 in key order, as the plain loop over keys then elements would, but eight
-/// elements at a time over all keys, so that the sums stay in registers.
-fn weighted_sum(a: &[f32], values: &[f32], d_head: usize, z: &mut [f32]) {
-    let mut i = 0;
-    while i + 8 <= z.len() {
-        let mut acc = [0.0f32; 8];
-        for (j, &w) in a.iter().enumerate() {
-            let Some(v) = values.get(j * d_head + i..j * d_head + i + 8) else {
-                break;
-            };
-            let [a0, a1, a2, a3, a4, a5, a6, a7] = &mut acc;
-            *a0 += w * v[0];
-            *a1 += w * v[1];
-            *a2 += w * v[2];
-            *a3 += w * v[3];
-            *a4 += w * v[4];
-            *a5 += w * v[5];
-            *a6 += w * v[6];
-            *a7 += w * v[7];
-        }
-        z[i..i + 8].copy_from_slice(&acc);
-        i += 8;
+/// The first `bytes` bytes of an f32 vector (a bias or LayerNorm weight), if it is one.
+#[inline]
+fn f32_row<'a>(t: &Tensor<'a>, bytes: usize) -> Option<&'a [u8]> {
+    if t.kind == crate::StorageKind::F32 {
+        t.values.get(..bytes)
+    } else {
+        None
     }
-    for (k, zk) in z.iter_mut().enumerate().skip(i) {
-        let mut acc = 0.0f32;
-        for (j, &w) in a.iter().enumerate() {
-            if let Some(v) = values.get(j * d_head + k) {
-                acc += w * v;
-            }
-        }
-        *zk = acc;
+}
+
+/// `out += b[start..start + out.len()]`: the stored f32 bias directly, any other kind
+/// through [`Tensor::add_range_to`] (the same values).
+#[inline]
+fn add_bias(b: &Tensor<'_>, start: usize, out: &mut [f32]) {
+    let end = start.saturating_add(out.len());
+    match f32_row(b, end.saturating_mul(4)) {
+        Some(bytes) if end <= b.cols => kernels::add_assign_le(out, &bytes[start * 4..]),
+        _ => b.add_range_to(start, out),
     }
 }
 
@@ -683,20 +658,13 @@ fn layer_norm<H: Hooks>(
         return;
     }
     for (i, row) in out.chunks_exact_mut(d).enumerate() {
-        let len = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / len;
-        for v in row.iter_mut() {
-            *v -= mean;
-        }
-        let var = row.iter().map(|v| v * v).sum::<f32>() / len;
+        let var = kernels::center(row);
         let mut scale = [libm::sqrtf(var + cfg.eps)];
         if active(hooks, points.0) {
             let pos = site.pos.wrapping_add(i as u16);
             hooks.hook(Site { pos, ..site }, &mut scale);
         }
-        for v in row.iter_mut() {
-            *v /= scale[0];
-        }
+        kernels::div_assign(row, scale[0]);
     }
     // TransformerLens hooks the normalized value before the LayerNorm weight and bias.
     let normalized = Site {
@@ -705,9 +673,19 @@ fn layer_norm<H: Hooks>(
     };
     emit(hooks, normalized, n, d, out);
     if let Some((w, b)) = wb {
-        for row in out.chunks_exact_mut(d) {
-            w.zip_row(0, row, |o, wv| *o *= wv);
-            b.add_row_to(0, row);
+        let bytes = d * 4;
+        match (f32_row(&w, bytes), f32_row(&b, bytes)) {
+            (Some(wv), Some(bv)) => {
+                for row in out.chunks_exact_mut(d) {
+                    kernels::mul_add_le(row, wv, bv);
+                }
+            }
+            _ => {
+                for row in out.chunks_exact_mut(d) {
+                    w.zip_row(0, row, |o, wv| *o *= wv);
+                    b.add_row_to(0, row);
+                }
+            }
         }
     }
 }

@@ -232,6 +232,173 @@ fn tail_f16_le(mut acc: [f32; 8], w: &[u8], x: &[f32]) -> [f32; 8] {
     acc
 }
 
+/// `out[j] = dot(q, keys[j * d..][..d]) / scale` for every `j < out.len()`, `d =
+/// q.len()`: one query against consecutive cached keys (the attention scores).
+#[inline]
+pub fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::scores(q, keys, scale, out) {
+        return;
+    }
+    scores_portable(q, keys, scale, out);
+}
+
+/// [`scores`] with the portable kernel only, whatever the target: the reference.
+pub fn scores_portable(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    for (j, s) in out.iter_mut().enumerate() {
+        *s = dot(q, keys.get(j * d..(j + 1) * d).unwrap_or(&[])) / scale;
+    }
+}
+
+/// `z = Σ_j a[j] · v_j`, `v_j = values[j * d..][..d]` (`d = z.len()`): each element
+/// summed from 0.0 in key order, as the plain loop over keys then elements would, but
+/// eight elements at a time over all keys, so that the sums stay in registers.
+pub fn weighted_sum(a: &[f32], values: &[f32], z: &mut [f32]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::weighted_sum(a, values, z) {
+        return;
+    }
+    weighted_sum_portable(a, values, z);
+}
+
+/// [`weighted_sum`] with the portable kernel only, whatever the target: the reference.
+pub fn weighted_sum_portable(a: &[f32], values: &[f32], z: &mut [f32]) {
+    let d_head = z.len();
+    let mut i = 0;
+    while i + 8 <= z.len() {
+        let mut acc = [0.0f32; 8];
+        for (j, &w) in a.iter().enumerate() {
+            let Some(v) = values.get(j * d_head + i..j * d_head + i + 8) else {
+                break;
+            };
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = &mut acc;
+            *a0 += w * v[0];
+            *a1 += w * v[1];
+            *a2 += w * v[2];
+            *a3 += w * v[3];
+            *a4 += w * v[4];
+            *a5 += w * v[5];
+            *a6 += w * v[6];
+            *a7 += w * v[7];
+        }
+        z[i..i + 8].copy_from_slice(&acc);
+        i += 8;
+    }
+    for (k, zk) in z.iter_mut().enumerate().skip(i) {
+        let mut acc = 0.0f32;
+        for (j, &w) in a.iter().enumerate() {
+            if let Some(v) = values.get(j * d_head + k) {
+                acc += w * v;
+            }
+        }
+        *zk = acc;
+    }
+}
+
+/// `dst[i] += src[i]` (the residual stream, the heads' sum, the biases).
+#[inline]
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::add_assign(dst, src.as_ptr().cast(), src.len() * 4) {
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// `dst[i] += f32::from_le_bytes(src[4i..4i + 4])` (an f32 bias row as stored).
+#[inline]
+pub fn add_assign_le(dst: &mut [f32], src: &[u8]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::add_assign(dst, src.as_ptr(), src.len()) {
+        return;
+    }
+    for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+/// LayerNorm's centring of one row: `mean = Σ x / len` (index order), `x -= mean`,
+/// and returns the variance `Σ x² / len` of the centred row (index order).
+#[inline]
+pub fn center(x: &mut [f32]) -> f32 {
+    let len = x.len() as f32;
+    #[cfg(tinylens_vfp)]
+    if let Some(var) = vfp::center(x, len) {
+        return var;
+    }
+    let mean = x.iter().sum::<f32>() / len;
+    for v in x.iter_mut() {
+        *v -= mean;
+    }
+    x.iter().map(|v| v * v).sum::<f32>() / len
+}
+
+/// `x[i] /= s`.
+#[inline]
+pub fn div_assign(x: &mut [f32], s: f32) {
+    #[cfg(tinylens_vfp)]
+    let x = {
+        // Whole blocks of eight on the FPU, the rest below.
+        let (head, tail) = x.split_at_mut(x.len() / 8 * 8);
+        vfp::div_assign(head, s);
+        tail
+    };
+    for v in x.iter_mut() {
+        *v /= s;
+    }
+}
+
+/// `x[i] = x[i] * w[i] + b[i]` for little-endian f32 rows `w`, `b` (LayerNorm's weight
+/// and bias): the product rounded, then the sum.
+#[inline]
+pub fn mul_add_le(x: &mut [f32], w: &[u8], b: &[u8]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::mul_add(x, w, b) {
+        return;
+    }
+    let f = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for ((v, w), b) in x.iter_mut().zip(w.chunks_exact(4)).zip(b.chunks_exact(4)) {
+        *v = *v * f(w) + f(b);
+    }
+}
+
+/// `out[c] = (w[c] as i8) as f32 * s`: one row of int8 weights dequantized.
+#[inline]
+pub fn dequantize_i8(w: &[u8], s: f32, out: &mut [f32]) {
+    #[cfg(tinylens_vfp)]
+    if vfp::dequantize_i8(w, s, out) {
+        return;
+    }
+    for (o, &b) in out.iter_mut().zip(w) {
+        *o = (b as i8) as f32 * s;
+    }
+}
+
+/// The index of the largest value (the first one on ties; NaN never wins): the greedy
+/// choice of [`crate::sample::greedy`].
+#[inline]
+pub fn argmax(x: &[f32]) -> u32 {
+    #[cfg(tinylens_vfp)]
+    if let Some(i) = vfp::argmax(x) {
+        return i;
+    }
+    argmax_portable(x)
+}
+
+/// [`argmax`] with the portable loop only, whatever the target: the reference.
+pub fn argmax_portable(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] || x[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Exact integer dot product of int8 weights and int8 activations.
 #[inline]
 pub fn dot_i8(w: &[u8], x: &[i8]) -> i32 {
@@ -272,8 +439,28 @@ fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
 #[allow(unsafe_code)]
 mod dsp;
 
+/// Attention over an f32 cache and f16 weights with the FPU (hard-float Arm targets,
+/// see `build.rs`): a kernel module with `unsafe` code (inline assembly), the
+/// portable [`dot`], [`weighted_sum`] and f16 kernels its reference.
+#[cfg(tinylens_vfp)]
+#[allow(unsafe_code)]
+mod vfp;
+
+/// The Helium (MVE) int8 kernel (Armv8.1-M: Cortex-M55, M85; see `build.rs` and
+/// `kernels/mve.rs`), tested against the portable [`dot_i8`] bit for bit like the DSP one.
+/// MVE cores have the DSP extension, so `tinylens_mve` comes with `tinylens_dsp`: rows the
+/// MVE kernel does not take (multiples of 8 but not of 16 columns) go to the DSP kernel.
+#[cfg(tinylens_mve)]
+#[allow(unsafe_code)]
+mod mve;
+
 mod block;
 pub use block::{matmul, Block, MatMul, Portable};
+
+/// Whether int8 matrix-vector products in this build use the Helium (MVE) kernel
+/// (`VMLADAVA.S8`; `-C target-cpu=cortex-m55`/`cortex-m85`: see `build.rs`). The
+/// results are the same bits either way.
+pub const MVE: bool = cfg!(tinylens_mve);
 
 /// Whether int8 matrix-vector products in this build use the DSP kernel (`SXTB16`/
 /// `SMLAD`; Armv7E-M targets always, Armv8-M Mainline ones when the flags say the core
@@ -318,6 +505,26 @@ pub fn arrange_pairs(q: &[i8], pairs: &mut [u32]) {
             o[1] = lane(at(1)) | lane(at(3)) << 16;
         }
     }
+}
+
+/// [`quantize_input`] and, when the DSP kernel is on, [`arrange_pairs`] of the result
+/// into `pairs`: the same values, in one pass on DSP targets with an FPU.
+#[inline]
+pub fn quantize_with_pairs(x: &[f32], q: &mut [i8], pairs: &mut [u32]) -> f32 {
+    #[cfg(tinylens_dsp_vfp)]
+    if let Some(scale) = dsp::quantize_pairs(x, q, pairs) {
+        return scale;
+    }
+    quantize_with_pairs_portable(x, q, pairs)
+}
+
+/// [`quantize_with_pairs`] as two portable passes, whatever the target: the reference.
+pub fn quantize_with_pairs_portable(x: &[f32], q: &mut [i8], pairs: &mut [u32]) -> f32 {
+    let scale = quantize_input(x, q);
+    if DSP {
+        arrange_pairs(&q[..x.len().min(q.len())], pairs);
+    }
+    scale
 }
 
 /// Quantizes `x` to int8 with one symmetric scale `max|x| / 127`; returns the scale
@@ -471,14 +678,37 @@ pub fn needs_quantized_input(kind: StorageKind) -> bool {
 /// than the shape says) are set to NaN, so that they reach the logits as
 /// [`crate::Error::NonFiniteLogits`] rather than as a plausible value.
 pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
-    // The DSP kernel first, with as little as possible around it (the calls are many
-    // and some matrices small); anything it does not take goes the general way.
+    // The vector kernels first, with as little as possible around them (the calls are
+    // many and some matrices small); anything they do not take goes the general way.
+    #[cfg(tinylens_mve)]
+    if w.kind == StorageKind::Int8
+        && out.len() == w.rows
+        && input.x.len() >= w.cols
+        && mve::matvec_i8(w.values, w.scales, w.cols, input.q, input.scale, out)
+    {
+        return;
+    }
     #[cfg(tinylens_dsp)]
     if w.kind == StorageKind::Int8
         && out.len() == w.rows
         && input.x.len() >= w.cols
         && input.q.len() >= w.cols
         && dsp::matvec_i8(w.values, w.scales, w.cols, input.pairs, input.scale, out)
+    {
+        return;
+    }
+    #[cfg(tinylens_dsp)]
+    if w.kind == StorageKind::Int4
+        && out.len() == w.rows
+        && input.x.len() >= w.cols
+        && dsp::matvec_i4(w.values, w.scales, w.cols, input.q, input.scale, out)
+    {
+        return;
+    }
+    #[cfg(tinylens_vfp)]
+    if w.kind == StorageKind::F16
+        && out.len() == w.rows
+        && vfp::matvec_f16(w.values, w.cols, input.x, out)
     {
         return;
     }

@@ -1,7 +1,8 @@
 #![cfg_attr(not(test), no_std)]
-// No `unsafe` anywhere but in two isolated modules: the Cortex-M DSP int8 kernel
-// (`kernels/dsp.rs`, compiled only for targets with the DSP extension), whose inline
-// assembly is necessarily `unsafe`, and the lock-free trace ring (`trace/ring.rs`),
+// No `unsafe` anywhere but in isolated modules: the Cortex-M DSP, Helium (MVE) and FPU
+// kernels (`kernels/dsp.rs`, `kernels/mve.rs`, `kernels/vfp.rs`, each compiled only for
+// targets with its extension), whose inline assembly is necessarily `unsafe`, and the
+// lock-free trace ring (`trace/ring.rs`),
 // whose bytes a producer and a consumer (main loop, interrupt, DMA) share. `deny`
 // rather than `forbid` so that those modules alone can `#[allow(unsafe_code)]`; every
 // other module stays free of it, and the portable kernel the DSP one must match bit for

@@ -180,6 +180,14 @@ impl<'a> Tensor<'a> {
     /// Dequantizes row `r` into `out` (`out.len() == cols`; a shorter `out` receives
     /// the first `out.len()` columns; a row past the end leaves `out` unchanged).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.kind == StorageKind::Int8 {
+            // The embeddings' kind in quantized blobs: the row kernel (same values).
+            if let Some(bytes) = self.row_bytes(r, self.cols) {
+                let n = out.len().min(bytes.len());
+                crate::kernels::dequantize_i8(&bytes[..n], self.scale(r), &mut out[..n]);
+            }
+            return;
+        }
         self.zip_row(r, out, |o, v| *o = v);
     }
 

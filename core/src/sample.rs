@@ -27,13 +27,7 @@ impl Rng {
 
 /// The index of the largest logit (the first one on ties; NaN never wins).
 pub fn greedy(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] || logits[best].is_nan() {
-            best = i;
-        }
-    }
-    best as u32
+    crate::kernels::argmax(logits)
 }
 
 /// Samples among the `k` largest logits (at most `K`), with probabilities

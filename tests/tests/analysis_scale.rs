@@ -131,10 +131,6 @@ fn model_file(dir: &Path) -> (PathBuf, Weights) {
 
 fn prompt(repeated: usize) -> heads::PromptArgs {
     heads::PromptArgs {
-        tokens: None,
-        text: None,
-        prepend_bos: false,
-        tokenizer: None,
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),

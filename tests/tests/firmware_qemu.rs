@@ -10,7 +10,18 @@
 //!   128 KiB SRAM; soft-float ABI, DSP kernel);
 //! - Cortex-M0 (`thumbv6m-none-eabi`, QEMU `microbit`, 16 KiB RAM, soft-float);
 //! - Cortex-M33 (`thumbv8m.main-none-eabihf` with `target-cpu=cortex-m33`, QEMU
-//!   `mps2-an505`, Secure state, DSP kernel).
+//!   `mps2-an505`, Secure state, DSP kernel);
+//! - Cortex-M7 (QEMU `mps2-an500`, the memory map of mps2-an386): the Cortex-M4F ELF
+//!   itself, as `thumbv7em-none-eabihf` is the Rust target of both cores (DSP kernel).
+//!
+//! - Cortex-M55 with Helium (`thumbv8m.main-none-eabihf` with `target-cpu=cortex-m55`,
+//!   QEMU `mps3-an547`, Secure state, MVE kernel and DSP kernel).
+//!
+//! - RISC-V (`riscv32imac-unknown-none-elf`, `qemu-system-riscv32 -machine virt -bios
+//!   none`: semihosting, or the NS16550A UART; no FPU, so every float is soft-float).
+//!
+//! A machine that runs another target's ELF is named after it: `TRIPLE@MACHINE`; a
+//! build for a named CPU is `CPU/TRIPLE` (its target directory).
 //!
 //! Tests are named after the transport and the machine (`uart_netduinoplus2`,
 //! `semihosting_mps2_an505`, ...), so that a filter runs one. The semihosting ones take
@@ -37,9 +48,29 @@ use tinylens_host::trace::{decode_stream, Run};
 use tinylens_tests::firmware::{ci, examples, require_tools};
 use tinylens_tests::{repo_root, run_with_watchdog, Output};
 
-/// The QEMU firmware ELF for `triple`.
+/// The QEMU firmware ELF for `triple` (`TRIPLE@MACHINE`: the ELF of TRIPLE).
 fn firmware(triple: &str) -> PathBuf {
+    let triple = triple.split_once('@').map_or(triple, |(t, _)| t);
     tinylens_tests::firmware::elf("tinylens-fw-qemu", "qemu", triple)
+}
+
+/// Checks that the firmware for `triple` links the int8 kernel module `module` (`dsp`,
+/// `mve`) of tinylens-core: the dispatch in `kernels::matvec` is its only caller, so a
+/// linked kernel is a used one (the trace tests then show it gives the host's bits).
+fn assert_links_kernel(triple: &str, module: &str) {
+    let elf = firmware(triple);
+    let out = Command::new("readelf")
+        .arg("-sW")
+        .arg(&elf)
+        .output()
+        .unwrap();
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("7kernels{}{module}", module.len());
+    assert!(
+        symbols.contains(&needle),
+        "{} has no tinylens_core::kernels::{module} symbol: the {module} kernel is not built in",
+        elf.display()
+    );
 }
 
 // The firmware's compiled-in settings (`firmware-examples/fw/src/lib.rs`: DEFAULT_*).
@@ -61,6 +92,12 @@ const M0: &str = "thumbv6m-none-eabi";
 /// STM32F405 (QEMU netduinoplus2).
 const STM32: &str = "thumbv7em-none-eabi";
 const M33: &str = "thumbv8m.main-none-eabihf";
+/// Cortex-M55 with Helium (QEMU mps3-an547): `target-cpu=cortex-m55` (`cargo build-m55`).
+const M55: &str = "cortex-m55/thumbv8m.main-none-eabihf";
+/// RISC-V RV32IMAC (QEMU virt).
+const RV32: &str = "riscv32imac-unknown-none-elf";
+/// Cortex-M7 (QEMU mps2-an500) runs the Cortex-M4F build.
+const M7: &str = "thumbv7em-none-eabihf@mps2-an500";
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -85,8 +122,13 @@ fn qemu(triple: &str, args: &[&str]) -> Output {
 /// [`qemu`], with `uart`: the firmware sends the trace through the machine's UART
 /// (`transport=uart`), captured by QEMU into a file; the capture replaces `stdout`.
 fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
+    let machine = triple.split_once('@').map(|(_, m)| m);
+    qemu_elf(&firmware(triple), machine, args, uart)
+}
+
+/// [`qemu_on`] for a given firmware ELF (on `machine`, else the one run-qemu.sh picks).
+fn qemu_elf(elf: &Path, machine: Option<&str>, args: &[&str], uart: bool) -> Output {
     require_tools();
-    let elf = firmware(triple);
     let dir = scratch("qemu");
     let capture = dir.join("uart.tlt");
     let mut cmd = Command::new(examples().join("run-qemu.sh"));
@@ -95,10 +137,13 @@ fn qemu_on(triple: &str, args: &[&str], uart: bool) -> Output {
         .arg("--no-decode")
         .arg("--defmt-out")
         .arg(dir.join("log.defmt"));
+    if let Some(machine) = machine {
+        cmd.arg("--machine").arg(machine);
+    }
     if uart {
         cmd.arg("--serial").arg(&capture);
     }
-    cmd.arg(&elf).args(args);
+    cmd.arg(elf).args(args);
     if uart {
         cmd.arg("transport=uart");
     }
@@ -350,8 +395,13 @@ fn semihosting_mps2_an386_no_probes_still_traces_tokens() {
 /// one on the soft-float M0) gives the host's trace byte for byte.
 #[test]
 fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
+    kv_int8_all_hooks(M4).check();
+}
+
+/// Every hook with an int8 KV cache, 8-token prompt, 3 generated tokens, run 8.
+fn kv_int8_all_hooks(triple: &str) -> Case<'_> {
     Case {
-        triple: M4,
+        triple,
         uart: false,
         args: &[
             "tokens=0,3,9,27,4,8,3,9",
@@ -365,7 +415,6 @@ fn semihosting_mps2_an386_kv_int8_all_hooks_bit_exact() {
         probes: &["*"],
         run_id: 8,
     }
-    .check();
 }
 
 #[test]
@@ -432,14 +481,161 @@ fn uart_microbit() {
     .check();
 }
 
+/// `drain=tick`: the SysTick handler drains the ring to the UART, 16 bytes every 2048
+/// instructions, while the model writes frames from the main loop (the interrupt lands
+/// inside frames being encoded; steps wait with `wfi` when the ring is full): the
+/// trace is still the host's, bit for bit.
+#[test]
+fn uart_mps2_an386_drain_from_systick_interrupt() {
+    Case {
+        uart: true,
+        args: &["drain=tick"],
+        ..Case::defaults(M4)
+    }
+    .check();
+}
+
+/// The same on the Cortex-M0 (ARMv6-M: no atomic read-modify-write; the ring needs only
+/// atomic loads and stores).
+#[test]
+fn uart_microbit_drain_from_systick_interrupt() {
+    Case {
+        uart: true,
+        args: &["drain=tick"],
+        ..Case::defaults(M0)
+    }
+    .check();
+}
+
 #[test]
 fn semihosting_mps2_an505() {
+    assert_links_kernel(M33, "dsp");
     Case::defaults(M33).check();
 }
 
 #[test]
 fn semihosting_mps2_an505_all_hooks_int8() {
     all_hooks_int8(M33, false).check();
+}
+
+/// The M0 firmware built with a GPTQ-calibrated int4 blob of the attn1_ln fixture embedded
+/// (`tinylens convert --quant int4 --calibrate repeated`, by
+/// `firmware-examples/build-calibrated.sh`; scripts/test.sh runs it before the tests):
+/// its trace of every hook is the host's on that blob, bit for bit. The blob is checked
+/// to be int4 and to differ from round-to-nearest int4 (the calibration changed the
+/// stored values; the kernels did not change).
+#[test]
+fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
+    let dir = examples().join("target/calibrated");
+    let (blob_path, elf) = (
+        dir.join("attn1_ln-int4-calibrated.tlm"),
+        dir.join("thumbv6m-none-eabi/release/qemu"),
+    );
+    if !(blob_path.is_file() && elf.is_file()) {
+        let how = "firmware-examples/build-calibrated.sh (scripts/test.sh runs it)";
+        assert!(!ci(), "{} is missing: {how}", elf.display());
+        let mut cmd = Command::new(examples().join("build-calibrated.sh"));
+        cmd.arg(tinylens_cli())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS");
+        let out = run_with_watchdog(cmd, Duration::from_secs(900));
+        assert_eq!(out.status, Some(0), "{how} failed: {}", out.stderr);
+    }
+    let blob = std::fs::read(&blob_path).unwrap();
+    let model = Model::from_bytes(&blob).unwrap();
+    let kinds: Vec<_> = (0..model.tensor_count())
+        .map(|i| model.tensor_at(i).kind)
+        .collect();
+    assert!(
+        kinds.contains(&tinylens_core::StorageKind::Int4),
+        "not an int4 blob: {kinds:?}"
+    );
+    let fixture = tinylens_tests::fixture("attn1_ln");
+    let w = tinylens_host::tl::load_files(
+        &fixture.join("model.safetensors"),
+        &fixture.join("config.json"),
+    )
+    .unwrap();
+    let nearest = tinylens_host::convert::write_blob(
+        &w,
+        tinylens_host::convert::QuantPlan::for_kind(tinylens_core::StorageKind::Int4),
+        tinylens_host::tl::Processing::NONE,
+        None,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(nearest.len(), blob.len(), "same kinds, same layout");
+    assert_ne!(
+        nearest, blob,
+        "the calibrated blob is round-to-nearest int4"
+    );
+
+    let args = ["probe=*", "generate=4"];
+    let out = qemu_elf(&elf, None, &args, false);
+    assert_eq!(out.status, Some(0), "firmware failed: {}", out.stderr);
+    let device = lossless_run(&out.stdout);
+    assert_eq!(
+        device.model_crc,
+        model.checksum(),
+        "the ELF embeds another blob"
+    );
+    let host = run(
+        &model,
+        &RunOptions {
+            tokens: DEFAULT_PROMPT.to_vec(),
+            probes: vec!["*".into()],
+            trace: true,
+            generate: 4,
+            run_id: DEFAULT_RUN_ID,
+            ..Default::default()
+        },
+    )
+    .expect("host run");
+    assert_same_bytes(&out.stdout, &host.trace, "calibrated int4 attn1_ln blob");
+    eprintln!(
+        "calibrated int4 attn1_ln blob ({} bytes): {} trace bytes, bit-exact, generated {:?}",
+        blob.len(),
+        out.stdout.len(),
+        host.generated
+    );
+}
+
+#[test]
+fn semihosting_mps2_an500() {
+    assert_links_kernel(M7, "dsp");
+    Case::defaults(M7).check();
+}
+
+#[test]
+fn semihosting_mps3_an547() {
+    assert_links_kernel(M55, "mve");
+    Case::defaults(M55).check();
+}
+
+#[test]
+fn semihosting_mps3_an547_all_hooks_int8() {
+    all_hooks_int8(M55, false).check();
+}
+
+#[test]
+fn semihosting_riscv32_virt() {
+    Case::defaults(RV32).check();
+}
+
+#[test]
+fn uart_riscv32_virt_all_hooks_int8() {
+    all_hooks_int8(RV32, true).check();
+}
+
+#[test]
+fn semihosting_riscv32_virt_kv_int8_all_hooks() {
+    kv_int8_all_hooks(RV32).check();
+}
+
+#[test]
+fn uart_mps2_an500_all_hooks_int8() {
+    all_hooks_int8(M7, true).check();
 }
 
 /// Frames written from inside the step (no ring) are the same bytes.
@@ -561,7 +757,7 @@ fn semihosting_mps2_an386_record_off_writes_no_trace() {
 
 #[test]
 fn semihosting_mps2_an386_bad_arguments_fail_with_a_message() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["generate=many"], "bad argument `generate=many`"),
         (&["tokens=1,x"], "bad argument `tokens=1,x`"),
         (&["probe=blocks.0.attn.hook_nonsense"], "not a hook name"),
@@ -569,6 +765,10 @@ fn semihosting_mps2_an386_bad_arguments_fail_with_a_message() {
         (&["generate=1000"], "exceed the model's context"),
         (&["tokens=100000"], "out of range"),
         (&["colour=blue"], "unknown argument `colour=blue`"),
+        (
+            &["sink=direct", "drain=tick"],
+            "does not go with sink=direct",
+        ),
     ];
     for (args, message) in cases {
         let out = qemu(M4, args);

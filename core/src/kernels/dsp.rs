@@ -248,7 +248,7 @@ fn rows_any(w: *const u8, x: *const u32, out: *mut f32, rows: usize, cols: usize
 /// FPU the kernel may use (soft-float targets such as `thumbv7em-none-eabi`): the
 /// portable kernel's expression itself, so the same bits.
 #[cfg(not(tinylens_dsp_vfp))]
-fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
+pub(super) fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     for (o, s) in out.iter_mut().zip(scales.chunks_exact(2)) {
         let sum = o.to_bits() as i32;
         *o = sum as f32 * (crate::quant::f16_le_to_f32([s[0], s[1]]) * in_scale);
@@ -259,7 +259,7 @@ fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
 /// portable kernel's float operations in its order: `VCVT.F32.S32` (round to nearest,
 /// as `as f32`), `VCVTB.F32.F16` (exact), then the two multiplications.
 #[cfg(tinylens_dsp_vfp)]
-fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
+pub(super) fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
     let rows = out.len();
     let mut o = out.as_mut_ptr();
     let mut s = scales.as_ptr();
@@ -380,4 +380,306 @@ fn finish(scales: &[u8], in_scale: f32, out: &mut [f32]) {
             );
         }
     }
+}
+
+/// Bits of `max |x[i]|` (the sign cleared, so the order of the patterns as integers is
+/// the order of the magnitudes and a NaN is above infinity), as the portable
+/// [`super::quantize_input`] folds them; `x.len()` a non-zero multiple of 4.
+#[cfg(tinylens_dsp_vfp)]
+fn max_abs_bits(x: &[f32]) -> u32 {
+    let m: u32;
+    // SAFETY: reads `x.len()` words at `x` (a multiple of 4, non-zero: checked by the
+    // caller). Only declared registers change; `cmp` and `subs` set the flags.
+    unsafe {
+        asm!(
+            "movs {m}, #0",
+            "2:",
+            "ldm {x}!, {{r0, r1, r2, r3}}",
+            // m = max(m, bits << 1): the shift drops the sign.
+            "cmp {m}, r0, lsl #1",
+            "it lo",
+            "lsllo {m}, r0, #1",
+            "cmp {m}, r1, lsl #1",
+            "it lo",
+            "lsllo {m}, r1, #1",
+            "cmp {m}, r2, lsl #1",
+            "it lo",
+            "lsllo {m}, r2, #1",
+            "cmp {m}, r3, lsl #1",
+            "it lo",
+            "lsllo {m}, r3, #1",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "lsrs {m}, {m}, #1",
+            x = inout(reg) x.as_ptr() => _,
+            n = inout(reg) x.len() / 4 => _,
+            m = out(reg) m,
+            out("r0") _, out("r1") _, out("r2") _, out("r3") _,
+            options(nostack, readonly),
+        );
+    }
+    m
+}
+
+/// [`super::quantize_input`] and [`super::arrange_pairs`] in one pass: `q` gets the
+/// int8 activations, `pairs` their DSP layout, and the scale is returned. `None`
+/// (nothing written) unless `x.len()` is a non-zero multiple of 8, `q` is word-aligned
+/// and both are long enough, and `x` has a finite non-zero maximum whose `2 · 127 /
+/// max` is finite; the caller then takes the portable path.
+///
+/// Per element: `VMUL` by `127 / max` (the portable product), `VCVT.S32.F32 #1` (the
+/// fixed-point conversion with one fraction bit, rounding toward zero: exactly
+/// `trunc(2y)`, the portable `(y * 2.0) as i32`), then two lanes at a time: `PKHBT`
+/// packs `t` of the pair layout's two elements into 16-bit lanes (|t| <= 255), `BIC`
+/// makes `1 + (t >> 31)` per lane (1 for `t >= 0`, else 0) and `SHADD16` halves `t +`
+/// that: `(t + 1 + (t >> 31)) >> 1`, the portable round-half-away. `UXTB16`/`ORR`
+/// gather the low bytes of two pair words into four int8 values.
+#[cfg(tinylens_dsp_vfp)]
+pub(super) fn quantize_pairs(x: &[f32], q: &mut [i8], pairs: &mut [u32]) -> Option<f32> {
+    let n = x.len();
+    if n == 0 || n % 8 != 0 || q.len() < n || pairs.len() < n / 2 || (q.as_ptr() as usize) % 4 != 0
+    {
+        return None;
+    }
+    let amax = f32::from_bits(max_abs_bits(x));
+    if amax == 0.0 || !amax.is_finite() {
+        return None;
+    }
+    let inv = 127.0 / amax;
+    if !(inv * 2.0).is_finite() {
+        return None;
+    }
+    // SAFETY: reads `n` words at `x`, writes `n` bytes at `q` (word-aligned, as STR of
+    // whole words here needs) and `n / 2` words at `pairs`: all checked above. Only
+    // declared registers change (s16 is callee-saved: the compiler saves it); `subs`
+    // sets the flags.
+    unsafe {
+        asm!(
+            "vmov s16, {inv}",
+            "2:",
+            "vldmia {x}!, {{s0-s7}}",
+            "vmul.f32 s0, s0, s16",
+            "vmul.f32 s1, s1, s16",
+            "vmul.f32 s2, s2, s16",
+            "vmul.f32 s3, s3, s16",
+            "vmul.f32 s4, s4, s16",
+            "vmul.f32 s5, s5, s16",
+            "vmul.f32 s6, s6, s16",
+            "vmul.f32 s7, s7, s16",
+            "vcvt.s32.f32 s0, s0, #1",
+            "vcvt.s32.f32 s1, s1, #1",
+            "vcvt.s32.f32 s2, s2, #1",
+            "vcvt.s32.f32 s3, s3, #1",
+            "vcvt.s32.f32 s4, s4, #1",
+            "vcvt.s32.f32 s5, s5, #1",
+            "vcvt.s32.f32 s6, s6, #1",
+            "vcvt.s32.f32 s7, s7, #1",
+            "vmov r0, r1, s0, s1",
+            "vmov r2, r3, s2, s3",
+            "pkhbt r4, r0, r2, lsl #16",
+            "pkhbt r5, r1, r3, lsl #16",
+            "bic r0, {one}, r4, lsr #15",
+            "shadd16 r4, r4, r0",
+            "bic r0, {one}, r5, lsr #15",
+            "shadd16 r5, r5, r0",
+            "uxtb16 r1, r4",
+            "uxtb16 r2, r5",
+            "orr r1, r1, r2, lsl #8",
+            "str r1, [{q}], #4",
+            "stm {p}!, {{r4, r5}}",
+            "vmov r0, r1, s4, s5",
+            "vmov r2, r3, s6, s7",
+            "pkhbt r4, r0, r2, lsl #16",
+            "pkhbt r5, r1, r3, lsl #16",
+            "bic r0, {one}, r4, lsr #15",
+            "shadd16 r4, r4, r0",
+            "bic r0, {one}, r5, lsr #15",
+            "shadd16 r5, r5, r0",
+            "uxtb16 r1, r4",
+            "uxtb16 r2, r5",
+            "orr r1, r1, r2, lsl #8",
+            "str r1, [{q}], #4",
+            "stm {p}!, {{r4, r5}}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            x = inout(reg) x.as_ptr() => _,
+            q = inout(reg) q.as_mut_ptr() => _,
+            p = inout(reg) pairs.as_mut_ptr() => _,
+            n = inout(reg) n / 8 => _,
+            one = in(reg) 0x0001_0001u32,
+            inv = in(reg) inv.to_bits(),
+            out("r0") _, out("r1") _, out("r2") _, out("r3") _, out("r4") _, out("r5") _,
+            out("s0") _, out("s1") _, out("s2") _, out("s3") _,
+            out("s4") _, out("s5") _, out("s6") _, out("s7") _, out("s16") _,
+            options(nostack),
+        );
+    }
+    Some(amax / 127.0)
+}
+
+/// Widest int4 row [`matvec_i4`] takes (its activation layout lives on the stack).
+const I4_MAX_COLS: usize = 512;
+
+/// `out[r] = (Σ_g S_rg as f32 * scale_rg) * in_scale` for `out.len()` rows of `cols`
+/// int4 weights (two per byte, low nibble first; one f16 scale per group of
+/// [`crate::quant::INT4_GROUP`] columns), `S_rg` the exact integer sum of group `g` of
+/// row `r` with the int8 activations `q`: the portable kernel's float operations in
+/// its order, so the same bits.
+///
+/// The nibbles go to 16-bit lanes without shifting each one down: `AND` with
+/// `0xF0F0F0F0` of the word (odd columns) and of the word shifted left by 4 (even
+/// columns) leaves every nibble in the top of its byte, i.e. `16 · w` as an int8, and
+/// `SXTB16` makes lanes of those, which `SMLAD` multiplies with activation pairs laid
+/// out to match (per 8 columns `[x0, x4] [x2, x6] [x1, x5] [x3, x7]`). The group's sum
+/// is then `16 · S` exactly (|16 · S| <= 32 · 128 · 128 < 2^31), and `>> 4` gives `S`.
+///
+/// `false` (nothing written) unless `cols` is a non-zero multiple of the group (and at
+/// most [`I4_MAX_COLS`]), `values` is word-aligned and holds the rows, and `scales`
+/// and `q` are long enough.
+pub(super) fn matvec_i4(
+    values: &[u8],
+    scales: &[u8],
+    cols: usize,
+    q: &[i8],
+    in_scale: f32,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(not(tinylens_dsp_vfp))]
+    use crate::quant::f16_le_to_f32;
+    use crate::quant::INT4_GROUP;
+    let rows = out.len();
+    let groups = cols / INT4_GROUP;
+    let ok = rows > 0
+        && cols > 0
+        && cols % INT4_GROUP == 0
+        && cols <= I4_MAX_COLS
+        && (values.as_ptr() as usize) % 4 == 0
+        && values.len() / (cols / 2) >= rows
+        && scales.len() / 2 / groups >= rows
+        && q.len() >= cols;
+    if !ok {
+        return false;
+    }
+    let lane = |v: i8| v as i16 as u16 as u32;
+    let mut xl = [0u32; I4_MAX_COLS / 2];
+    for (g, o) in q[..cols].chunks_exact(8).zip(xl.chunks_exact_mut(4)) {
+        o[0] = lane(g[0]) | lane(g[4]) << 16;
+        o[1] = lane(g[2]) | lane(g[6]) << 16;
+        o[2] = lane(g[1]) | lane(g[5]) << 16;
+        o[3] = lane(g[3]) | lane(g[7]) << 16;
+    }
+    let mut w = values.as_ptr();
+    #[cfg(not(tinylens_dsp_vfp))]
+    let mut s = scales.chunks_exact(2);
+    #[cfg(tinylens_dsp_vfp)]
+    let mut sp = scales.as_ptr();
+    for o in out.iter_mut() {
+        let mut acc = 0.0f32;
+        let mut x = xl.as_ptr();
+        for _ in 0..groups {
+            let mut sum: i32 = 0;
+            // SAFETY: reads the group's 16 bytes at `w` (word-aligned: rows and groups
+            // are whole words, as `cols` is a multiple of 32; within the `rows * cols / 2`
+            // bytes checked) and 16 words at `x` (within `xl`, which holds `cols / 2`
+            // words per row). Reads only; declared registers change; no flags.
+            unsafe {
+                asm!(
+                    "ldm {w}!, {{r0, r1}}",
+                    "ldm {x}!, {{r8, r9, r10, r11}}",
+                    "and r4, {m}, r0, lsl #4",
+                    "and r0, r0, {m}",
+                    "sxtb16 r5, r4",
+                    "smlad {acc}, r5, r8, {acc}",
+                    "sxtb16 r4, r4, ror #8",
+                    "smlad {acc}, r4, r9, {acc}",
+                    "sxtb16 r5, r0",
+                    "smlad {acc}, r5, r10, {acc}",
+                    "sxtb16 r0, r0, ror #8",
+                    "smlad {acc}, r0, r11, {acc}",
+                    "ldm {x}!, {{r8, r9, r10, r11}}",
+                    "and r4, {m}, r1, lsl #4",
+                    "and r1, r1, {m}",
+                    "sxtb16 r5, r4",
+                    "smlad {acc}, r5, r8, {acc}",
+                    "sxtb16 r4, r4, ror #8",
+                    "smlad {acc}, r4, r9, {acc}",
+                    "sxtb16 r5, r1",
+                    "smlad {acc}, r5, r10, {acc}",
+                    "sxtb16 r1, r1, ror #8",
+                    "smlad {acc}, r1, r11, {acc}",
+                    "ldm {w}!, {{r0, r1}}",
+                    "ldm {x}!, {{r8, r9, r10, r11}}",
+                    "and r4, {m}, r0, lsl #4",
+                    "and r0, r0, {m}",
+                    "sxtb16 r5, r4",
+                    "smlad {acc}, r5, r8, {acc}",
+                    "sxtb16 r4, r4, ror #8",
+                    "smlad {acc}, r4, r9, {acc}",
+                    "sxtb16 r5, r0",
+                    "smlad {acc}, r5, r10, {acc}",
+                    "sxtb16 r0, r0, ror #8",
+                    "smlad {acc}, r0, r11, {acc}",
+                    "ldm {x}!, {{r8, r9, r10, r11}}",
+                    "and r4, {m}, r1, lsl #4",
+                    "and r1, r1, {m}",
+                    "sxtb16 r5, r4",
+                    "smlad {acc}, r5, r8, {acc}",
+                    "sxtb16 r4, r4, ror #8",
+                    "smlad {acc}, r4, r9, {acc}",
+                    "sxtb16 r5, r1",
+                    "smlad {acc}, r5, r10, {acc}",
+                    "sxtb16 r1, r1, ror #8",
+                    "smlad {acc}, r1, r11, {acc}",
+                    w = inout(reg) w,
+                    x = inout(reg) x,
+                    m = in(reg) 0xF0F0_F0F0u32,
+                    acc = inout(reg) sum,
+                    out("r0") _, out("r1") _, out("r4") _, out("r5") _,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+            #[cfg(not(tinylens_dsp_vfp))]
+            {
+                let scale = s.next().map_or(f32::NAN, |b| f16_le_to_f32([b[0], b[1]]));
+                acc += (sum >> 4) as f32 * scale;
+            }
+            // The same operations with the FPU: `VCVT.F32.S32` rounds as `as f32`,
+            // `VCVTB` converts the f16 scale exactly.
+            #[cfg(tinylens_dsp_vfp)]
+            let mut acc_bits = acc.to_bits();
+            #[cfg(tinylens_dsp_vfp)]
+            // SAFETY: reads the group's f16 scale at `sp` (LDRH: any alignment), the
+            // `groups` scales of each of `rows` rows being within `scales` (checked).
+            // Only declared registers change; no flags.
+            unsafe {
+                asm!(
+                    "asr {t}, {sum}, #4",
+                    "vmov s0, {t}",
+                    "vcvt.f32.s32 s0, s0",
+                    "ldrh {t}, [{sp}], #2",
+                    "vmov s1, {t}",
+                    "vcvtb.f32.f16 s1, s1",
+                    "vmul.f32 s0, s0, s1",
+                    "vmov s2, {a}",
+                    "vadd.f32 s2, s2, s0",
+                    "vmov {a}, s2",
+                    sum = in(reg) sum,
+                    sp = inout(reg) sp,
+                    t = out(reg) _,
+                    a = inout(reg) acc_bits,
+                    out("s0") _,
+                    out("s1") _,
+                    out("s2") _,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+            #[cfg(tinylens_dsp_vfp)]
+            {
+                acc = f32::from_bits(acc_bits);
+            }
+        }
+        *o = acc * in_scale;
+    }
+    true
 }

@@ -26,6 +26,30 @@
 //!   writes only its own index (atomic load/store only, so also on Armv6-M, which has
 //!   no compare-and-swap).
 //!
+//!
+//! # Draining from an interrupt or by DMA
+//!
+//! The reader may be moved into an interrupt handler (it is `Send`; keep it in a
+//! `static` behind a `critical_section::Mutex<RefCell<Option<RingReader<'static, N>>>>`,
+//! installed before the interrupt is enabled): the handler takes bytes from
+//! [`readable`](RingReader::readable) as the transport accepts them and
+//! [`release`](RingReader::release)s them, while the model keeps writing frames from the
+//! main loop. The writer never waits for a lock, and a frame the handler's interrupt
+//! cuts in half is not yet committed, so the handler never sees it. With
+//! `blocking(|| cortex_m::asm::wfi())` a full ring waits for the handler.
+//!
+//! For DMA, [`readable`](RingReader::readable) is the transfer's source: the bytes it
+//! returns stay where they are and unchanged until [`release`](RingReader::release)
+//! passes them (the writer touches only free bytes), so a transfer may go on reading
+//! them after the borrow ends. Start it on `readable()` (its pointer and length), and
+//! in the transfer-complete interrupt `release(len)` and start the next one; keep the
+//! reader (and so the ring) alive while a transfer runs. Each transfer is contiguous;
+//! a wrap at the buffer's end takes two.
+//!
+//! The examples: `firmware-examples/qemu` (`drain=tick`: the SysTick handler moves a
+//! bounded number of bytes a tick, checked bit for bit under QEMU) and
+//! `firmware-examples/stm32f4` (the USART2 transmit-empty interrupt).
+//!
 //! This module holds the crate's second `unsafe` code (see `lib.rs`): the bytes live in
 //! an `UnsafeCell` that both sides reach through shared references. Its safety rests on
 //! the two indices: the writer touches only the free part `[head, tail + N)`, the reader
@@ -569,6 +593,55 @@ mod tests {
         assert!(waits > 0);
         assert_eq!(out.len(), 400);
         assert_eq!(r.borrow().dropped_frames(), 1);
+    }
+
+    /// The reader on another thread, as an interrupt handler or a second core would be:
+    /// whatever the interleaving, it sees exactly the committed frames, whole and in
+    /// order (frames encoded in place and copied in, a blocking writer, a small ring
+    /// that wraps and skips its end often).
+    #[test]
+    fn a_concurrent_reader_sees_only_whole_frames() {
+        const FRAMES: u32 = 4_000;
+        let mut ring = FrameRing::<256>::new();
+        let (w, mut r) = ring.split();
+        let expected: std::vec::Vec<u8> = (0..FRAMES)
+            .flat_map(|i| frame(i as u8, 2 + (i as usize * 13) % 60))
+            .collect();
+        let out = std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                let mut sink = w.blocking(std::thread::yield_now);
+                for i in 0..FRAMES {
+                    let f = frame(i as u8, 2 + (i as usize * 13) % 60);
+                    if i % 2 == 0 {
+                        sink.write_frame(&f).unwrap();
+                    } else {
+                        let space = sink.lend(f.len() + 7).unwrap().unwrap();
+                        space[..f.len()].copy_from_slice(&f);
+                        sink.commit(f.len()).unwrap();
+                    }
+                }
+            });
+            let mut out = std::vec::Vec::new();
+            let mut pace = 1usize;
+            while out.len() < expected.len() {
+                pace = pace % 37 + 1;
+                let moved = r.drain(|b| {
+                    let n = b.len().min(pace);
+                    out.extend_from_slice(&b[..n]);
+                    n
+                });
+                if moved == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            producer.join().unwrap();
+            out
+        });
+        assert!(
+            out == expected,
+            "the reader saw other bytes than the frames"
+        );
+        assert_eq!(r.dropped_frames(), 0);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   defaults that `key=value` arguments override ([`Settings::apply`]).
 //! - [`run`]: processes the prompt, generates greedily with the KV cache, records
 //!   the probes as trace frames to the sink and logs progress with defmt.
+//! - [`run_with_ring`]: [`run`] with the trace ring drained by the main loop (the
+//!   board examples' loop); [`Notify`]: a sink that signals a draining interrupt.
 //! - [`Stepper`]: wraps each model step with the busy pin, a clock reading and the
 //!   instruction-count markers (see `scripts/qemu/icount.c`).
 #![no_std]
@@ -20,8 +22,9 @@
 pub use embedded_hal;
 pub use tinylens_core;
 
+use core::cell::{Cell, RefCell};
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use embedded_hal::{delay::DelayNs, digital::OutputPin};
 use tinylens_core::kernels::Portable;
@@ -93,6 +96,9 @@ pub struct Settings {
     /// `false`: no recorder at all (the steps run with `NoHooks`; nothing is written
     /// to the trace channel), to measure the cost of inference alone.
     pub record: bool,
+    /// `record=pieces`: no recorder, but an instruction-count marker at every hook
+    /// point ([`Pieces`]), for a per-piece profile of the step.
+    pub pieces: bool,
     pub run_id: u32,
     /// How the KV cache is stored (`kv=f32|f16|int8`; the static workspace is sized for
     /// f32, the largest).
@@ -136,6 +142,7 @@ impl Settings {
             generate: DEFAULT_GENERATE,
             probes,
             record: true,
+            pieces: false,
             run_id: DEFAULT_RUN_ID,
             kv: KvStorage::F32,
             probes_given: false,
@@ -144,7 +151,8 @@ impl Settings {
 
     /// Applies one argument. Keys: `tokens=1,2,3` (the prompt), `generate=N`,
     /// `probe=PATTERN` (repeatable; the first replaces the default set; `probe=none`
-    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`,
+    /// records no hook, only header, token and end frames), `run=ID`, `record=0|1`
+    /// (or `record=pieces`: no recorder, a marker at every hook point, see [`Pieces`]),
     /// `kv=f32|f16|int8`.
     /// Returns `Ok(false)` for a key it does not know (the binary may know it).
     pub fn apply<'a>(&mut self, key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
@@ -183,10 +191,11 @@ impl Settings {
                 self.kv = KvStorage::from_name(value).ok_or(bad("expected f32, f16 or int8"))?;
             }
             "record" => {
-                self.record = match value {
-                    "1" | "on" => true,
-                    "0" | "off" => false,
-                    _ => return Err(bad("expected 0 or 1")),
+                (self.record, self.pieces) = match value {
+                    "1" | "on" => (true, false),
+                    "0" | "off" => (false, false),
+                    "pieces" => (false, true),
+                    _ => return Err(bad("expected 0, 1 or pieces")),
                 };
             }
             _ => return Ok(false),
@@ -375,6 +384,7 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         let (result, ticks) = stepper.step(|| {
             let logits = match recorder.as_mut() {
                 Some(r) => session.step_with(token, r)?,
+                None if settings.pieces => session.step_with(token, &mut Pieces)?,
                 None => session.step(token)?,
             };
             Ok::<_, Error>(sample::greedy(logits))
@@ -382,6 +392,9 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         next = result.map_err(|error| RunError::Step { pos, error })?;
         step_ticks += ticks as u64;
         between_steps();
+        if settings.pieces {
+            defmt::info!("pieces {=[u8]}", Pieces::take(&mut [0; PIECES_MAX]));
+        }
         defmt::info!(
             "pos {=usize} {=str} token {=u32} -> {=u32}: {=u32} ticks ({=u32} us), marks {=u32}",
             pos,
@@ -424,6 +437,96 @@ pub fn run<P: OutputPin, D: DelayNs, C: Clock, S: Sink>(
         summary,
         step_ticks,
     })
+}
+
+// ---------------------------------------------------------------------------
+// The board examples' loop: the trace ring drained by the main loop
+
+/// [`run`] with the trace in `ring`, drained by the main loop: the recorder writes
+/// frames into the ring during each step, and between steps (and whenever a step finds
+/// the ring full: policy *block*) `send` gets everything committed, as contiguous
+/// slices of whole frames (a frame may span two slices at the ring's wrap), to write
+/// all of it to the transport (a UART's `write_all`, an RTT channel). The rest goes
+/// after the run. A transport error loses the bytes of that slice (later ones are still
+/// sent) and makes the run [`RunError::Trace`]`(`[`Error::SinkFailed`]`)`.
+///
+/// The loop the board examples share (`rp2040`, `stm32f4` with `DRAIN_FROM_INTERRUPT`
+/// off); for a drain from an interrupt, see [`Notify`].
+pub fn run_with_ring<const N: usize, P: OutputPin, D: DelayNs, C: Clock, E>(
+    ring: &mut trace::FrameRing<N>,
+    blob: &[u8],
+    workspace: &mut [f32],
+    frame_buf: &mut [u8],
+    settings: &Settings,
+    stepper: &mut Stepper<P, D, C>,
+    send: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Outcome, RunError> {
+    let (writer, reader) = ring.split();
+    // The drain between steps and the wait of a step that found the ring full share
+    // the reader and the transport; they never run at the same time.
+    let reader = RefCell::new(reader);
+    let send = RefCell::new(send);
+    let failed = Cell::new(false);
+    let drain = || {
+        let mut send = send.borrow_mut();
+        let mut reader = reader.borrow_mut();
+        while !reader.is_empty() {
+            if reader.drain_all(|bytes| (*send)(bytes)).is_err() {
+                // Skip what failed, so that a broken transport cannot hang the run.
+                let n = reader.readable().len();
+                reader.release(n);
+                failed.set(true);
+            }
+        }
+    };
+    let result = run(
+        blob,
+        workspace,
+        frame_buf,
+        settings,
+        stepper,
+        writer.blocking(drain),
+        drain,
+    );
+    drain();
+    match result {
+        Ok(_) if failed.get() => Err(RunError::Trace(Error::SinkFailed)),
+        r => r,
+    }
+}
+
+/// A sink that runs `notify` after every frame it has taken: to start an
+/// interrupt-driven drain (pend the transmit interrupt, enable the transmit-empty
+/// interrupt, start a DMA transfer) as soon as there is something to send. The
+/// handler owns the ring's reader (see `tinylens_core::trace::FrameRing`, "Draining
+/// from an interrupt or by DMA").
+pub struct Notify<S, F> {
+    pub sink: S,
+    pub notify: F,
+}
+
+impl<S: Sink, F: FnMut()> Sink for Notify<S, F> {
+    #[inline]
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let r = self.sink.write_frame(frame);
+        (self.notify)();
+        r
+    }
+    fn write_last_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let r = self.sink.write_last_frame(frame);
+        (self.notify)();
+        r
+    }
+    #[inline(always)]
+    fn lend(&mut self, max: usize) -> Result<Option<&mut [u8]>, Error> {
+        self.sink.lend(max)
+    }
+    #[inline(always)]
+    fn commit(&mut self, len: usize) -> Result<(), Error> {
+        let r = self.sink.commit(len);
+        (self.notify)();
+        r
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -539,6 +642,50 @@ pub extern "C" fn tinylens_icount_mark(id: u32) {
 /// How many markers have run so far.
 pub fn icount_marks() -> u32 {
     MARKS.load(Ordering::Relaxed)
+}
+
+/// Most hook points one step passes (the log line of [`Pieces`] holds this many).
+pub const PIECES_MAX: usize = 160;
+
+/// Hook points a [`Pieces`] step passed, in order, and how many.
+static PIECE_POINTS: [AtomicU8; PIECES_MAX] = [const { AtomicU8::new(0) }; PIECES_MAX];
+static PIECE_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Hooks that want nothing but mark every hook point the forward pass passes
+/// ([`tinylens_icount_mark`] with id `100 + point`) and note the point: the
+/// instructions between two consecutive marks are the piece of the step between those
+/// hook points (e.g. `Pattern` to `Z`: the weighted sum of one head), which
+/// `scripts/bench_firmware.sh` adds up per piece. The hook checks themselves are those
+/// of any recorder (`wants` is asked, `hook` never called).
+pub struct Pieces;
+
+impl Pieces {
+    /// The points noted since the last call (at most [`PIECES_MAX`]), into `buf`.
+    pub fn take(buf: &mut [u8; PIECES_MAX]) -> &[u8] {
+        // Load and store, not `swap`: ARMv6-M has no atomic read-modify-write (the
+        // firmware is single-threaded).
+        let n = (PIECE_COUNT.load(Ordering::Relaxed) as usize).min(PIECES_MAX);
+        PIECE_COUNT.store(0, Ordering::Relaxed);
+        for (b, p) in buf.iter_mut().zip(&PIECE_POINTS[..n]) {
+            *b = p.load(Ordering::Relaxed);
+        }
+        &buf[..n]
+    }
+}
+
+impl tinylens_core::Hooks for Pieces {
+    #[inline(never)]
+    fn wants(&self, point: tinylens_core::HookPoint) -> bool {
+        tinylens_icount_mark(100 + point as u32);
+        let n = PIECE_COUNT.load(Ordering::Relaxed);
+        if let Some(slot) = PIECE_POINTS.get(n as usize) {
+            slot.store(point as u8, Ordering::Relaxed);
+        }
+        PIECE_COUNT.store(n.wrapping_add(1), Ordering::Relaxed);
+        false
+    }
+
+    fn hook(&mut self, _site: tinylens_core::Site, _value: &mut [f32]) {}
 }
 
 // ---------------------------------------------------------------------------

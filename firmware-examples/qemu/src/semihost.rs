@@ -2,10 +2,26 @@
 //! line QEMU passes (`-semihosting-config ...,arg=...`), and exit.
 //!
 //! Only what `cortex_m_semihosting::hio` lacks: it opens the console (`:tt`) but not
-//! host files, and has no `SYS_GET_CMDLINE`.
+//! host files, and has no `SYS_GET_CMDLINE`. The calls are the Arm semihosting ones on
+//! both architectures; only the trap differs (`BKPT 0xAB` on Cortex-M, through
+//! `cortex_m_semihosting`; the `slli`/`ebreak`/`srai` sequence on RISC-V, `rv.rs`).
 
 use core::fmt;
-use cortex_m_semihosting::{debug, nr, syscall, syscall1};
+
+#[cfg(target_arch = "riscv32")]
+use crate::rv::{nr, syscall1};
+#[cfg(target_arch = "arm")]
+use cortex_m_semihosting::{nr, syscall1};
+
+/// Semihosting call `op` with a parameter block of `args`.
+///
+/// # Safety
+/// `args` must be the parameter block the call expects; pointers in it must be valid
+/// for the host's reads and writes.
+unsafe fn call(op: usize, args: &[usize]) -> usize {
+    // SAFETY: as the caller guarantees.
+    unsafe { syscall1(op, args.as_ptr() as usize) }
+}
 
 /// An open semihosting file handle (a host file, or the console).
 #[derive(Clone, Copy)]
@@ -23,7 +39,7 @@ impl HostFile {
         name.extend_from_slice(path.as_bytes()).ok()?;
         name.push(0).ok()?;
         // SAFETY: the parameter block points at a live, NUL-terminated buffer.
-        let fd = unsafe { syscall!(OPEN, name.as_ptr(), mode, path.len()) } as isize;
+        let fd = unsafe { call(nr::OPEN, &[name.as_ptr() as usize, mode, path.len()]) } as isize;
         (fd >= 0).then_some(Self { fd: fd as usize })
     }
 
@@ -47,7 +63,7 @@ impl HostFile {
         while !bytes.is_empty() {
             // SYS_WRITE returns the number of bytes NOT written.
             // SAFETY: the parameter block points at `bytes`, alive for the call.
-            let left = unsafe { syscall!(WRITE, self.fd, bytes.as_ptr(), bytes.len()) };
+            let left = unsafe { call(nr::WRITE, &[self.fd, bytes.as_ptr() as usize, bytes.len()]) };
             if left == 0 {
                 return Ok(());
             }
@@ -84,13 +100,12 @@ pub fn cmdline(buf: &mut [u8]) -> Option<&str> {
     core::str::from_utf8(&buf[..len]).ok()
 }
 
-/// Ends the QEMU run: status 0 when `success`, 1 otherwise.
+/// Ends the QEMU run: status 0 when `success`, 1 otherwise (`SYS_EXIT` with the
+/// reason `ADP_Stopped_ApplicationExit`, or `ADP_Stopped_RunTimeErrorUnknown`).
 pub fn exit(success: bool) -> ! {
-    debug::exit(if success {
-        debug::EXIT_SUCCESS
-    } else {
-        debug::EXIT_FAILURE
-    });
+    let reason = if success { 0x2_0026 } else { 0x2_0023 };
+    // SAFETY: on 32-bit targets SYS_EXIT takes the reason itself, not a block.
+    unsafe { syscall1(nr::REPORT_EXCEPTION, reason) };
     // Only reached without a semihosting host (e.g. a debugger that ignores it).
-    cortex_m::asm::udf()
+    crate::halt()
 }

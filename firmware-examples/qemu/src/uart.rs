@@ -9,7 +9,9 @@
 //!   `DR` +0x04, `BRR` +0x08, `CR1` +0x0C with `UE` = bit 13, `TE` = bit 3);
 //! - `microbit` (nRF51822, Cortex-M0): UART0 at `0x4000_2000` (`TASKS_STARTTX` +0x008,
 //!   `EVENTS_TXDRDY` +0x11C, `ENABLE` +0x500 = 4, `PSELTXD` +0x50C, `TXD` +0x51C,
-//!   `BAUDRATE` +0x524).
+//!   `BAUDRATE` +0x524);
+//! - `virt` (RISC-V): the NS16550A at `0x1000_0000` (byte registers: `THR` +0, `LSR` +5
+//!   with `THRE` = bit 5); QEMU's needs no set-up (8N1 after reset).
 //!
 //! QEMU's UARTs have no baud timing: a byte is "sent" as soon as it is written. The
 //! register sequences are those of the reference manuals, so the same code runs on
@@ -23,8 +25,10 @@ use core::ptr::{read_volatile, write_volatile};
 
 /// A memory-mapped 32-bit register at `base + offset`.
 #[derive(Clone, Copy)]
+#[cfg_attr(riscv_virt, allow(dead_code))]
 struct Reg(usize);
 
+#[cfg_attr(riscv_virt, allow(dead_code))]
 impl Reg {
     fn read(self) -> u32 {
         // SAFETY: `self.0` is a register address of this machine's UART (see above),
@@ -42,7 +46,7 @@ pub struct Uart {
     _private: (),
 }
 
-#[cfg(not(any(microbit, netduinoplus2)))]
+#[cfg(not(any(microbit, netduinoplus2, riscv_virt)))]
 mod regs {
     //! CMSDK APB UART0 of the MPS2 FPGA images.
     use super::Reg;
@@ -69,6 +73,15 @@ mod regs {
     pub const TE: u32 = 1 << 3;
 }
 
+#[cfg(riscv_virt)]
+mod regs {
+    //! NS16550A of QEMU's RISC-V `virt` machine (byte-wide registers).
+    const BASE: usize = 0x1000_0000;
+    pub const THR: *mut u8 = BASE as *mut u8;
+    pub const LSR: *const u8 = (BASE + 5) as *const u8;
+    pub const THRE: u8 = 1 << 5;
+}
+
 #[cfg(microbit)]
 mod regs {
     //! nRF51 UART0 (nRF51 Series Reference Manual, chapter 29).
@@ -88,7 +101,7 @@ mod regs {
 
 impl Uart {
     /// Enables the transmitter (8N1). Call once.
-    #[cfg(not(any(microbit, netduinoplus2)))]
+    #[cfg(not(any(microbit, netduinoplus2, riscv_virt)))]
     pub fn take() -> Self {
         use regs::*;
         BAUDDIV.write(16); // the smallest divisor: 25 MHz / 16
@@ -102,6 +115,11 @@ impl Uart {
         // 16 MHz HSI after reset, oversampling by 16: BRR = 16 MHz / 1 Mbaud.
         BRR.write(0x10);
         CR1.write(UE | TE);
+        Uart { _private: () }
+    }
+
+    #[cfg(riscv_virt)]
+    pub fn take() -> Self {
         Uart { _private: () }
     }
 
@@ -121,7 +139,14 @@ impl Uart {
     #[inline]
     pub fn write_byte(&mut self, b: u8) {
         use regs::*;
-        #[cfg(not(any(microbit, netduinoplus2)))]
+        #[cfg(riscv_virt)]
+        // SAFETY: byte registers of this machine's UART (see `regs`), which the driver
+        // owns; volatile accesses with no other side effect.
+        unsafe {
+            while read_volatile(LSR) & THRE == 0 {}
+            write_volatile(THR, b);
+        }
+        #[cfg(not(any(microbit, netduinoplus2, riscv_virt)))]
         {
             while STATE.read() & TXFULL != 0 {}
             DATA.write(b as u32);

@@ -19,8 +19,6 @@
 #![no_std]
 #![no_main]
 
-use core::cell::RefCell;
-
 use cortex_m_rt::entry;
 use embedded_io::Write as _;
 use rp2040_hal::{
@@ -103,27 +101,17 @@ fn main() -> ! {
     let timer = Timer::new(p.TIMER, &mut p.RESETS, &clocks);
     let mut stepper = Stepper::new(busy, timer, TimerClock(timer), GAP_US);
 
-    let (writer, reader) = RING.split();
-    let reader = RefCell::new(reader);
-    let uart_ref = RefCell::new(&mut uart);
-    // Drains the ring to the UART: between steps, and when a step finds it full.
-    let drain = || {
-        let mut uart = uart_ref.borrow_mut();
-        let _ = reader.borrow_mut().drain_all(|bytes| uart.write_all(bytes));
-        let _ = uart.flush();
-    };
-    // Policy block: a step whose frames do not fit waits for the drain
-    // (`writer.dropping()` drops whole frames instead, counted in the end frame).
-    let result = tinylens_fw::run(
+    // Frames go into the ring during a step; between steps (and when a step finds it
+    // full) the main loop drains it to the UART (tinylens_fw::run_with_ring).
+    let result = tinylens_fw::run_with_ring(
+        RING,
         MODEL_BLOB,
         WORKSPACE,
         FRAME_BUF,
         &Settings::defaults(),
         &mut stepper,
-        writer.blocking(drain),
-        drain,
+        |bytes| uart.write_all(bytes),
     );
-    drain();
     if let Err(e) = result {
         defmt::error!("{}", e);
     }

@@ -6,9 +6,15 @@
 //!
 //! - busy pin: PA5 (the Nucleo's green LED LD2, also on the Arduino header D13), high
 //!   during each model step; the defmt log gives each step's DWT cycle count;
-//! - trace: frames are encoded into a 16 KiB `FrameRing` during the step; between
-//!   steps the main loop drains the ring to USART2 TX (PA2) at 1 Mbaud 8N1, which the
-//!   Nucleo routes to the ST-LINK virtual COM port (`/dev/ttyACM0`), through the HAL's
+//! - trace: frames are encoded into a 16 KiB `FrameRing` during the step and leave
+//!   through USART2 TX (PA2) at 1 Mbaud 8N1, which the Nucleo routes to the ST-LINK
+//!   virtual COM port (`/dev/ttyACM0`). With `DRAIN_FROM_INTERRUPT` (the default) the
+//!   USART2 transmit-empty interrupt drains the ring while the model runs: every frame
+//!   the recorder commits pends the interrupt (`tinylens_fw::Notify`), the handler
+//!   writes bytes while the data register is empty and keeps the TXE interrupt on
+//!   until the ring is empty; a step that finds the ring full sleeps (`wfi`) until the
+//!   handler made room. Without it, the main loop drains the ring between steps
+//!   (`tinylens_fw::run_with_ring`, the RP2040 example's loop) through the HAL's
 //!   embedded-io 0.6 `Tx` writer;
 //! - defmt log: RTT up-channel 0 (rtt-target), read by `probe-rs run`.
 //!
@@ -19,12 +25,20 @@
 
 use core::cell::RefCell;
 
-use cortex_m::peripheral::DWT;
+use cortex_m::peripheral::{DWT, NVIC};
 use cortex_m_rt::entry;
+use critical_section::Mutex;
 use rtt_target::{rtt_init, ChannelMode};
-use stm32f4xx_hal::{pac, prelude::*, rcc::Config};
-use tinylens_core::trace::FrameRing;
-use tinylens_fw::{Clock, Settings, Stepper, FRAME_BUFFER_LEN, MODEL_BLOB, WORKSPACE_WORDS};
+use stm32f4xx_hal::{
+    pac::{self, interrupt, Interrupt},
+    prelude::*,
+    rcc::Config,
+    serial::{Tx, TxListen},
+};
+use tinylens_core::trace::{FrameRing, RingReader};
+use tinylens_fw::{
+    Clock, Notify, Settings, Stepper, FRAME_BUFFER_LEN, MODEL_BLOB, WORKSPACE_WORDS,
+};
 
 /// Core clock.
 const CORE_HZ: u32 = 100_000_000;
@@ -32,6 +46,9 @@ const CORE_HZ: u32 = 100_000_000;
 const GAP_US: u32 = 100;
 /// Bytes of the trace ring: several steps of the default probes (~2 KB a step).
 const TRACE_RING: usize = 16 * 1024;
+/// `true`: the USART2 interrupt drains the ring during the steps; `false`: the main
+/// loop drains it between steps.
+const DRAIN_FROM_INTERRUPT: bool = true;
 
 /// The DWT cycle counter.
 struct CycleClock;
@@ -43,6 +60,49 @@ impl Clock for CycleClock {
     fn hz(&self) -> u32 {
         CORE_HZ
     }
+}
+
+/// What the USART2 handler drains: the ring's reader and the transmitter, moved here
+/// before the interrupt is unmasked; only the handler touches them afterwards.
+struct IsrDrain {
+    tx: Tx<pac::USART2>,
+    reader: RingReader<'static, TRACE_RING>,
+}
+
+static DRAIN: Mutex<RefCell<Option<IsrDrain>>> = Mutex::new(RefCell::new(None));
+
+/// USART2: pended after every committed frame, then raised by the transmit-empty flag
+/// while there are bytes to send.
+#[interrupt]
+fn USART2() {
+    critical_section::with(|cs| {
+        if let Some(IsrDrain { tx, reader }) = DRAIN.borrow_ref_mut(cs).as_mut() {
+            // Writes while the data register is empty (`write` returns 0 when not).
+            reader.drain(|bytes| embedded_io_06::Write::write(tx, bytes).unwrap_or(0));
+            // Transmit-empty interrupts while bytes remain; none when all is sent (the
+            // next frame pends the interrupt again).
+            if reader.is_empty() {
+                tx.unlisten();
+            } else {
+                tx.listen();
+            }
+        }
+    });
+}
+
+/// Starts the drain: runs the handler now.
+fn kick() {
+    NVIC::pend(Interrupt::USART2);
+}
+
+/// Whether the handler has sent everything committed so far.
+fn drained() -> bool {
+    critical_section::with(|cs| {
+        DRAIN
+            .borrow_ref(cs)
+            .as_ref()
+            .is_none_or(|d| d.reader.is_empty())
+    })
 }
 
 #[entry]
@@ -72,31 +132,48 @@ fn main() -> ! {
         .unwrap_or_else(|_| panic!("USART2 configuration"));
     let delay = cp.SYST.delay(&rcc.clocks);
     let mut stepper = Stepper::new(busy, delay, CycleClock, GAP_US);
+    let settings = Settings::defaults();
 
-    let (writer, reader) = RING.split();
-    let reader = RefCell::new(reader);
-    let tx_ref = RefCell::new(&mut tx);
-    // Drains the ring to the UART: between steps, and when a step finds it full.
-    let drain = || {
-        let mut tx = tx_ref.borrow_mut();
-        let _ = reader
-            .borrow_mut()
-            .drain_all(|bytes| embedded_io_06::Write::write_all(&mut **tx, bytes));
-        let _ = embedded_io_06::Write::flush(&mut **tx);
+    let result = if DRAIN_FROM_INTERRUPT {
+        let (writer, reader) = RING.split();
+        critical_section::with(|cs| DRAIN.borrow(cs).replace(Some(IsrDrain { tx, reader })));
+        // SAFETY: unmasking can break a critical section that relies on the interrupt
+        // being masked; none is in progress here, and the handler reaches its state
+        // only through `DRAIN`'s critical section.
+        unsafe { NVIC::unmask(Interrupt::USART2) };
+        // Policy block: a step whose frames do not fit sleeps until the handler made
+        // room (`writer.dropping()` drops whole frames instead, counted in the end frame).
+        let sink = Notify {
+            sink: writer.blocking(|| {
+                kick();
+                cortex_m::asm::wfi();
+            }),
+            notify: kick,
+        };
+        let result = tinylens_fw::run(
+            MODEL_BLOB,
+            WORKSPACE,
+            FRAME_BUF,
+            &settings,
+            &mut stepper,
+            sink,
+            || {},
+        );
+        while !drained() {
+            cortex_m::asm::wfi();
+        }
+        result
+    } else {
+        tinylens_fw::run_with_ring(
+            RING,
+            MODEL_BLOB,
+            WORKSPACE,
+            FRAME_BUF,
+            &settings,
+            &mut stepper,
+            |bytes| embedded_io_06::Write::write_all(&mut tx, bytes),
+        )
     };
-    // Policy block: a step whose frames do not fit waits for the drain
-    // (`writer.dropping()` drops whole frames instead, counted in the end frame).
-    let sink = writer.blocking(drain);
-    let result = tinylens_fw::run(
-        MODEL_BLOB,
-        WORKSPACE,
-        FRAME_BUF,
-        &Settings::defaults(),
-        &mut stepper,
-        sink,
-        drain,
-    );
-    drain();
     if let Err(e) = result {
         defmt::error!("{}", e);
     }
