@@ -134,6 +134,7 @@ fn prompt(repeated: usize) -> heads::PromptArgs {
         repeated: Some(repeated),
         seed: 3,
         bos: "none".into(),
+        ..Default::default()
     }
 }
 
