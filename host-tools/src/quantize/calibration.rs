@@ -15,10 +15,17 @@ use super::gptq::Hessian;
 /// Default number of sequences of `--calibrate repeated`.
 pub const REPEATED_SEQUENCES: usize = 64;
 
+/// Longest half of a built-in calibration sequence: with a long context (2048 for
+/// TransformerLens's attn-only-2l) a sequence filling it would make the built-in set
+/// 64 × 2048 positions of logits per model (25 GB for a 48k vocabulary); 64 + 64 tokens
+/// show the same induction behaviour.
+pub const MAX_REPEATED_HALF: usize = 64;
+
 /// The built-in calibration set: `sequences` sequences of random tokens repeated twice
 /// (TransformerLens's induction test, as `tinylens heads --repeated` and `ablate
-/// --repeated` draw them), filling the context, after BOS when the vocabulary's token 0
-/// is spelled like `<bos>`. Seeds `seed..seed+sequences`.
+/// --repeated` draw them), filling the context up to [`MAX_REPEATED_HALF`] tokens per
+/// half, after BOS when the vocabulary's token 0 is spelled like `<bos>`. Seeds
+/// `seed..seed+sequences`.
 pub fn repeated(
     cfg: &Config,
     vocab: Option<&[String]>,
@@ -29,7 +36,7 @@ pub fn repeated(
         .and_then(|v| v.first())
         .filter(|s| s.starts_with('<') && s.ends_with('>'))
         .map(|_| 0u32);
-    let n = (cfg.n_ctx as usize - bos.is_some() as usize) / 2;
+    let n = ((cfg.n_ctx as usize - bos.is_some() as usize) / 2).min(MAX_REPEATED_HALF);
     Ok(
         repeated_dataset(n.max(1), sequences, seed, bos, cfg.d_vocab, cfg.n_ctx)?
             .into_iter()

@@ -360,18 +360,46 @@ impl Outputs {
     }
 }
 
-/// The logits of every position of every prompt.
+/// The logits of every position of every prompt, through the host engine (blocks of
+/// positions; the same bits as stepping).
 pub fn logits(model: &Model<'_>, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-    let mut ws = vec![0.0f32; model.config().workspace_len()];
-    let mut s = Session::new(model, &mut ws)?;
+    let v = model.config().d_vocab_out as usize;
     let mut out = Vec::new();
     for p in prompts {
-        s.reset();
-        for &t in p {
-            out.push(s.step(t)?.to_vec());
-        }
+        out.extend(
+            prompt_logits(model, p)?
+                .chunks_exact(v)
+                .map(<[f32]>::to_vec),
+        );
     }
     Ok(out)
+}
+
+/// The logits `[pos * d_vocab_out]` of one prompt.
+fn prompt_logits(model: &Model<'_>, prompt: &[u32]) -> Result<Vec<f32>> {
+    let engine = crate::engine::Engine::new(model);
+    let sampling = crate::engine::Sampling::default();
+    Ok(engine
+        .run(prompt, 0, &sampling, &mut tinylens_core::NoHooks)?
+        .logits)
+}
+
+/// [`agreement`] of `ours` with `reference` on `prompts`, one prompt at a time (memory:
+/// two prompts' logits, whatever the number of prompts).
+pub fn agreement_on(
+    reference: &Model<'_>,
+    ours: &Model<'_>,
+    prompts: &[Vec<u32>],
+) -> Result<Agreement> {
+    let v = reference.config().d_vocab_out as usize;
+    let mut sum = AgreementSum::default();
+    for p in prompts {
+        let (r, o) = (prompt_logits(reference, p)?, prompt_logits(ours, p)?);
+        for (r, o) in r.chunks_exact(v).zip(o.chunks_exact(v)) {
+            sum.add(r, o);
+        }
+    }
+    Ok(sum.finish())
 }
 
 /// Agreement of a model's logits with reference logits, position by position.
@@ -389,10 +417,27 @@ pub struct Agreement {
 
 /// Compares `ours` with `reference` (the same positions in the same order).
 pub fn agreement(reference: &[Vec<f32>], ours: &[Vec<f32>]) -> Agreement {
-    let (mut kl, mut same, mut same_pred, mut predicted) = (0.0, 0, 0, 0);
+    let mut sum = AgreementSum::default();
     for (r, o) in reference.iter().zip(ours) {
+        sum.add(r, o);
+    }
+    sum.finish()
+}
+
+/// Running sums of an [`Agreement`], a position at a time.
+#[derive(Default)]
+struct AgreementSum {
+    kl: f64,
+    positions: usize,
+    same: usize,
+    same_pred: usize,
+    predicted: usize,
+}
+
+impl AgreementSum {
+    fn add(&mut self, r: &[f32], o: &[f32]) {
         let (lr, lo) = (log_softmax(r), log_softmax(o));
-        kl += lr
+        self.kl += lr
             .iter()
             .zip(&lo)
             .map(|(a, b)| a.exp() * (a - b))
@@ -401,22 +446,26 @@ pub fn agreement(reference: &[Vec<f32>], ours: &[Vec<f32>]) -> Agreement {
             tinylens_core::sample::greedy(r),
             tinylens_core::sample::greedy(o),
         );
-        same += (ar == ao) as usize;
+        self.positions += 1;
+        self.same += (ar == ao) as usize;
         if lr[ar as usize].exp() >= 0.5 {
-            predicted += 1;
-            same_pred += (ar == ao) as usize;
+            self.predicted += 1;
+            self.same_pred += (ar == ao) as usize;
         }
     }
-    let n = reference.len().max(1) as f64;
-    Agreement {
-        mean_kl: kl / n,
-        top1_predicted: if predicted > 0 {
-            same_pred as f64 / predicted as f64
-        } else {
-            f64::NAN
-        },
-        predicted,
-        top1_all: same as f64 / n,
+
+    fn finish(&self) -> Agreement {
+        let n = self.positions.max(1) as f64;
+        Agreement {
+            mean_kl: self.kl / n,
+            top1_predicted: if self.predicted > 0 {
+                self.same_pred as f64 / self.predicted as f64
+            } else {
+                f64::NAN
+            },
+            predicted: self.predicted,
+            top1_all: self.same as f64 / n,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::analysis::vocab::Vocab;
 use crate::convert::weights_from_model;
 use crate::Result;
 
-use super::{agreement, logits, Agreement};
+use super::{agreement_on, Agreement};
 
 /// One score of one head, before and after quantization.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -130,7 +130,7 @@ pub fn survival(
     prompts: &[Vec<u32>],
 ) -> Result<Survival> {
     let prompts: Vec<Vec<u32>> = prompts.iter().filter(|p| p.len() >= 2).cloned().collect();
-    let agreement = agreement(&logits(float, &prompts)?, &logits(quantized, &prompts)?);
+    let agreement = agreement_on(float, quantized, &prompts)?;
     // TL's defaults, except that a BOS column (attention parked on the first token)
     // is left out when the prompts start with the same token, as the demo's do.
     let opts = DetectOptions {
