@@ -78,6 +78,7 @@ unsafe fn float_block<const R: usize, const T: usize, const F16: bool>(
         // No tail: the lane trees of four rows at once, in the core's order — `faddp`
         // pairs lanes (l0+l1, l2+l3, l4+l5, l6+l7), then pairs the pairs, then adds
         // `(l0..l3) + (l4..l7)`. Four outputs, one store.
+        #[allow(clippy::needless_range_loop)] // `t` indexes four rows' accumulators
         for t in 0..T {
             let p = |r: usize| vpaddq_f32(acc[r % R][t].0, acc[r % R][t].1);
             let q01 = vpaddq_f32(p(0), p(1));

@@ -67,6 +67,7 @@ unsafe fn float_block<const R: usize, const T: usize, const F16: bool>(
         // No tail: the lane trees of four rows at once, in the core's order —
         // `hadd` pairs lanes (l0+l1, l2+l3, ...), again pairs the pairs, and the two
         // halves make `(l0..l3) + (l4..l7)`. Four outputs, one store.
+        #[allow(clippy::needless_range_loop)] // `t` indexes four rows' accumulators
         for t in 0..T {
             let h01 = _mm256_hadd_ps(acc[0][t], acc[1 % R][t]);
             let h23 = _mm256_hadd_ps(acc[2 % R][t], acc[3 % R][t]);
@@ -236,6 +237,7 @@ unsafe fn int8_block<const R: usize, const T: usize, const VNNI: bool>(
     }
     if R == 4 && half == cols {
         // No tail: four rows' sums at once (pairwise adds; integers, so any order).
+        #[allow(clippy::needless_range_loop)] // `t` indexes four rows' accumulators
         for t in 0..T {
             let h01 = _mm256_hadd_epi32(acc[0][t], acc[1 % R][t]);
             let h23 = _mm256_hadd_epi32(acc[2 % R][t], acc[3 % R][t]);
