@@ -236,6 +236,21 @@ pub fn text_file(
     Ok(out)
 }
 
+/// A batch file (`run --batch-file`): one prompt per line, text when there is a
+/// tokenizer (`args`' --tokenizer, else the blob's; tokenized as [`text_file`] does),
+/// token ids otherwise (as [`data_file`] reads them, the format of `ablate --data`).
+pub fn batch_file(
+    path: &Path,
+    args: &PromptArgs,
+    model: &Model<'_>,
+    blob: &[u8],
+) -> Result<Vec<Prompt>> {
+    match args.tokenizer(blob)? {
+        Some(tok) => text_file(path, &tok, args.prepend_bos, model),
+        None => data_file(path, model),
+    }
+}
+
 /// The BOS token `spec` names for `model`: a token id, `none`, or `auto` (token 0 when
 /// the blob's vocabulary spells it like `<bos>`).
 pub fn resolve_bos(spec: &str, model: &Model<'_>) -> Result<Option<u32>> {

@@ -61,6 +61,7 @@ pub struct RunOutput {
 
 /// Dynamic composition of the interventions a run asked for, in a fixed order:
 /// ablation, frozen patterns, patches; a recorder after them sees the changed values.
+#[derive(Clone)]
 struct Interventions<'a> {
     ablation: Option<Ablation<'a>>,
     frozen: Option<FreezePatterns<'a>>,
@@ -102,26 +103,93 @@ pub fn parse_hook_name(name: &str) -> Result<(HookPoint, u16)> {
 
 /// Runs the prompt (and generation) with the requested probes and interventions.
 pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
+    let mut out = run_batch(model, opts, std::slice::from_ref(&opts.tokens))?;
+    Ok(out.remove(0))
+}
+
+/// Runs every prompt of `prompts` (instead of `opts.tokens`) as one batch on the
+/// engine's threads, each with the probes, interventions and generation of `opts`
+/// (sequence `i` samples with seed `opts.seed + i` and writes its trace as run
+/// `opts.run_id + i`); the outputs are in prompt order, each the same as a run of that
+/// prompt alone.
+pub fn run_batch(
+    model: &Model<'_>,
+    opts: &RunOptions,
+    prompts: &[Vec<u32>],
+) -> Result<Vec<RunOutput>> {
     let cfg = *model.config();
-    if opts.tokens.is_empty() {
+    if prompts.is_empty() {
+        return Err(Error::Argument("no prompt given".into()));
+    }
+    for tokens in prompts {
+        check_prompt(&cfg, tokens, opts.generate)?;
+    }
+    let heads: Vec<HeadRef> = opts.ablate.iter().map(|(h, _)| *h).collect();
+    let interventions = interventions(&cfg, opts, &heads)?;
+
+    // The engine runs the prompts in blocks; a trace is written afterwards from the
+    // values a tape kept, in stepping order, so it is byte for byte a device's.
+    let engine = Engine::new(model).with_kv(opts.kv);
+    let sampling = Sampling {
+        top_k: opts.top_k,
+        temperature: opts.temperature,
+        seed: opts.seed,
+    };
+    let probes = probe_set(model, &opts.probes)?;
+    let recording = opts.trace || !probes.is_empty();
+    let seqs = engine.run_batch(prompts, opts.generate, &sampling, |_| {
+        (interventions.clone(), Tape::new(&cfg, &probes))
+    })?;
+    let v = cfg.d_vocab_out as usize;
+    seqs.into_iter()
+        .enumerate()
+        .map(|(i, seq)| {
+            let mut out = RunOutput {
+                logits: seq.logits.chunks_exact(v).map(<[f32]>::to_vec).collect(),
+                tokens: seq.tokens,
+                generated: seq.generated,
+                ..Default::default()
+            };
+            if recording {
+                let run_id = opts.run_id.wrapping_add(i as u32);
+                let (trace, summary) =
+                    write_trace(model, &probes, seq.hooks.1, &out.tokens, run_id)?;
+                out.trace = trace;
+                out.summary = Some(summary);
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// A prompt of in-range tokens that leaves room for `generate` more in the context.
+fn check_prompt(cfg: &tinylens_core::Config, tokens: &[u32], generate: usize) -> Result<()> {
+    if tokens.is_empty() {
         return Err(Error::Argument("no tokens given".into()));
     }
-    if opts.tokens.len().saturating_add(opts.generate) > cfg.n_ctx as usize {
+    if tokens.len().saturating_add(generate) > cfg.n_ctx as usize {
         return Err(Error::Argument(format!(
-            "{} prompt tokens + {} generated exceed the model's context of {} positions",
-            opts.tokens.len(),
-            opts.generate,
+            "{} prompt tokens + {generate} generated exceed the model's context of {} positions",
+            tokens.len(),
             cfg.n_ctx
         )));
     }
-    if let Some(t) = opts.tokens.iter().find(|t| **t >= cfg.d_vocab) {
+    if let Some(t) = tokens.iter().find(|t| **t >= cfg.d_vocab) {
         return Err(CoreError::TokenOutOfRange {
             token: *t,
             d_vocab: cfg.d_vocab,
         }
         .into());
     }
-    let heads: Vec<HeadRef> = opts.ablate.iter().map(|(h, _)| *h).collect();
+    Ok(())
+}
+
+/// The interventions `opts` asks for, checked against the model.
+fn interventions<'a>(
+    cfg: &tinylens_core::Config,
+    opts: &'a RunOptions,
+    heads: &'a [HeadRef],
+) -> Result<Interventions<'a>> {
     if let Some((l, h)) = heads
         .iter()
         .find(|(l, h)| u32::from(*l) >= cfg.n_layers || u32::from(*h) >= cfg.n_heads)
@@ -150,13 +218,13 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
             AblationMode::Zero
         };
         Some(
-            Ablation::new(&cfg, &heads, mode)
+            Ablation::new(cfg, heads, mode)
                 .map_err(|e| Error::Argument(format!("--ablate: {e}")))?,
         )
     };
     let frozen = match &opts.frozen_patterns {
         Some((p, len)) => Some(
-            FreezePatterns::new(&cfg, p, *len)
+            FreezePatterns::new(cfg, p, *len)
                 .map_err(|e| Error::Argument(format!("frozen patterns: {e}")))?,
         ),
         None => None,
@@ -165,61 +233,38 @@ pub fn run(model: &Model<'_>, opts: &RunOptions) -> Result<RunOutput> {
         .patches
         .iter()
         .map(|(point, layer, values, len)| {
-            Patch::new(&cfg, *point, *layer, None, values, *len)
+            Patch::new(cfg, *point, *layer, None, values, *len)
                 .map_err(|e| Error::Argument(format!("patch: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut interventions = Interventions {
+    Ok(Interventions {
         ablation,
         frozen,
         patches,
-    };
+    })
+}
 
-    // The engine runs the prompt in blocks; a trace is written afterwards from the
-    // values a tape kept, in stepping order, so it is byte for byte a device's.
-    let engine = Engine::new(model).with_kv(opts.kv);
-    let sampling = Sampling {
-        top_k: opts.top_k,
-        temperature: opts.temperature,
-        seed: opts.seed,
+/// The trace of one sequence (`tokens`) from the values its tape kept.
+fn write_trace(
+    model: &Model<'_>,
+    probes: &ProbeSet<HOST_PROBES>,
+    tape: Tape<'_, HOST_PROBES>,
+    tokens: &[u32],
+    run_id: u32,
+) -> Result<(Vec<u8>, Summary)> {
+    let mut frame_buf = vec![0u8; trace::frame_buffer_len(model.config())];
+    let mut trace_bytes = Vec::new();
+    let sink = |b: &[u8]| -> std::result::Result<(), CoreError> {
+        trace_bytes.extend_from_slice(b);
+        Ok(())
     };
-    let probes = probe_set(model, &opts.probes)?;
-    let recording = opts.trace || !probes.is_empty();
-    let mut tape = Tape::new(&cfg, &probes);
-    let seq = if recording {
-        engine.run(
-            &opts.tokens,
-            opts.generate,
-            &sampling,
-            &mut (&mut interventions, &mut tape),
-        )?
-    } else {
-        engine.run(&opts.tokens, opts.generate, &sampling, &mut interventions)?
-    };
-    let v = cfg.d_vocab_out as usize;
-    let mut out = RunOutput {
-        logits: seq.logits.chunks_exact(v).map(<[f32]>::to_vec).collect(),
-        tokens: seq.tokens,
-        generated: seq.generated,
-        ..Default::default()
-    };
-    if recording {
-        let mut frame_buf = vec![0u8; trace::frame_buffer_len(&cfg)];
-        let mut trace_bytes = Vec::new();
-        let sink = |b: &[u8]| -> std::result::Result<(), CoreError> {
-            trace_bytes.extend_from_slice(b);
-            Ok(())
-        };
-        let mut recorder = Recorder::begin_run(model, &probes, sink, &mut frame_buf, opts.run_id)?;
-        tape.replay(&out.tokens, &mut recorder);
-        let (summary, _) = recorder.finish();
-        if let Some(e) = summary.error {
-            return Err(Error::Trace(format!("recording failed: {e}")));
-        }
-        out.summary = Some(summary);
-        out.trace = trace_bytes;
+    let mut recorder = Recorder::begin_run(model, probes, sink, &mut frame_buf, run_id)?;
+    tape.replay(tokens, &mut recorder);
+    let (summary, _) = recorder.finish();
+    if let Some(e) = summary.error {
+        return Err(Error::Trace(format!("recording failed: {e}")));
     }
-    Ok(out)
+    Ok((trace_bytes, summary))
 }
 
 /// Reads a whole file with the path in the error.

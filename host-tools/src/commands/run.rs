@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tinylens_core::Model;
 
-use crate::prompts::PromptArgs;
-use crate::run::{parse_hook_name, run as run_model, AblateMode, RunOptions};
+use crate::prompts::{self, PromptArgs};
+use crate::run::{parse_hook_name, run_batch, AblateMode, RunOptions, RunOutput};
 use crate::tokenizer::{escape, TextTokenizer};
 use crate::trace::read_run;
 use crate::{cli, Error, Result};
@@ -21,9 +21,16 @@ pub struct RunArgs {
     /// How many of the most likely next tokens to show per position.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
-    /// Print `{"tokens": [...], "logits": [[...], ...]}` (one row per position).
+    /// Print `{"tokens": [...], "logits": [[...], ...]}` (one row per position); with
+    /// --batch-file one such object per line and sequence, with its `"sequence"` index.
     #[arg(long)]
     pub json: bool,
+    /// Run every prompt of FILE, one per line, as one batch on all threads (--threads):
+    /// text when the blob has a tokenizer (or --tokenizer is given), else token ids
+    /// (the format of `ablate --data`; `#` lines skipped). The output, trace included
+    /// (one run per sequence), has every sequence in file order.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tokens", "text", "repeated"])]
+    pub batch_file: Option<PathBuf>,
     /// Record a hook: a TransformerLens name with wildcards, `[HEAD]`, `@POS` or
     /// `@START..END`, `:f32|:f16|:int8` (e.g. `blocks.*.attn.hook_pattern`).
     #[arg(long = "probe")]
@@ -164,7 +171,11 @@ fn hook_values(run: &crate::trace::Run, hook: &str, path: &Path) -> Result<Vec<f
 pub fn options(a: &RunArgs, model: &Model<'_>, blob: &[u8]) -> Result<RunOptions> {
     let cfg = *model.config();
     let mut o = RunOptions {
-        tokens: a.prompt.prompt(model, blob)?.tokens,
+        // With --batch-file the prompts come from the file (see `run`).
+        tokens: match a.batch_file {
+            Some(_) => Vec::new(),
+            None => a.prompt.prompt(model, blob)?.tokens,
+        },
         probes: a.probes.clone(),
         trace: a.trace.is_some(),
         ablate: a
@@ -213,35 +224,92 @@ pub fn run(a: RunArgs) -> Result<()> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
     let opts = options(&a, &model, &bytes)?;
-    let out = run_model(&model, &opts)?;
+    let prompts: Vec<Vec<u32>> = match &a.batch_file {
+        Some(path) => prompts::batch_file(path, &a.prompt, &model, &bytes)?
+            .into_iter()
+            .map(|p| p.tokens)
+            .collect(),
+        None => vec![opts.tokens.clone()],
+    };
+    let outs = run_batch(&model, &opts, &prompts)?;
     if let Some(path) = &a.trace {
-        cli::write_output(path, &out.trace)?;
+        let trace: Vec<u8> = outs.iter().flat_map(|o| o.trace.iter().copied()).collect();
+        cli::write_output(path, &trace)?;
     }
     let vocab = crate::convert::vocab_of(&model);
     let tok = a.prompt.tokenizer(&bytes)?;
-    let n_prompt = opts.tokens.len();
-    let text = |ids: &[u32]| text_of(ids, tok.as_ref(), vocab.as_deref());
-    if a.json {
+    let show = Show {
+        args: &a,
+        vocab: vocab.as_deref(),
+        tok: tok.as_ref(),
+    };
+    let batch = a.batch_file.is_some();
+    for (i, (out, prompt)) in outs.iter().zip(&prompts).enumerate() {
+        let index = batch.then_some(i);
+        if a.json {
+            show.json(out, index)?;
+        } else {
+            show.text(out, prompt.len(), index)?;
+        }
+    }
+    if let Some(path) = &a.trace {
+        let (frames, records) = outs
+            .iter()
+            .filter_map(|o| o.summary.as_ref())
+            .fold((0, 0), |(f, r), s| (f + s.frames, r + s.records));
+        note!(
+            "trace: {frames} frames, {records} records -> {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// How one sequence's output is printed.
+struct Show<'a> {
+    args: &'a RunArgs,
+    vocab: Option<&'a [String]>,
+    tok: Option<&'a TextTokenizer>,
+}
+
+impl Show<'_> {
+    fn text_of(&self, ids: &[u32]) -> Option<String> {
+        text_of(ids, self.tok, self.vocab)
+    }
+
+    /// One JSON object (a line), with the sequence's index in a batch.
+    fn json(&self, out: &RunOutput, index: Option<usize>) -> Result<()> {
         let mut j = serde_json::json!({ "tokens": out.tokens, "logits": out.logits });
-        if let Some(v) = &vocab {
+        if let Some(i) = index {
+            j["sequence"] = serde_json::json!(i);
+        }
+        if let Some(v) = self.vocab {
             j["token_strings"] = serde_json::json!(out
                 .tokens
                 .iter()
                 .map(|t| v.get(*t as usize).cloned().unwrap_or_default())
                 .collect::<Vec<_>>());
         }
-        if a.generate > 0 {
+        if self.args.generate > 0 {
             j["generated"] = serde_json::json!(out.generated);
-            if let Some(t) = text(&out.generated) {
+            if let Some(t) = self.text_of(&out.generated) {
                 j["generated_text"] = serde_json::json!(t);
             }
         }
         outln!("{j}")?;
-    } else {
+        Ok(())
+    }
+
+    /// The top tokens at every position (after a header line in a batch).
+    fn text(&self, out: &RunOutput, n_prompt: usize, index: Option<usize>) -> Result<()> {
+        let vocab = self.vocab;
+        if let Some(i) = index {
+            outln!("sequence {i}: {n_prompt} prompt tokens")?;
+        }
         if vocab.is_some() {
-            let strings: Vec<String> = opts.tokens[..n_prompt]
+            let strings: Vec<String> = out.tokens[..n_prompt]
                 .iter()
-                .map(|t| cli::token_label(vocab.as_deref(), *t))
+                .map(|t| cli::token_label(vocab, *t))
                 .collect();
             outln!("prompt: {n_prompt} tokens: {}", strings.join(" "))?;
         }
@@ -251,42 +319,28 @@ pub fn run(a: RunArgs) -> Result<()> {
             order.sort_by(|x, y| logits[*y].total_cmp(&logits[*x]));
             let top: Vec<String> = order
                 .iter()
-                .take(a.top_k)
-                .map(|&i| {
-                    format!(
-                        "{} {:.3}",
-                        cli::token_label(vocab.as_deref(), i as u32),
-                        lp[i].exp()
-                    )
-                })
+                .take(self.args.top_k)
+                .map(|&i| format!("{} {:.3}", cli::token_label(vocab, i as u32), lp[i].exp()))
                 .collect();
             outln!(
                 "{p:>4} {:>10} -> {}",
-                cli::token_label(vocab.as_deref(), *t),
+                cli::token_label(vocab, *t),
                 top.join(", ")
             )?;
         }
-        if a.generate > 0 {
+        if self.args.generate > 0 {
             let strings: Vec<String> = out
                 .generated
                 .iter()
-                .map(|t| cli::token_label(vocab.as_deref(), *t))
+                .map(|t| cli::token_label(vocab, *t))
                 .collect();
             outln!("generated: {}", strings.join(" "))?;
-            if let Some(t) = text(&out.tokens) {
+            if let Some(t) = self.text_of(&out.tokens) {
                 outln!("text: {}", escape(&t))?;
             }
         }
+        Ok(())
     }
-    if let (Some(path), Some(s)) = (&a.trace, out.summary) {
-        note!(
-            "trace: {} frames, {} records -> {}",
-            s.frames,
-            s.records,
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 /// The text of `ids`: decoded by the tokenizer (special tokens left out), else the

@@ -30,7 +30,8 @@ pub struct CacheHooks<'p, const N: usize> {
 }
 
 impl<'p, const N: usize> CacheHooks<'p, N> {
-    /// Arrays for every hook the probes name, for `len` positions.
+    /// Arrays for every hook the probes name, for `len` positions (the run must process
+    /// all `len`: an array a probe takes whole is not NaN-filled first).
     pub fn new(cfg: &Config, probes: &'p ProbeSet<N>, len: usize) -> Self {
         let nh = cfg.n_heads as usize;
         let mut entries = BTreeMap::new();
@@ -48,7 +49,17 @@ impl<'p, const N: usize> CacheHooks<'p, N> {
             for layer in layers {
                 entries.entry((point, layer)).or_insert_with(|| {
                     let shape = shape(cfg, point, len);
-                    let mut data = vec![f32::NAN; shape.iter().product()];
+                    // An array some probe takes whole (every head and position) is
+                    // written everywhere but the masked keys: no NaN fill first.
+                    let whole = probes.probes().iter().any(|q| {
+                        q.point == point
+                            && q.layer.is_none_or(|l| l == layer || !point.per_layer())
+                            && q.head.is_none()
+                            && q.pos_start == 0
+                            && q.pos_end.is_none()
+                    });
+                    let fill = if whole { 0.0 } else { f32::NAN };
+                    let mut data = vec![fill; shape.iter().product()];
                     if point.is_attention_row() {
                         let masked = if point == HookPoint::Pattern {
                             0.0
@@ -71,23 +82,6 @@ impl<'p, const N: usize> CacheHooks<'p, N> {
             len,
             entries,
         }
-    }
-
-    /// Where the row of `site` goes in its array, and how many values it has.
-    fn place(&self, site: &Site, width: usize) -> Option<(usize, usize)> {
-        let (pos, len) = (site.pos as usize, self.len);
-        if pos >= len {
-            return None;
-        }
-        let nh = self.cfg.n_heads as usize;
-        let h = site.head.unwrap_or(0) as usize;
-        Some(if site.point.is_attention_row() {
-            ((h * len + pos) * len, (pos + 1).min(width))
-        } else if site.point.per_head() {
-            ((pos * nh + h) * width, width)
-        } else {
-            (pos * width, width)
-        })
     }
 
     /// The arrays, named as TransformerLens names them (no batch dimension).
@@ -138,27 +132,51 @@ impl<const N: usize> Hooks for CacheHooks<'_, N> {
             HookPoint::Ln1Scale | HookPoint::LnFinalScale => 1,
             _ => width,
         };
+        // When one probe takes every position of this site (every recording of a whole
+        // hook, e.g. all hooks), no row needs its own look-up.
+        let every_row = self.probes.probes().iter().any(|p| {
+            p.pos_start == 0 && p.pos_end.is_none() && p.matches(&Site { pos: 0, ..site })
+        });
+        let (probes, len, nh) = (self.probes, self.len, self.cfg.n_heads as usize);
+        let Some(e) = self.entries.get_mut(&(site.point, layer)) else {
+            return;
+        };
         for i in 0..n {
             let row_site = Site {
                 pos: site.pos.wrapping_add(i as u16),
                 ..site
             };
-            if self.probes.select(&row_site).is_none() {
+            if !every_row && probes.select(&row_site).is_none() {
                 continue;
             }
-            let Some((at, w)) = self.place(&row_site, full) else {
+            let Some((at, w)) = place(&row_site, full, len, nh) else {
                 continue;
             };
             let Some(src) = values.get(i * stride..i * stride + width.min(w)) else {
                 return;
             };
-            if let Some(e) = self.entries.get_mut(&(site.point, layer)) {
-                if let Some(dst) = e.data.get_mut(at..at + src.len()) {
-                    dst.copy_from_slice(src);
-                }
+            if let Some(dst) = e.data.get_mut(at..at + src.len()) {
+                dst.copy_from_slice(src);
             }
         }
     }
+}
+
+/// Where the row of `site` goes in its array of `len` positions, and how many values
+/// it has (rows of `width` values; a query row of scores has `pos + 1`).
+fn place(site: &Site, width: usize, len: usize, nh: usize) -> Option<(usize, usize)> {
+    let pos = site.pos as usize;
+    if pos >= len {
+        return None;
+    }
+    let h = site.head.unwrap_or(0) as usize;
+    Some(if site.point.is_attention_row() {
+        ((h * len + pos) * len, (pos + 1).min(width))
+    } else if site.point.per_head() {
+        ((pos * nh + h) * width, width)
+    } else {
+        (pos * width, width)
+    })
 }
 
 /// Per-sequence caches of equal shapes stacked into one with the batch in front

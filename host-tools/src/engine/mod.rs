@@ -232,24 +232,26 @@ impl<'m> Engine<'m> {
         // With a sequence per thread the threads are busy; split rows only when not.
         let mut engine = *self;
         engine.kernels.split_rows &= prompts.len() < threads();
-        prompts
-            .par_iter()
-            .enumerate()
-            .map(|(i, prompt)| {
-                let mut hooks = make_hooks(i);
-                let s = Sampling {
-                    seed: sampling.seed.wrapping_add(i as u64),
-                    ..*sampling
-                };
-                let out = engine.run(prompt, generate, &s, &mut hooks)?;
-                Ok(Sequence {
-                    tokens: out.tokens,
-                    generated: out.generated,
-                    logits: out.logits,
-                    hooks,
-                })
+        let one = |(i, prompt): (usize, &Vec<u32>)| {
+            let mut hooks = make_hooks(i);
+            let s = Sampling {
+                seed: sampling.seed.wrapping_add(i as u64),
+                ..*sampling
+            };
+            let out = engine.run(prompt, generate, &s, &mut hooks)?;
+            Ok(Sequence {
+                tokens: out.tokens,
+                generated: out.generated,
+                logits: out.logits,
+                hooks,
             })
-            .collect()
+        };
+        // One sequence, or one thread: on this thread, without waking a pool thread
+        // (whose hand-over and idle spinning cost more than a small model's forward).
+        if prompts.len() == 1 || threads() == 1 {
+            return prompts.iter().enumerate().map(one).collect();
+        }
+        prompts.par_iter().enumerate().map(one).collect()
     }
 
     /// TransformerLens's `model.run_with_cache(tokens)`: the logits `[batch, pos,
