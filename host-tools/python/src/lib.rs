@@ -558,7 +558,9 @@ fn load_trace<'py>(
     let (r, report) = py
         .detach(|| match (&path, &data) {
             (Some(p), None) => tinylens_host::trace::read_run(p, run),
-            (None, Some(d)) => tinylens_host::trace::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run),
+            (None, Some(d)) => {
+                tinylens_host::trace::read_run_from(&mut d.as_slice(), Path::new("<bytes>"), run)
+            }
             _ => Err(tinylens_host::Error::Argument(
                 "load_trace: give a path or bytes".into(),
             )),
