@@ -203,12 +203,21 @@ pub fn survival(
 pub fn text(s: &Survival) -> String {
     let mut out = String::new();
     let a = &s.agreement;
+    // Positions where the float model predicts (top-1 probability >= 0.5); an untrained
+    // model has none, and a percentage of none is not a figure.
+    let predicted = if a.predicted > 0 {
+        format!(
+            "{:.2}% of {} predicted positions",
+            100.0 * a.top1_predicted,
+            a.predicted
+        )
+    } else {
+        "no position where the float model predicts (top-1 >= 0.5)".to_string()
+    };
     out.push_str(&format!(
-        "circuit survival over {} calibration sequences: mean KL(float || quantized) {:.5}, top-1 {:.2}% of {} predicted positions ({:.2}% of all)\n",
+        "circuit survival over {} calibration sequences: mean KL(float || quantized) {:.5}, top-1 {predicted} ({:.2}% of all)\n",
         s.sequences,
         a.mean_kl,
-        100.0 * a.top1_predicted,
-        a.predicted,
         100.0 * a.top1_all
     ));
     out.push_str(&format!(
