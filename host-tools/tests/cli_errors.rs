@@ -884,12 +884,25 @@ fn decode_works_on_a_pipe_that_never_closes() {
 #[test]
 fn trace_inputs_are_read_up_to_their_run_only() {
     let model = files().path("model.tlm");
-    let model = model.as_str();
+    let trace = files().path("trace.tlt");
+    let (model, trace) = (model.as_str(), trace.as_str());
+    // From the open pipe, the same output as from the file (whose one run is the first
+    // of the two on the pipe).
+    let from_file = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
     let out = finishes_on_an_open_pipe(&["heads", model, "--trace", "-", "--json"]);
     assert!(out.contains("previous_token"), "{out}");
-    let out =
-        finishes_on_an_open_pipe(&["run", model, "--tokens", "1,2,3", "--freeze-patterns", "-"]);
+    assert_eq!(
+        out,
+        from_file(&["heads", model, "--trace", trace, "--json"])
+    );
+    let run = |t| ["run", model, "--tokens", "1,2,3", "--freeze-patterns", t];
+    let out = finishes_on_an_open_pipe(&run("-"));
     assert!(!out.is_empty());
+    assert_eq!(out, from_file(&run(trace)));
 }
 
 /// Runs `tinylens args` with two runs of the every-hook trace on a standard input that
