@@ -6,13 +6,19 @@
 //! access into the blob can fail: any other byte string gives a typed [`Error`].
 
 use crate::config::{Config, Normalization, Positional};
-use crate::quant::{StorageKind, Tensor};
+use crate::quant::{Int4Group, StorageKind, Tensor};
 use crate::Error;
 
 /// First eight bytes of every blob.
 pub const MAGIC: [u8; 8] = *b"TLNSBLOB";
-/// The format version this build reads and writes.
-pub const VERSION: u16 = 1;
+/// The newest format version this build reads and writes. It reads every version from
+/// 1: version 2 added the int4 group size per tensor (bytes 20..22 of a table entry,
+/// reserved in version 1, where every int4 tensor has groups of 32). The converter
+/// writes version 1 whenever that suffices (see [`write::version_for`]), so a blob
+/// whose int4 tensors all have groups of 32 reads on older builds too.
+pub const VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_VERSION: u16 = 1;
 /// Bytes before the tensor table.
 pub const HEADER_LEN: usize = 64;
 /// Bytes of one tensor table entry.
@@ -295,7 +301,7 @@ pub const fn peek_config(bytes: &[u8]) -> Result<Config, Error> {
         });
     }
     let version = u16_at(bytes, 8);
-    if version != VERSION {
+    if version < OLDEST_VERSION || version > VERSION {
         return Err(Error::UnsupportedVersion {
             found: version,
             supported: VERSION,
@@ -349,6 +355,7 @@ pub const fn peek_config(bytes: &[u8]) -> Result<Config, Error> {
 #[derive(Debug, Clone, Copy)]
 pub struct Model<'a> {
     bytes: &'a [u8],
+    version: u16,
     config: Config,
     processing: Processing,
     checksum: u32,
@@ -425,8 +432,10 @@ impl<'a> Model<'a> {
                 available: total,
             });
         }
+        let version = u16_at(bytes, 8);
         let model = Model {
             bytes,
+            version,
             config,
             processing,
             checksum: stored,
@@ -452,10 +461,7 @@ impl<'a> Model<'a> {
                     found: (rows, cols),
                 });
             }
-            let kind = StorageKind::from_u8(e[1]).ok_or(Error::TensorKind {
-                tensor: slot.name,
-                kind: e[1],
-            })?;
+            let kind = entry_kind(e, version, slot.name)?;
             let is_vocab = slot.name.id == TensorId::Vocab;
             if is_vocab != (kind == StorageKind::Bytes) {
                 return Err(Error::TensorKind {
@@ -465,7 +471,7 @@ impl<'a> Model<'a> {
             }
             let (offset, len) = (u32_at(e, 12) as usize, u32_at(e, 16) as usize);
             let bounds = Error::TensorBounds { tensor: slot.name };
-            if offset != expected_offset || u32_at(e, 20) != 0 {
+            if offset != expected_offset {
                 return Err(bounds);
             }
             let end = offset.checked_add(len).ok_or(bounds)?;
@@ -511,9 +517,21 @@ impl<'a> Model<'a> {
         self.bytes
     }
 
+    /// The blob's format version (1 or 2).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
     fn entry(&self, index: usize) -> (StorageKind, usize, usize, &'a [u8]) {
         let e = &self.bytes[HEADER_LEN + index * ENTRY_LEN..][..ENTRY_LEN];
-        let kind = StorageKind::from_u8(e[1]).unwrap_or(StorageKind::Bytes);
+        let name = slot(&self.config, index).map_or(
+            TensorName {
+                id: TensorId::Vocab,
+                layer: 0,
+            },
+            |s| s.name,
+        );
+        let kind = entry_kind(e, self.version, name).unwrap_or(StorageKind::Bytes);
         let (offset, len) = (u32_at(e, 12) as usize, u32_at(e, 16) as usize);
         (
             kind,
@@ -613,6 +631,30 @@ impl<'a> Model<'a> {
     }
 }
 
+/// The storage kind of table entry `e` in a blob of format `version`: the kind code
+/// (byte 1) and, for int4 in version 2, the group (u16 at 20). Version 1 has no group
+/// (int4 groups are 32); every byte of the group field that a kind does not use, and the
+/// reserved u16 at 22, must be zero.
+fn entry_kind(e: &[u8], version: u16, tensor: TensorName) -> Result<StorageKind, Error> {
+    let (field, reserved) = (u16_at(e, 20), u16_at(e, 22));
+    let bad_kind = Error::TensorKind { tensor, kind: e[1] };
+    let int4 = e[1] == StorageKind::INT4.code();
+    let group = if version >= 2 && int4 {
+        Int4Group::new(field).ok_or(Error::Int4Group {
+            tensor,
+            group: field,
+        })?
+    } else if field != 0 {
+        return Err(Error::TensorBounds { tensor });
+    } else {
+        Int4Group::DEFAULT
+    };
+    if reserved != 0 {
+        return Err(Error::TensorBounds { tensor });
+    }
+    StorageKind::from_code(e[1], group).ok_or(bad_kind)
+}
+
 fn vocab_entry(data: &[u8], count: usize, i: usize) -> Option<&str> {
     let table = 4 * (count + 1);
     let start = u32_at(data.get(4 * i..4 * i + 4)?, 0) as usize;
@@ -649,11 +691,31 @@ fn validate_vocab(data: &[u8], count: usize) -> Result<(), Error> {
 pub mod write {
     use super::*;
 
-    /// Encodes the 64-byte header. `total_len` and the CRC are patched by [`finish`].
-    pub fn header(cfg: &Config, processing: Processing, n_tensors: u16) -> [u8; HEADER_LEN] {
+    /// The oldest format version that can store tensors of these kinds: 1 unless an
+    /// int4 tensor has a group other than 32 (then 2). Writing the oldest version keeps
+    /// the blobs that need nothing new byte for byte what older converters wrote.
+    pub fn version_for(kinds: impl IntoIterator<Item = StorageKind>) -> u16 {
+        let new = kinds
+            .into_iter()
+            .any(|k| k.int4_group().is_some_and(|g| g != Int4Group::DEFAULT));
+        if new {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Encodes the 64-byte header of a blob of format `version` (see [`version_for`]).
+    /// `total_len` and the CRC are patched by [`finish`].
+    pub fn header(
+        cfg: &Config,
+        processing: Processing,
+        n_tensors: u16,
+        version: u16,
+    ) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[..8].copy_from_slice(&MAGIC);
-        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..10].copy_from_slice(&version.to_le_bytes());
         h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         h[20..24].copy_from_slice(&processing.to_bits().to_le_bytes());
         let dims = [
@@ -676,11 +738,22 @@ pub mod write {
         h
     }
 
-    /// Encodes one table entry.
-    pub fn entry(slot: &Slot, kind: StorageKind, offset: u32, len: u32) -> [u8; ENTRY_LEN] {
+    /// Encodes one table entry of a blob of format `version`. Version 1 cannot hold an
+    /// int4 group other than 32: [`version_for`] chooses a version that can (a blob
+    /// written otherwise does not load).
+    pub fn entry(
+        slot: &Slot,
+        kind: StorageKind,
+        offset: u32,
+        len: u32,
+        version: u16,
+    ) -> [u8; ENTRY_LEN] {
         let mut e = [0u8; ENTRY_LEN];
         e[0] = slot.name.id as u8;
-        e[1] = kind as u8;
+        e[1] = kind.code();
+        if let (2.., Some(g)) = (version, kind.int4_group()) {
+            e[20..22].copy_from_slice(&u16::from(g).to_le_bytes());
+        }
         e[2..4].copy_from_slice(&slot.name.layer.to_le_bytes());
         e[4..8].copy_from_slice(&slot.rows.to_le_bytes());
         e[8..12].copy_from_slice(&slot.cols.to_le_bytes());

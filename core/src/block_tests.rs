@@ -9,6 +9,7 @@ use std::vec::Vec;
 use crate::hooks::FnHook;
 use crate::intervene::{Ablation, AblationMode, FreezePatterns, Patch};
 use crate::kernels::Portable;
+use crate::quant::Int4Group;
 use crate::robustness_tests::build;
 use crate::{
     Config, HookPoint, Hooks, KvStorage, Model, NoHooks, Normalization, Positional, Session,
@@ -98,18 +99,28 @@ fn random_model(rng: &mut XorShift, kind: StorageKind) -> (Config, Vec<u8>) {
     (cfg, blob)
 }
 
-const KINDS: [StorageKind; 4] = [
+/// Every matrix kind, int4 at each group size.
+const KINDS: [StorageKind; 7] = [
     StorageKind::F32,
     StorageKind::F16,
     StorageKind::Int8,
-    StorageKind::Int4,
+    StorageKind::Int4 {
+        group: Int4Group::G16,
+    },
+    StorageKind::INT4,
+    StorageKind::Int4 {
+        group: Int4Group::G64,
+    },
+    StorageKind::Int4 {
+        group: Int4Group::G128,
+    },
 ];
 
 #[test]
 fn blocks_are_stepping_bit_for_bit() {
     let mut rng = XorShift(0x5eed);
     for case in 0..48 {
-        let kind = KINDS[case % 4];
+        let kind = KINDS[case % KINDS.len()];
         let (cfg, blob) = random_model(&mut rng, kind);
         let model = Model::from_bytes(&blob).unwrap();
         let len = 1 + rng.below(cfg.n_ctx as u64) as usize;
@@ -144,7 +155,7 @@ fn blocks_are_stepping_bit_for_bit() {
 fn interventions_in_blocks_are_stepping() {
     let mut rng = XorShift(0xab1a7e);
     for case in 0..24 {
-        let kind = KINDS[case % 4];
+        let kind = KINDS[case % KINDS.len()];
         let (cfg, blob) = random_model(&mut rng, kind);
         let model = Model::from_bytes(&blob).unwrap();
         let len = cfg.n_ctx as usize;
@@ -217,7 +228,7 @@ fn a_block_refuses_bad_input_before_computing() {
 fn quantized_kv_caches_are_stepping_and_read_the_rounded_values() {
     let mut rng = XorShift(0xcafe);
     for case in 0..36 {
-        let kind = KINDS[case % 4];
+        let kind = KINDS[case % KINDS.len()];
         let kv = [KvStorage::F16, KvStorage::Int8][case / 4 % 2];
         let (cfg, blob) = random_model(&mut rng, kind);
         let model = Model::from_bytes(&blob).unwrap();

@@ -31,6 +31,8 @@ pub enum Error {
     },
     /// A tensor uses a storage kind that is not allowed for it (or unknown).
     TensorKind { tensor: TensorName, kind: u8 },
+    /// An int4 tensor's group size is not one of 16, 32, 64, 128.
+    Int4Group { tensor: TensorName, group: u16 },
     /// A tensor's data lies outside the blob, overlaps the header, is misaligned
     /// or has a length that does not match its shape.
     TensorBounds { tensor: TensorName },
@@ -76,7 +78,7 @@ impl core::fmt::Display for Error {
             BadMagic => write!(f, "not a tinylens model blob (bad magic)"),
             UnsupportedVersion { found, supported } => write!(
                 f,
-                "blob format version {found} is not supported (this build reads version {supported})"
+                "blob format version {found} is not supported (the newest this build reads is {supported})"
             ),
             Truncated { needed, available } => write!(
                 f,
@@ -102,6 +104,10 @@ impl core::fmt::Display for Error {
             TensorKind { tensor, kind } => {
                 write!(f, "tensor `{tensor}` has unsupported storage kind {kind}")
             }
+            Int4Group { tensor, group } => write!(
+                f,
+                "int4 tensor `{tensor}` has groups of {group} columns (allowed: 16, 32, 64, 128)"
+            ),
             TensorBounds { tensor } => write!(
                 f,
                 "tensor `{tensor}` has data outside the blob or of the wrong length"

@@ -7,9 +7,9 @@
 //!   the same order, and Rust never contracts `a * b + c` into a fused multiply-add;
 //! - int8 and int4 weights multiply int8-quantized activations (one scale per input
 //!   vector) with exact integer accumulation; floats enter only per row (int8) or per
-//!   group of 32 (int4), in index order.
+//!   group (int4: the tensor's group of 16 to 128 columns), in index order.
 
-use crate::quant::{f16_le_to_f32, int4_at, StorageKind, Tensor, INT4_GROUP};
+use crate::quant::{f16_le_to_f32, int4_at, StorageKind, Tensor};
 
 /// Largest quantized activation magnitude.
 const QMAX: f32 = 127.0;
@@ -412,7 +412,7 @@ pub fn dot_i8(w: &[u8], x: &[i8]) -> i32 {
 /// Exact integer dot product of one int4 group (`x.len()` columns from column `c0`).
 #[inline]
 fn dot_i4_group(row: &[u8], c0: usize, x: &[i8]) -> i32 {
-    // Whole bytes (two nibbles): groups start at even columns, as INT4_GROUP is even.
+    // Whole bytes (two nibbles): groups start at even columns, as every group is even.
     // Integer addition is associative, so the pairing below changes nothing.
     let pairs = x.len() / 2;
     let bytes = &row[c0 / 2..c0 / 2 + pairs];
@@ -668,7 +668,7 @@ fn scalbnf(mut x: f32, mut n: i32) -> f32 {
 /// Whether products with this tensor use the quantized input.
 #[inline]
 pub fn needs_quantized_input(kind: StorageKind) -> bool {
-    matches!(kind, StorageKind::Int8 | StorageKind::Int4)
+    matches!(kind, StorageKind::Int8 | StorageKind::Int4 { .. })
 }
 
 /// `out[r] = sum_c W[r, c] * x[c]` for every row of `w` (`out.len() == w.rows`).
@@ -698,12 +698,13 @@ pub fn matvec(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
         return;
     }
     #[cfg(tinylens_dsp)]
-    if w.kind == StorageKind::Int4
-        && out.len() == w.rows
-        && input.x.len() >= w.cols
-        && dsp::matvec_i4(w.values, w.scales, w.cols, input.q, input.scale, out)
-    {
-        return;
+    if let StorageKind::Int4 { group } = w.kind {
+        if out.len() == w.rows
+            && input.x.len() >= w.cols
+            && dsp::matvec_i4(w.values, w.scales, w.cols, group, input.q, input.scale, out)
+        {
+            return;
+        }
     }
     #[cfg(tinylens_vfp)]
     if w.kind == StorageKind::F16
@@ -740,7 +741,7 @@ fn matvec_with(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
         StorageKind::F32 => cols.saturating_mul(4),
         StorageKind::F16 => cols.saturating_mul(2),
         StorageKind::Int8 => cols,
-        StorageKind::Int4 => cols.div_ceil(2),
+        StorageKind::Int4 { .. } => cols.div_ceil(2),
         StorageKind::Bytes => 0,
     };
     let rows = out.len().min(w.rows);
@@ -751,7 +752,7 @@ fn matvec_with(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
         for (r, o) in out.iter_mut().enumerate() {
             *o = match w.kind {
                 StorageKind::Int8 => 0.0 * (w.scale(r) * input.scale),
-                StorageKind::Int4 => 0.0 * input.scale,
+                StorageKind::Int4 { .. } => 0.0 * input.scale,
                 _ => 0.0,
             };
         }
@@ -798,13 +799,14 @@ fn matvec_with(w: &Tensor<'_>, input: &Input<'_>, out: &mut [f32]) {
                 *o = dot_i8(row, q) as f32 * (w.scale(r) * input.scale);
             }
         }
-        StorageKind::Int4 => {
-            let groups = cols.div_ceil(INT4_GROUP);
+        StorageKind::Int4 { group } => {
+            let gc = group.cols();
+            let groups = cols.div_ceil(gc);
             for (r, (o, row)) in out.iter_mut().zip(values.chunks_exact(row_len)).enumerate() {
                 let mut acc = 0.0f32;
                 for g in 0..groups {
-                    let c0 = g * INT4_GROUP;
-                    let c1 = (c0 + INT4_GROUP).min(cols);
+                    let c0 = g * gc;
+                    let c1 = (c0 + gc).min(cols);
                     let s = dot_i4_group(row, c0, &q[c0..c1]);
                     acc += s as f32 * w.scale(r.saturating_mul(groups).saturating_add(g));
                 }
@@ -856,12 +858,15 @@ mod tests {
             scale,
             pairs: &[],
         };
+        let int4 = crate::quant::Int4Group::ALL.map(|group| (StorageKind::Int4 { group }, 5e-2));
         for (kind, tol) in [
             (StorageKind::F32, 1e-6),
             (StorageKind::F16, 2e-3),
             (StorageKind::Int8, 1e-2),
-            (StorageKind::Int4, 5e-2),
-        ] {
+        ]
+        .into_iter()
+        .chain(int4)
+        {
             let buf = build(kind, rows, cols, &w);
             let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
             let mut out = vec![0.0; rows];
@@ -904,6 +909,49 @@ mod tests {
                 .map(|c| (t.values[r * cols + c] as i8) as i64 * q[c] as i64)
                 .sum();
             assert_eq!(out[r], isum as f32 * (t.scale(r) * scale));
+        }
+    }
+
+    /// The int4 kernel at every group: per group the exact integer sum, times that
+    /// group's scale, added in group order; times the input scale at the end.
+    #[test]
+    fn int4_kernel_is_the_exact_sum_per_group() {
+        // 200 columns: a partial last group at every size (and an even tail).
+        for cols in [200, 45, 128, 16] {
+            let rows = 5;
+            let w = data(rows * cols, 0.4);
+            let x = data(cols, 1.3);
+            let mut q = vec![0i8; cols];
+            let scale = quantize_input(&x, &mut q);
+            for group in crate::quant::Int4Group::ALL {
+                let kind = StorageKind::Int4 { group };
+                let buf = build(kind, rows, cols, &w);
+                let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
+                let mut out = vec![0.0; rows];
+                let input = Input {
+                    x: &x,
+                    q: &q,
+                    scale,
+                    pairs: &[],
+                };
+                matvec(&t, &input, &mut out);
+                let g = group.cols();
+                let rb = cols.div_ceil(2);
+                for r in 0..rows {
+                    let mut acc = 0.0f32;
+                    for (i, c0) in (0..cols).step_by(g).enumerate() {
+                        let isum: i32 = (c0..(c0 + g).min(cols))
+                            .map(|c| int4_at(&t.values[r * rb..][..rb], c) as i32 * q[c] as i32)
+                            .sum();
+                        acc += isum as f32 * t.scale(r * cols.div_ceil(g) + i);
+                    }
+                    assert_eq!(
+                        out[r].to_bits(),
+                        (acc * scale).to_bits(),
+                        "{kind:?} {cols} cols row {r}"
+                    );
+                }
+            }
         }
     }
 

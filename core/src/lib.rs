@@ -34,4 +34,4 @@ pub use error::Error;
 pub use forward::{Session, SessionOptions};
 pub use hooks::{HookPoint, Hooks, NoHooks, Site};
 pub use kv::KvStorage;
-pub use quant::StorageKind;
+pub use quant::{Int4Group, StorageKind};

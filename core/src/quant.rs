@@ -11,48 +11,140 @@
 //! | `F32`  | `rows*cols` little-endian f32 | none |
 //! | `F16`  | `rows*cols` little-endian IEEE half | none |
 //! | `Int8` | `rows*cols` i8, symmetric, in -127..=127 | one f16 per row |
-//! | `Int4` | per row `ceil(cols/2)` bytes, two's-complement nibbles (even column in the low nibble), in -7..=7 | one f16 per group of 32 columns per row |
+//! | `Int4` | per row `ceil(cols/2)` bytes, two's-complement nibbles (even column in the low nibble), in -7..=7 | one f16 per group of `group` columns per row |
+//!
+//! The int4 group is a property of each tensor ([`Int4Group`]: 16, 32, 64 or 128
+//! columns), part of its storage kind: a smaller group spends more bytes on scales and
+//! follows the weights more closely.
 
 use half::f16;
+
+/// Columns that share one int4 scale: 16, 32, 64 or 128 (nothing else can be made, so
+/// every kernel may rely on it).
+///
+/// Why these: a group must be even, so that every group starts on a whole byte (two
+/// nibbles per byte) and a group's dot product reads whole bytes; multiples of 16
+/// columns (8 bytes) keep every group and every row of a group-aligned matrix on whole
+/// 32-bit words, which the DSP kernel reads; and four sizes, each twice the last, span
+/// scale overheads from 1/8 to 1/64 of a byte per weight — enough choice for the flash
+/// budget, few enough to try every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "u16", into = "u16")
+)]
+pub struct Int4Group(u8);
+
+impl Int4Group {
+    pub const G16: Int4Group = Int4Group(16);
+    pub const G32: Int4Group = Int4Group(32);
+    pub const G64: Int4Group = Int4Group(64);
+    pub const G128: Int4Group = Int4Group(128);
+    /// Every allowed group, smallest first.
+    pub const ALL: [Int4Group; 4] = [Self::G16, Self::G32, Self::G64, Self::G128];
+    /// The group of blob format version 1 (which has no group field) and the
+    /// converter's default.
+    pub const DEFAULT: Int4Group = Self::G32;
+
+    /// The group of `cols` columns, if that is an allowed size.
+    pub const fn new(cols: u16) -> Option<Int4Group> {
+        match cols {
+            16 | 32 | 64 | 128 => Some(Int4Group(cols as u8)),
+            _ => None,
+        }
+    }
+
+    /// Columns per group.
+    #[inline(always)]
+    pub const fn cols(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl From<Int4Group> for u16 {
+    fn from(g: Int4Group) -> u16 {
+        g.0 as u16
+    }
+}
+
+impl TryFrom<u16> for Int4Group {
+    type Error = &'static str;
+    fn try_from(cols: u16) -> Result<Self, Self::Error> {
+        Int4Group::new(cols).ok_or("int4 group must be 16, 32, 64 or 128")
+    }
+}
 
 /// Storage kind of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[repr(u8)]
 pub enum StorageKind {
-    F32 = 0,
-    F16 = 1,
+    F32,
+    F16,
     /// int8 symmetric, one f16 scale per output row.
-    Int8 = 2,
-    /// int4 symmetric, groups of [`INT4_GROUP`] along the input dimension, one f16 scale per group.
-    Int4 = 3,
+    Int8,
+    /// int4 symmetric, groups of `group` columns along the input dimension, one f16
+    /// scale per group.
+    Int4 {
+        group: Int4Group,
+    },
     /// Raw bytes (the vocabulary).
-    Bytes = 4,
+    Bytes,
 }
 
-/// Columns that share one int4 scale.
-pub const INT4_GROUP: usize = 32;
-
 impl StorageKind {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
+    /// int4 with the default group of 32 columns (what format version 1 stores).
+    pub const INT4: StorageKind = StorageKind::Int4 {
+        group: Int4Group::DEFAULT,
+    };
+
+    /// The kind's code in a blob's tensor table (the int4 group is stored beside it).
+    pub const fn code(self) -> u8 {
+        match self {
+            StorageKind::F32 => 0,
+            StorageKind::F16 => 1,
+            StorageKind::Int8 => 2,
+            StorageKind::Int4 { .. } => 3,
+            StorageKind::Bytes => 4,
+        }
+    }
+
+    /// The kind of table code `code`; `group` is used when it is int4.
+    pub const fn from_code(code: u8, group: Int4Group) -> Option<Self> {
+        Some(match code {
             0 => StorageKind::F32,
             1 => StorageKind::F16,
             2 => StorageKind::Int8,
-            3 => StorageKind::Int4,
+            3 => StorageKind::Int4 { group },
             4 => StorageKind::Bytes,
             _ => return None,
         })
     }
 
-    /// Name used by the CLI and in reports.
+    /// The int4 group, for an int4 kind.
+    pub const fn int4_group(self) -> Option<Int4Group> {
+        match self {
+            StorageKind::Int4 { group } => Some(group),
+            _ => None,
+        }
+    }
+
+    /// Name used by the CLI and in reports: `int4` for the default group of 32 (as
+    /// every blob of format version 1 has), `int4/g16`, `int4/g64`, `int4/g128` for the
+    /// others.
     pub const fn name(self) -> &'static str {
         match self {
             StorageKind::F32 => "f32",
             StorageKind::F16 => "f16",
             StorageKind::Int8 => "int8",
-            StorageKind::Int4 => "int4",
+            StorageKind::Int4 { group } => match group.0 {
+                16 => "int4/g16",
+                64 => "int4/g64",
+                128 => "int4/g128",
+                _ => "int4",
+            },
             StorageKind::Bytes => "bytes",
         }
     }
@@ -63,7 +155,7 @@ impl StorageKind {
             StorageKind::F32 => rows.checked_mul(cols)?.checked_mul(4),
             StorageKind::F16 => rows.checked_mul(cols)?.checked_mul(2),
             StorageKind::Int8 => rows.checked_mul(cols),
-            StorageKind::Int4 => rows.checked_mul(cols.div_ceil(2)),
+            StorageKind::Int4 { .. } => rows.checked_mul(cols.div_ceil(2)),
             StorageKind::Bytes => None,
         }
     }
@@ -73,7 +165,7 @@ impl StorageKind {
         match self {
             StorageKind::F32 | StorageKind::F16 => Some(0),
             StorageKind::Int8 => Some(rows),
-            StorageKind::Int4 => rows.checked_mul(cols.div_ceil(INT4_GROUP)),
+            StorageKind::Int4 { group } => rows.checked_mul(cols.div_ceil(group.cols())),
             StorageKind::Bytes => None,
         }
     }
@@ -132,9 +224,9 @@ impl<'a> Tensor<'a> {
             StorageKind::F32 => (self.cols.saturating_mul(4), 0),
             StorageKind::F16 => (self.cols.saturating_mul(2), 0),
             StorageKind::Int8 => (self.cols, 2),
-            StorageKind::Int4 => (
+            StorageKind::Int4 { group } => (
                 self.cols.div_ceil(2),
-                self.cols.div_ceil(INT4_GROUP).saturating_mul(2),
+                self.cols.div_ceil(group.cols()).saturating_mul(2),
             ),
             StorageKind::Bytes => return *self,
         };
@@ -222,14 +314,19 @@ impl<'a> Tensor<'a> {
                     f(c, (b as i8) as f32 * s);
                 }
             }
-            StorageKind::Int4 => {
+            StorageKind::Int4 { group } => {
                 let Some(bytes) = self.row_bytes(r, cols.div_ceil(2)) else {
                     return;
                 };
-                let groups = cols.div_ceil(INT4_GROUP);
-                for c in 0..cols {
-                    let g = r.saturating_mul(groups).saturating_add(c / INT4_GROUP);
-                    f(c, int4_at(bytes, c) as f32 * self.scale(g));
+                // Group by group: one scale each (and no division per column, which a
+                // Cortex-M0 does in software).
+                let (g, groups) = (group.cols(), cols.div_ceil(group.cols()));
+                let first = r.saturating_mul(groups);
+                for i in 0..groups {
+                    let s = self.scale(first.saturating_add(i));
+                    for c in i * g..((i + 1) * g).min(cols) {
+                        f(c, int4_at(bytes, c) as f32 * s);
+                    }
                 }
             }
             StorageKind::Bytes => {}
@@ -328,7 +425,7 @@ impl<'a> Tensor<'a> {
                 .values
                 .chunks_exact(2)
                 .all(|b| f16::from_le_bytes([b[0], b[1]]).is_finite()),
-            StorageKind::Int8 | StorageKind::Int4 => self
+            StorageKind::Int8 | StorageKind::Int4 { .. } => self
                 .scales
                 .chunks_exact(2)
                 .all(|b| f16::from_le_bytes([b[0], b[1]]).is_finite()),
@@ -397,21 +494,22 @@ pub fn quantize(kind: StorageKind, rows: usize, cols: usize, src: &[f32], out: &
                 }
             }
         }
-        StorageKind::Int4 => {
+        StorageKind::Int4 { group } => {
             let rb = cols.div_ceil(2);
-            let groups = cols.div_ceil(INT4_GROUP);
+            let gc = group.cols();
+            let groups = cols.div_ceil(gc);
             let scales_at = (rows * rb).next_multiple_of(4);
             let (values, scales) = out.split_at_mut(scales_at);
             for r in 0..rows {
                 for g in 0..groups {
-                    let lo = r * cols + g * INT4_GROUP;
-                    let hi = r * cols + ((g + 1) * INT4_GROUP).min(cols);
+                    let lo = r * cols + g * gc;
+                    let hi = r * cols + ((g + 1) * gc).min(cols);
                     let s = best_scale(&src[lo..hi], 7.0);
                     let si = r * groups + g;
                     scales[2 * si..2 * si + 2].copy_from_slice(&s.to_le_bytes());
                     let s = s.to_f32();
                     for (i, v) in src[lo..hi].iter().enumerate() {
-                        let c = g * INT4_GROUP + i;
+                        let c = g * gc + i;
                         let q = (quantize_value(*v, s, 7.0) as u8) & 0x0f;
                         values[r * rb + c / 2] |= if c % 2 == 0 { q } else { q << 4 };
                     }
@@ -448,7 +546,7 @@ pub fn round_level(v: f32, scale: f16, qmax: i8) -> i8 {
 
 /// Writes levels chosen elsewhere (e.g. by an error-compensating quantizer on the host)
 /// with their scales in the layout of `kind`: `levels` is `rows x cols` row-major,
-/// `scales` one per row (int8) or `rows x ceil(cols/32)` (int4). The result reads back
+/// `scales` one per row (int8) or `rows x ceil(cols/group)` (int4). The result reads back
 /// as `levels[r][c] * scales[..]`, exactly as a blob from [`quantize`] would.
 ///
 /// Returns `false` for a kind other than int8/int4, wrong lengths, or a level outside
@@ -463,7 +561,7 @@ pub fn pack(
 ) -> bool {
     let qmax = match kind {
         StorageKind::Int8 => INT8_MAX,
-        StorageKind::Int4 => INT4_MAX,
+        StorageKind::Int4 { .. } => INT4_MAX,
         _ => return false,
     };
     if kind.data_len(rows, cols) != Some(out.len())
@@ -603,7 +701,7 @@ mod tests {
         // 45 columns: two groups (32 + 13) and an odd number of nibbles per row.
         let (rows, cols) = (3, 45);
         let src = data(rows * cols);
-        let back = roundtrip(StorageKind::Int4, rows, cols, &src);
+        let back = roundtrip(StorageKind::INT4, rows, cols, &src);
         for r in 0..rows {
             for g in 0..2 {
                 let lo = g * 32;
@@ -633,16 +731,109 @@ mod tests {
         }
     }
 
+    /// Every kind a matrix can have: f32, f16, int8 and int4 at each group.
+    fn matrix_kinds() -> std::vec::Vec<StorageKind> {
+        let mut kinds = std::vec![StorageKind::F32, StorageKind::F16, StorageKind::Int8];
+        kinds.extend(Int4Group::ALL.map(|group| StorageKind::Int4 { group }));
+        kinds
+    }
+
+    #[test]
+    fn int4_groups_are_the_allowed_sizes() {
+        for cols in 0..=u16::MAX {
+            let g = Int4Group::new(cols);
+            assert_eq!(g.is_some(), [16, 32, 64, 128].contains(&cols), "{cols}");
+            if let Some(g) = g {
+                assert_eq!(g.cols(), cols as usize);
+                assert_eq!(u16::from(g), cols);
+            }
+        }
+        assert_eq!(StorageKind::INT4.name(), "int4");
+        assert_eq!(
+            StorageKind::Int4 {
+                group: Int4Group::G16
+            }
+            .name(),
+            "int4/g16"
+        );
+        // The wire code does not depend on the group.
+        for group in Int4Group::ALL {
+            let k = StorageKind::Int4 { group };
+            assert_eq!(k.code(), 3);
+            assert_eq!(StorageKind::from_code(3, group), Some(k));
+        }
+    }
+
+    #[test]
+    fn int4_scales_follow_the_group() {
+        // 200 columns: groups of 16 (12.5 of them), 32, 64, 128, each with a partial
+        // last group; every group's scale covers exactly its columns.
+        let (rows, cols) = (3, 200);
+        let src = data(rows * cols);
+        for group in Int4Group::ALL {
+            let kind = StorageKind::Int4 { group };
+            let g = group.cols();
+            assert_eq!(kind.scales_count(rows, cols), Some(rows * cols.div_ceil(g)));
+            let back = roundtrip(kind, rows, cols, &src);
+            let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
+            assert!(quantize(kind, rows, cols, &src, &mut buf));
+            let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
+            for r in 0..rows {
+                for (i, seg) in src[r * cols..(r + 1) * cols].chunks(g).enumerate() {
+                    let s = t.scale(r * cols.div_ceil(g) + i);
+                    assert_eq!(
+                        s,
+                        int4_group_scale(seg).to_f32(),
+                        "{kind:?} row {r} group {i}"
+                    );
+                    for (j, v) in seg.iter().enumerate() {
+                        let c = i * g + j;
+                        assert_eq!(
+                            back[r * cols + c],
+                            round_level(*v, f16::from_f32(s), 7) as f32 * s
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn smaller_groups_cost_scales_and_err_less() {
+        let (rows, cols) = (8, 256);
+        let src: std::vec::Vec<f32> = data(rows * cols)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % 37 == 0 { v * 8.0 } else { *v })
+            .collect();
+        let mut last: Option<(usize, f32)> = None;
+        for group in Int4Group::ALL {
+            let kind = StorageKind::Int4 { group };
+            let back = roundtrip(kind, rows, cols, &src);
+            let err: f32 = src.iter().zip(&back).map(|(a, b)| (a - b).powi(2)).sum();
+            let len = kind.data_len(rows, cols).unwrap();
+            if let Some((prev_len, prev_err)) = last {
+                assert!(
+                    len < prev_len && err > prev_err,
+                    "{kind:?}: {len} B, error {err}"
+                );
+            }
+            last = Some((len, err));
+        }
+    }
+
     #[test]
     fn pack_reproduces_quantize() {
         let (rows, cols) = (3, 45);
         let src = data(rows * cols);
-        for kind in [StorageKind::Int8, StorageKind::Int4] {
+        let mut kinds = std::vec![StorageKind::Int8];
+        kinds.extend(Int4Group::ALL.map(|group| StorageKind::Int4 { group }));
+        for kind in kinds {
             let mut want = vec![0u8; kind.data_len(rows, cols).unwrap()];
             assert!(quantize(kind, rows, cols, &src, &mut want));
             let (qmax, group) = match kind {
-                StorageKind::Int8 => (INT8_MAX, cols),
-                _ => (INT4_MAX, INT4_GROUP),
+                StorageKind::Int4 { group } => (INT4_MAX, group.cols()),
+                _ => (INT8_MAX, cols),
             };
             let mut levels = std::vec::Vec::new();
             let mut scales = std::vec::Vec::new();
@@ -694,8 +885,8 @@ mod tests {
     #[test]
     fn zero_rows_quantize_to_zero() {
         let src = vec![0.0; 2 * 40];
-        for kind in [StorageKind::Int8, StorageKind::Int4] {
-            assert!(roundtrip(kind, 2, 40, &src).iter().all(|v| *v == 0.0));
+        for kind in &matrix_kinds()[2..] {
+            assert!(roundtrip(*kind, 2, 40, &src).iter().all(|v| *v == 0.0));
         }
     }
 
@@ -703,12 +894,7 @@ mod tests {
     fn row_slices_match_full_tensor() {
         let (rows, cols) = (6, 40);
         let src = data(rows * cols);
-        for kind in [
-            StorageKind::F32,
-            StorageKind::F16,
-            StorageKind::Int8,
-            StorageKind::Int4,
-        ] {
+        for kind in matrix_kinds() {
             let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
             assert!(quantize(kind, rows, cols, &src, &mut buf));
             let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();

@@ -40,19 +40,37 @@ pub(crate) fn build(
     kind: StorageKind,
     value: impl Fn(usize, usize) -> f32,
 ) -> Vec<u8> {
+    build_with(cfg, |_| kind, value)
+}
+
+/// A blob for `cfg` with tensor `t` in `kind(t)` (the format version the writer would
+/// choose), element `e` of tensor `t` = `value(t, e)`.
+pub(crate) fn build_with(
+    cfg: &Config,
+    kind: impl Fn(usize) -> StorageKind,
+    value: impl Fn(usize, usize) -> f32,
+) -> Vec<u8> {
     let n = blob::tensor_count(cfg);
     let data_start = (blob::HEADER_LEN + n * blob::ENTRY_LEN).next_multiple_of(blob::ALIGN);
-    let mut out = write::header(cfg, Processing::default(), n as u16).to_vec();
+    let version = write::version_for((0..n).map(&kind));
+    let mut out = write::header(cfg, Processing::default(), n as u16, version).to_vec();
     let mut data = Vec::new();
     for t in 0..n {
         let slot = blob::slot(cfg, t).unwrap();
+        let kind = kind(t);
         let (rows, cols) = (slot.rows as usize, slot.cols as usize);
         let src: Vec<f32> = (0..rows * cols).map(|e| value(t, e)).collect();
         let mut bytes = vec![0u8; kind.data_len(rows, cols).unwrap()];
         assert!(quant::quantize(kind, rows, cols, &src, &mut bytes));
         data.resize(data.len().next_multiple_of(blob::ALIGN), 0);
         let offset = (data_start + data.len()) as u32;
-        out.extend(write::entry(&slot, kind, offset, bytes.len() as u32));
+        out.extend(write::entry(
+            &slot,
+            kind,
+            offset,
+            bytes.len() as u32,
+            version,
+        ));
         data.extend(bytes);
     }
     out.resize(data_start, 0);
@@ -65,14 +83,16 @@ fn small_values(t: usize, e: usize) -> f32 {
     ((t * 31 + e * 7) % 13) as f32 / 13.0 - 0.5
 }
 
+/// Every kind a matrix can have: f32, f16, int8 and int4 at each group.
+fn matrix_kinds() -> Vec<StorageKind> {
+    let mut kinds = vec![StorageKind::F32, StorageKind::F16, StorageKind::Int8];
+    kinds.extend(quant::Int4Group::ALL.map(|group| StorageKind::Int4 { group }));
+    kinds
+}
+
 #[test]
 fn test_blobs_load() {
-    for kind in [
-        StorageKind::F32,
-        StorageKind::F16,
-        StorageKind::Int8,
-        StorageKind::Int4,
-    ] {
+    for kind in matrix_kinds() {
         for norm in [Normalization::None, Normalization::LN, Normalization::LNPre] {
             let cfg = config(8, 4, 2, norm);
             let b = build(&cfg, kind, small_values);
@@ -81,6 +101,145 @@ fn test_blobs_load() {
             let mut s = Session::new(&m, &mut ws).unwrap();
             s.step(1).unwrap();
         }
+    }
+}
+
+// ---- Format versions and int4 groups ------------------------------------------------------
+
+/// Table entry `t` of a blob (its bytes, from the start of the blob).
+fn entry_at(t: usize) -> core::ops::Range<usize> {
+    blob::HEADER_LEN + t * blob::ENTRY_LEN..blob::HEADER_LEN + (t + 1) * blob::ENTRY_LEN
+}
+
+#[test]
+fn writers_choose_the_oldest_version_that_holds_the_groups() {
+    let cfg = config(64, 16, 2, Normalization::LN);
+    let g = |group| StorageKind::Int4 { group };
+    for (kinds, want) in [
+        (vec![StorageKind::F32, StorageKind::Int8], 1),
+        (vec![StorageKind::Int8, StorageKind::INT4], 1),
+        (vec![g(quant::Int4Group::G16), StorageKind::INT4], 2),
+        (vec![StorageKind::F16, g(quant::Int4Group::G128)], 2),
+    ] {
+        assert_eq!(write::version_for(kinds), want);
+    }
+    // A blob of int4/g32 tensors is a version 1 blob with a zero group field; the
+    // same with one tensor at another group is version 2 with every int4 group stored.
+    let v1 = build(&cfg, StorageKind::INT4, small_values);
+    assert_eq!(Model::from_bytes(&v1).unwrap().version(), 1);
+    let w_q = 4; // W_E, W_pos, ln1.w, ln1.b, then W_Q
+    let mixed = build_with(
+        &cfg,
+        |t| {
+            if t == w_q {
+                g(quant::Int4Group::G16)
+            } else {
+                StorageKind::INT4
+            }
+        },
+        small_values,
+    );
+    let m = Model::from_bytes(&mixed).unwrap();
+    assert_eq!(m.version(), 2);
+    assert_eq!(m.layer(0).w_q.kind, g(quant::Int4Group::G16));
+    assert_eq!(m.layer(0).w_k.kind, StorageKind::INT4);
+    for t in 0..blob::tensor_count(&cfg) {
+        let e = &v1[entry_at(t)];
+        assert_eq!(e[20..24], [0; 4], "version 1 entry {t}");
+        let e = &mixed[entry_at(t)];
+        let group = u16::from_le_bytes([e[20], e[21]]);
+        let want = m.tensor_at(t).kind.int4_group().map_or(0, u16::from);
+        assert_eq!((group, e[22], e[23]), (want, 0, 0), "version 2 entry {t}");
+    }
+}
+
+#[test]
+fn hostile_group_fields_are_typed_errors() {
+    let cfg = config(64, 16, 2, Normalization::LN);
+    let w_q = 4;
+    let name = blob::slot(&cfg, w_q).unwrap().name;
+    let g16 = StorageKind::Int4 {
+        group: quant::Int4Group::G16,
+    };
+    let v2 = build_with(
+        &cfg,
+        |t| if t == w_q { g16 } else { StorageKind::INT4 },
+        small_values,
+    );
+    let v1 = build(&cfg, StorageKind::INT4, small_values);
+    let patched = |base: &[u8], at: usize, bytes: &[u8]| -> Vec<u8> {
+        let mut b = base.to_vec();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        write::finish(&mut b);
+        b
+    };
+    let field = entry_at(w_q).start + 20;
+    // Version 2: an int4 group that is not 16, 32, 64 or 128.
+    for bad in [0u16, 1, 8, 17, 48, 96, 256, u16::MAX] {
+        let b = patched(&v2, field, &bad.to_le_bytes());
+        assert_eq!(
+            Model::from_bytes(&b).map(|_| ()),
+            Err(Error::Int4Group {
+                tensor: name,
+                group: bad
+            }),
+            "group {bad}"
+        );
+        assert!(Error::Int4Group {
+            tensor: name,
+            group: bad
+        }
+        .to_string()
+        .contains("16, 32, 64, 128"));
+    }
+    // A valid group that does not fit the data's length (16 → 32 halves the scales).
+    let b = patched(&v2, field, &32u16.to_le_bytes());
+    assert_eq!(
+        Model::from_bytes(&b).map(|_| ()),
+        Err(Error::TensorBounds { tensor: name })
+    );
+    // The reserved u16 after the group, and a group field on a kind that has none.
+    let b = patched(&v2, field + 2, &[1, 0]);
+    assert_eq!(
+        Model::from_bytes(&b).map(|_| ()),
+        Err(Error::TensorBounds { tensor: name })
+    );
+    let f32_blob = build_with(
+        &cfg,
+        |t| if t == w_q { g16 } else { StorageKind::F32 },
+        small_values,
+    );
+    let w_k = blob::slot(&cfg, w_q + 1).unwrap().name;
+    let b = patched(
+        &f32_blob,
+        entry_at(w_q + 1).start + 20,
+        &32u16.to_le_bytes(),
+    );
+    assert_eq!(
+        Model::from_bytes(&b).map(|_| ()),
+        Err(Error::TensorBounds { tensor: w_k })
+    );
+    // Version 1 has no group field: anything there is refused, as before.
+    for bad in [16u16, 32, 1] {
+        let b = patched(&v1, field, &bad.to_le_bytes());
+        assert_eq!(
+            Model::from_bytes(&b).map(|_| ()),
+            Err(Error::TensorBounds { tensor: name })
+        );
+    }
+    // A version 2 blob relabelled version 1 reads its groups as 32: lengths disagree.
+    let b = patched(&v2, 8, &1u16.to_le_bytes());
+    assert!(Model::from_bytes(&b).is_err());
+    // Versions this build does not know.
+    for version in [0u16, 3, u16::MAX] {
+        let b = patched(&v2, 8, &version.to_le_bytes());
+        assert_eq!(
+            Model::from_bytes(&b).map(|_| ()),
+            Err(Error::UnsupportedVersion {
+                found: version,
+                supported: blob::VERSION
+            })
+        );
     }
 }
 
@@ -137,7 +296,7 @@ fn hook_injecting_nan_is_reported_at_its_position() {
 #[test]
 fn any_token_and_a_full_context_are_errors() {
     let cfg = config(8, 4, 2, Normalization::LNPre);
-    let b = build(&cfg, StorageKind::Int4, small_values);
+    let b = build(&cfg, StorageKind::INT4, small_values);
     let m = Model::from_bytes(&b).unwrap();
     let mut ws = vec![0.0; cfg.workspace_len()];
     let mut s = Session::new(&m, &mut ws).unwrap();
@@ -236,13 +395,7 @@ fn layout_functions_take_any_config() {
     write::finish(&mut short);
     assert_eq!(short, [7u8; 30]);
     // Tensor views of absurd shapes are refused, not overflowed.
-    for kind in [
-        StorageKind::F32,
-        StorageKind::F16,
-        StorageKind::Int8,
-        StorageKind::Int4,
-        StorageKind::Bytes,
-    ] {
+    for kind in matrix_kinds().into_iter().chain([StorageKind::Bytes]) {
         for (rows, cols) in [(usize::MAX, 2), (2, usize::MAX), (usize::MAX / 2 + 1, 1)] {
             assert!(Tensor::from_data(kind, rows, cols, &[0u8; 64]).is_none());
         }
@@ -283,12 +436,7 @@ fn intervention_sizes_never_overflow() {
 fn tensor_rows_out_of_range_are_cut_off() {
     let (rows, cols) = (5, 40);
     let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.01).collect();
-    for kind in [
-        StorageKind::F32,
-        StorageKind::F16,
-        StorageKind::Int8,
-        StorageKind::Int4,
-    ] {
+    for kind in matrix_kinds() {
         let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
         assert!(quant::quantize(kind, rows, cols, &src, &mut buf));
         let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();
@@ -343,12 +491,7 @@ fn tensor_rows_out_of_range_are_cut_off() {
 fn matvec_with_mismatched_buffers_gives_nan_not_a_panic() {
     let (rows, cols) = (4, 33);
     let src: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
-    for kind in [
-        StorageKind::F32,
-        StorageKind::F16,
-        StorageKind::Int8,
-        StorageKind::Int4,
-    ] {
+    for kind in matrix_kinds() {
         let mut buf = vec![0u8; kind.data_len(rows, cols).unwrap()];
         assert!(quant::quantize(kind, rows, cols, &src, &mut buf));
         let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();

@@ -253,12 +253,11 @@ mod tests {
                 scales: &scales,
                 pairs: &[],
             };
-            for kind in [
-                StorageKind::F32,
-                StorageKind::F16,
-                StorageKind::Int8,
-                StorageKind::Int4,
-            ] {
+            let int4 = crate::quant::Int4Group::ALL.map(|group| StorageKind::Int4 { group });
+            for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8]
+                .into_iter()
+                .chain(int4)
+            {
                 let mut buf = std::vec![0u8; kind.data_len(rows, cols).unwrap()];
                 assert!(quantize(kind, rows, cols, &wf, &mut buf));
                 let t = Tensor::from_data(kind, rows, cols, &buf).unwrap();

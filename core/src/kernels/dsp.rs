@@ -521,17 +521,19 @@ pub(super) fn quantize_pairs(x: &[f32], q: &mut [i8], pairs: &mut [u32]) -> Opti
 const I4_MAX_COLS: usize = 512;
 
 /// `out[r] = (Σ_g S_rg as f32 * scale_rg) * in_scale` for `out.len()` rows of `cols`
-/// int4 weights (two per byte, low nibble first; one f16 scale per group of
-/// [`crate::quant::INT4_GROUP`] columns), `S_rg` the exact integer sum of group `g` of
-/// row `r` with the int8 activations `q`: the portable kernel's float operations in
-/// its order, so the same bits.
+/// int4 weights (two per byte, low nibble first; one f16 scale per group of `group`
+/// columns), `S_rg` the exact integer sum of group `g` of row `r` with the int8
+/// activations `q`: the portable kernel's float operations in its order, so the same
+/// bits.
 ///
 /// The nibbles go to 16-bit lanes without shifting each one down: `AND` with
 /// `0xF0F0F0F0` of the word (odd columns) and of the word shifted left by 4 (even
 /// columns) leaves every nibble in the top of its byte, i.e. `16 · w` as an int8, and
 /// `SXTB16` makes lanes of those, which `SMLAD` multiplies with activation pairs laid
-/// out to match (per 8 columns `[x0, x4] [x2, x6] [x1, x5] [x3, x7]`). The group's sum
-/// is then `16 · S` exactly (|16 · S| <= 32 · 128 · 128 < 2^31), and `>> 4` gives `S`.
+/// out to match (per 8 columns `[x0, x4] [x2, x6] [x1, x5] [x3, x7]`). A group is
+/// summed 16 columns (two weight words) at a time, [`dot16`]; its sum is then `16 · S`
+/// exactly (|16 · S| <= 16 · 128 · 8 · 128 < 2^31 for groups of up to 128), and `>> 4`
+/// gives `S`.
 ///
 /// `false` (nothing written) unless `cols` is a non-zero multiple of the group (and at
 /// most [`I4_MAX_COLS`]), `values` is word-aligned and holds the rows, and `scales`
@@ -540,18 +542,19 @@ pub(super) fn matvec_i4(
     values: &[u8],
     scales: &[u8],
     cols: usize,
+    group: crate::quant::Int4Group,
     q: &[i8],
     in_scale: f32,
     out: &mut [f32],
 ) -> bool {
     #[cfg(not(tinylens_dsp_vfp))]
     use crate::quant::f16_le_to_f32;
-    use crate::quant::INT4_GROUP;
     let rows = out.len();
-    let groups = cols / INT4_GROUP;
+    let gc = group.cols();
+    let groups = cols / gc;
     let ok = rows > 0
         && cols > 0
-        && cols % INT4_GROUP == 0
+        && cols % gc == 0
         && cols <= I4_MAX_COLS
         && (values.as_ptr() as usize) % 4 == 0
         && values.len() / (cols / 2) >= rows
@@ -568,6 +571,9 @@ pub(super) fn matvec_i4(
         o[2] = lane(g[1]) | lane(g[5]) << 16;
         o[3] = lane(g[3]) | lane(g[7]) << 16;
     }
+    // Groups are 16, 32, 64 or 128 columns: one to eight steps of 16, taken in pairs
+    // (two inlined steps per iteration, as the one-size kernel of 32 columns did).
+    let steps = gc / 16;
     let mut w = values.as_ptr();
     #[cfg(not(tinylens_dsp_vfp))]
     let mut s = scales.chunks_exact(2);
@@ -578,66 +584,19 @@ pub(super) fn matvec_i4(
         let mut x = xl.as_ptr();
         for _ in 0..groups {
             let mut sum: i32 = 0;
-            // SAFETY: reads the group's 16 bytes at `w` (word-aligned: rows and groups
-            // are whole words, as `cols` is a multiple of 32; within the `rows * cols / 2`
-            // bytes checked) and 16 words at `x` (within `xl`, which holds `cols / 2`
-            // words per row). Reads only; declared registers change; no flags.
-            unsafe {
-                asm!(
-                    "ldm {w}!, {{r0, r1}}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "and r4, {m}, r0, lsl #4",
-                    "and r0, r0, {m}",
-                    "sxtb16 r5, r4",
-                    "smlad {acc}, r5, r8, {acc}",
-                    "sxtb16 r4, r4, ror #8",
-                    "smlad {acc}, r4, r9, {acc}",
-                    "sxtb16 r5, r0",
-                    "smlad {acc}, r5, r10, {acc}",
-                    "sxtb16 r0, r0, ror #8",
-                    "smlad {acc}, r0, r11, {acc}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "and r4, {m}, r1, lsl #4",
-                    "and r1, r1, {m}",
-                    "sxtb16 r5, r4",
-                    "smlad {acc}, r5, r8, {acc}",
-                    "sxtb16 r4, r4, ror #8",
-                    "smlad {acc}, r4, r9, {acc}",
-                    "sxtb16 r5, r1",
-                    "smlad {acc}, r5, r10, {acc}",
-                    "sxtb16 r1, r1, ror #8",
-                    "smlad {acc}, r1, r11, {acc}",
-                    "ldm {w}!, {{r0, r1}}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "and r4, {m}, r0, lsl #4",
-                    "and r0, r0, {m}",
-                    "sxtb16 r5, r4",
-                    "smlad {acc}, r5, r8, {acc}",
-                    "sxtb16 r4, r4, ror #8",
-                    "smlad {acc}, r4, r9, {acc}",
-                    "sxtb16 r5, r0",
-                    "smlad {acc}, r5, r10, {acc}",
-                    "sxtb16 r0, r0, ror #8",
-                    "smlad {acc}, r0, r11, {acc}",
-                    "ldm {x}!, {{r8, r9, r10, r11}}",
-                    "and r4, {m}, r1, lsl #4",
-                    "and r1, r1, {m}",
-                    "sxtb16 r5, r4",
-                    "smlad {acc}, r5, r8, {acc}",
-                    "sxtb16 r4, r4, ror #8",
-                    "smlad {acc}, r4, r9, {acc}",
-                    "sxtb16 r5, r1",
-                    "smlad {acc}, r5, r10, {acc}",
-                    "sxtb16 r1, r1, ror #8",
-                    "smlad {acc}, r1, r11, {acc}",
-                    w = inout(reg) w,
-                    x = inout(reg) x,
-                    m = in(reg) 0xF0F0_F0F0u32,
-                    acc = inout(reg) sum,
-                    out("r0") _, out("r1") _, out("r4") _, out("r5") _,
-                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                    options(nostack, readonly, preserves_flags),
-                );
+            for _ in 0..steps / 2 {
+                // SAFETY: the group's `gc / 2` bytes at `w` lie within the `rows * cols / 2`
+                // bytes checked, on word boundaries (rows and groups are whole words, as
+                // `cols` is a multiple of the group, itself of 16), and its `gc / 2` words
+                // at `x` within `xl`, which holds `cols / 2` words per row.
+                unsafe {
+                    dot16(&mut w, &mut x, &mut sum);
+                    dot16(&mut w, &mut x, &mut sum);
+                }
+            }
+            if steps % 2 == 1 {
+                // SAFETY: as above (the group's last 16 columns).
+                unsafe { dot16(&mut w, &mut x, &mut sum) };
             }
             #[cfg(not(tinylens_dsp_vfp))]
             {
@@ -682,4 +641,50 @@ pub(super) fn matvec_i4(
         *o = acc * in_scale;
     }
     true
+}
+
+/// `sum += 16 · Σ w[c]·x[c]` over the next 16 int4 columns: two weight words at `*w` and
+/// eight activation-pair words at `*x` (the layout of [`matvec_i4`]), both pointers
+/// advanced past them.
+///
+/// # Safety
+/// `*w` must be word-aligned with 8 readable bytes, `*x` have 8 readable words.
+#[inline(always)]
+unsafe fn dot16(w: &mut *const u8, x: &mut *const u32, sum: &mut i32) {
+    // SAFETY: reads only the 8 bytes at `w` and 8 words at `x` the caller vouches for;
+    // declared registers change; no flags.
+    unsafe {
+        asm!(
+            "ldm {w}!, {{r0, r1}}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r0, lsl #4",
+            "and r0, r0, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r0",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r0, r0, ror #8",
+            "smlad {acc}, r0, r11, {acc}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r1, lsl #4",
+            "and r1, r1, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r1",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r1, r1, ror #8",
+            "smlad {acc}, r1, r11, {acc}",
+            w = inout(reg) *w,
+            x = inout(reg) *x,
+            m = in(reg) 0xF0F0_F0F0u32,
+            acc = inout(reg) *sum,
+            out("r0") _, out("r1") _, out("r4") _, out("r5") _,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
 }
