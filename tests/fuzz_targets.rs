@@ -462,7 +462,7 @@ pub fn tl_safetensors(data: &[u8]) {
         StorageKind::F32,
         StorageKind::F16,
         StorageKind::Int8,
-        StorageKind::Int4,
+        StorageKind::INT4,
     ];
     let kind = kinds[(pick >> 4) as usize & 3];
     let processing = if pick & 0x80 != 0 {

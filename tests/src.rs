@@ -129,7 +129,9 @@ pub fn random_blob(cfg: &tinylens_core::Config, kind: StorageKind, seed: u64) ->
     use tinylens_core::blob::{self, write};
     let n = blob::tensor_count(cfg);
     let data_start = (blob::HEADER_LEN + n * blob::ENTRY_LEN).next_multiple_of(blob::ALIGN);
-    let mut out = write::header(cfg, tinylens_core::Processing::default(), n as u16).to_vec();
+    let version = write::version_for([kind]);
+    let header = write::header(cfg, tinylens_core::Processing::default(), n as u16, version);
+    let mut out = header.to_vec();
     let mut data = Vec::new();
     let mut rng = tinylens_core::sample::Rng::new(seed);
     for t in 0..n {
@@ -144,7 +146,7 @@ pub fn random_blob(cfg: &tinylens_core::Config, kind: StorageKind, seed: u64) ->
         ));
         data.resize(data.len().next_multiple_of(blob::ALIGN), 0);
         let offset = (data_start + data.len()) as u32;
-        out.extend(write::entry(&slot, kind, offset, bytes.len() as u32));
+        out.extend(write::entry(&slot, kind, offset, bytes.len() as u32, version));
         data.extend(bytes);
     }
     out.resize(data_start, 0);

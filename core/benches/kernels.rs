@@ -25,7 +25,7 @@ const KINDS: [StorageKind; 4] = [
     StorageKind::F32,
     StorageKind::F16,
     StorageKind::Int8,
-    StorageKind::Int4,
+    StorageKind::INT4,
 ];
 
 /// The demo model's shape (models/demo/config.json).
@@ -74,14 +74,20 @@ fn random_blob(cfg: &Config, kind: StorageKind) -> Vec<u8> {
     let n = blob::tensor_count(cfg);
     let table_end = blob::HEADER_LEN + n * blob::ENTRY_LEN;
     let mut out = vec![0u8; table_end.next_multiple_of(blob::ALIGN)];
-    out[..blob::HEADER_LEN].copy_from_slice(&write::header(cfg, Processing::default(), n as u16));
+    let version = write::version_for([kind]);
+    out[..blob::HEADER_LEN].copy_from_slice(&write::header(
+        cfg,
+        Processing::default(),
+        n as u16,
+        version,
+    ));
     for i in 0..n {
         let slot = blob::slot(cfg, i).expect("slot");
         let (rows, cols) = (slot.rows as usize, slot.cols as usize);
         use tinylens_core::blob::TensorId::*;
         let k = match slot.name.id {
             W_Q | W_K | W_V | W_O => kind,
-            W_E | W_pos | W_U if kind == StorageKind::Int4 => StorageKind::Int8,
+            W_E | W_pos | W_U if kind.int4_group().is_some() => StorageKind::Int8,
             W_E | W_pos | W_U => kind,
             _ => StorageKind::F32,
         };
@@ -95,7 +101,7 @@ fn random_blob(cfg: &Config, kind: StorageKind) -> Vec<u8> {
             tensor_bytes(k, rows, cols, i as u32)
         };
         let offset = out.len();
-        let e = write::entry(&slot, k, offset as u32, data.len() as u32);
+        let e = write::entry(&slot, k, offset as u32, data.len() as u32, version);
         out[blob::HEADER_LEN + i * blob::ENTRY_LEN..][..blob::ENTRY_LEN].copy_from_slice(&e);
         out.extend_from_slice(&data);
         out.resize(out.len().next_multiple_of(blob::ALIGN), 0);

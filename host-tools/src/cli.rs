@@ -90,17 +90,35 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
     Ok(tokens)
 }
 
-/// Parses a storage kind name.
+/// Parses a storage kind name: `f32`, `f16`, `int8`, `int4` (groups of 32 columns) or
+/// `int4/gN` for groups of N = 16, 32, 64, 128 columns (the names
+/// [`StorageKind::name`] gives).
 pub fn parse_kind(s: &str) -> Result<StorageKind> {
+    let group = |n: &str| n.parse::<u16>().ok().and_then(tinylens_core::Int4Group::new);
     match s {
         "f32" => Ok(StorageKind::F32),
         "f16" => Ok(StorageKind::F16),
         "int8" => Ok(StorageKind::Int8),
-        "int4" => Ok(StorageKind::Int4),
-        _ => Err(Error::Argument(format!(
-            "unknown storage kind `{s}` (f32, f16, int8, int4)"
-        ))),
+        "int4" => Ok(StorageKind::INT4),
+        _ => match s.strip_prefix("int4/g").map(group) {
+            Some(Some(group)) => Ok(StorageKind::Int4 { group }),
+            _ => Err(Error::Argument(format!(
+                "unknown storage kind `{s}` (f32, f16, int8, int4, or int4/gN with groups of N = 16, 32, 64, 128 columns)"
+            ))),
+        },
     }
+}
+
+/// Parses an int4 group size (`--int4-group`): 16, 32, 64 or 128 columns.
+pub fn parse_int4_group(s: &str) -> Result<tinylens_core::Int4Group> {
+    s.parse::<u16>()
+        .ok()
+        .and_then(tinylens_core::Int4Group::new)
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "int4 group `{s}`: must be 16, 32, 64 or 128 columns"
+            ))
+        })
 }
 
 /// Reads a file, or standard input for `-`.

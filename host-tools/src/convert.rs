@@ -87,16 +87,16 @@ pub struct QuantPlan {
 }
 
 impl QuantPlan {
-    /// The plan for `--quant KIND`: every matrix in `kind`, except that int4 keeps the
-    /// embeddings and unembedding in int8 (as llama.cpp-style quantizers do): they
-    /// are a small share of a model's matrices and int4 there costs most of its accuracy.
+    /// The plan for `--quant KIND`: every matrix in `kind`, except that int4 (at any
+    /// group size) keeps the embeddings and unembedding in int8 (as llama.cpp-style
+    /// quantizers do): they are a small share of a model's matrices and int4 there
+    /// costs most of its accuracy.
     pub fn for_kind(kind: StorageKind) -> Self {
         QuantPlan {
             attention: kind,
-            embeddings: if kind == StorageKind::Int4 {
-                StorageKind::Int8
-            } else {
-                kind
+            embeddings: match kind {
+                StorageKind::Int4 { .. } => StorageKind::Int8,
+                k => k,
             },
         }
     }
@@ -254,8 +254,7 @@ pub fn write_blob_with(
         }
     }
     let n = blob::tensor_count(&cfg) + vocab.is_some() as usize;
-    let mut out = blob::write::header(&cfg, processing, n as u16).to_vec();
-    let mut table = Vec::with_capacity(n * blob::ENTRY_LEN);
+    let mut entries = Vec::with_capacity(n);
     let mut data = Vec::new();
     let mut reports = Vec::new();
     let data_start = (blob::HEADER_LEN + n * blob::ENTRY_LEN).next_multiple_of(blob::ALIGN);
@@ -282,15 +281,16 @@ pub fn write_blob_with(
             data.push(0);
         }
         let offset = data_start + data.len();
-        table.extend(blob::write::entry(
-            &slot,
-            kind,
-            offset as u32,
-            bytes.len() as u32,
-        ));
+        entries.push((slot, kind, offset as u32, bytes.len() as u32));
         data.extend(bytes);
     }
-    out.extend(table);
+    // The oldest format that holds these kinds: version 1 unless an int4 tensor has a
+    // group other than 32 (so blobs that need nothing new stay byte for byte the same).
+    let version = blob::write::version_for(entries.iter().map(|e| e.1));
+    let mut out = blob::write::header(&cfg, processing, n as u16, version).to_vec();
+    for (slot, kind, offset, len) in &entries {
+        out.extend(blob::write::entry(slot, *kind, *offset, *len, version));
+    }
     out.resize(data_start, 0);
     out.extend(data);
     if out.len() > u32::MAX as usize {

@@ -24,11 +24,19 @@ use tinylens_host::{convert, tl};
 use tinylens_tests::fuzz_targets::exercise_model;
 use tinylens_tests::{blob, FIXTURES};
 
-const KINDS: [StorageKind; 4] = [
+/// Every storage kind of a matrix; int4 at the default group of 32 (format version 1)
+/// and at groups of 16 and 128 (version 2: the group stored per tensor).
+const KINDS: [StorageKind; 6] = [
     StorageKind::F32,
     StorageKind::F16,
     StorageKind::Int8,
-    StorageKind::Int4,
+    StorageKind::INT4,
+    StorageKind::Int4 {
+        group: tinylens_core::Int4Group::G16,
+    },
+    StorageKind::Int4 {
+        group: tinylens_core::Int4Group::G128,
+    },
 ];
 
 /// Tiny models (1 layer, d_model 4, 2 heads of 2, vocab 3, n_ctx 2) of every

@@ -16,11 +16,19 @@ use tinylens_host::run::{run, AblateMode, RunOptions};
 use tinylens_host::trace::decode_stream;
 use tinylens_tests::*;
 
-const KINDS: [StorageKind; 4] = [
+/// Every storage kind of a matrix; int4 at the default group of 32 (format version 1)
+/// and at groups of 16 and 128 (version 2: the group stored per tensor).
+const KINDS: [StorageKind; 6] = [
     StorageKind::F32,
     StorageKind::F16,
     StorageKind::Int8,
-    StorageKind::Int4,
+    StorageKind::INT4,
+    StorageKind::Int4 {
+        group: tinylens_core::Int4Group::G16,
+    },
+    StorageKind::Int4 {
+        group: tinylens_core::Int4Group::G128,
+    },
 ];
 
 /// The device's schedule: one token at a time, portable kernels, a recorder live.

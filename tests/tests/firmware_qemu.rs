@@ -551,7 +551,7 @@ fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
         .map(|i| model.tensor_at(i).kind)
         .collect();
     assert!(
-        kinds.contains(&tinylens_core::StorageKind::Int4),
+        kinds.contains(&tinylens_core::StorageKind::INT4),
         "not an int4 blob: {kinds:?}"
     );
     let fixture = tinylens_tests::fixture("attn1_ln");
@@ -562,7 +562,7 @@ fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
     .unwrap();
     let nearest = tinylens_host::convert::write_blob(
         &w,
-        tinylens_host::convert::QuantPlan::for_kind(tinylens_core::StorageKind::Int4),
+        tinylens_host::convert::QuantPlan::for_kind(tinylens_core::StorageKind::INT4),
         tinylens_host::tl::Processing::NONE,
         None,
     )

@@ -140,7 +140,7 @@ fn int8_top1_and_kl() {
 
 #[test]
 fn int4_top1() {
-    check_agreement(StorageKind::Int4, 0.95, None);
+    check_agreement(StorageKind::INT4, 0.95, None);
 }
 
 /// GPTQ-calibrated int4 (embeddings and unembedding int8, calibrated on the built-in
@@ -150,9 +150,9 @@ fn int4_top1() {
 #[test]
 fn calibrated_int4_keeps_predictions_and_heads() {
     for name in FIXTURES {
-        let blob = calibrated_blob(name, StorageKind::Int4);
+        let blob = calibrated_blob(name, StorageKind::INT4);
         let a = agreement_of(name, &blob);
-        let rtn = agreement(name, StorageKind::Int4);
+        let rtn = agreement(name, StorageKind::INT4);
         eprintln!(
             "{name}: calibrated int4 top-1 {:.2}% of {} predicted ({:.2}% of all), mean KL {:.5} (round-to-nearest: {:.2}%, {:.5})",
             a.top1_predicted * 100.0,

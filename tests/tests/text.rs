@@ -105,6 +105,7 @@ fn converted_blob(dir: &Path, d_vocab: usize, tokenizer: &Path) -> PathBuf {
         config,
         quant: "int8".into(),
         embed_quant: None,
+        int4_group: None,
         vocab: None,
         tokenizer: Some(tokenizer.to_path_buf()),
         fold_ln: false,

@@ -535,9 +535,9 @@ const I4_MAX_COLS: usize = 512;
 /// exactly (|16 · S| <= 16 · 128 · 8 · 128 < 2^31 for groups of up to 128), and `>> 4`
 /// gives `S`.
 ///
-/// `false` (nothing written) unless `cols` is a non-zero multiple of the group (and at
-/// most [`I4_MAX_COLS`]), `values` is word-aligned and holds the rows, and `scales`
-/// and `q` are long enough.
+/// `false` (nothing written) unless `cols` is a non-zero multiple of the group, or a
+/// multiple of 16 no wider than it (one group per row), at most [`I4_MAX_COLS`];
+/// `values` is word-aligned and holds the rows, and `scales` and `q` are long enough.
 pub(super) fn matvec_i4(
     values: &[u8],
     scales: &[u8],
@@ -550,10 +550,14 @@ pub(super) fn matvec_i4(
     #[cfg(not(tinylens_dsp_vfp))]
     use crate::quant::f16_le_to_f32;
     let rows = out.len();
-    let gc = group.cols();
+    // A row no wider than its group is one group, summed whole (as the portable kernel
+    // does): taken too when it is whole steps of 16, e.g. a head's W_O row of 16
+    // columns with the default groups of 32.
+    let gc = group.cols().min(cols.max(1));
     let groups = cols / gc;
     let ok = rows > 0
         && cols > 0
+        && gc % 16 == 0
         && cols % gc == 0
         && cols <= I4_MAX_COLS
         && (values.as_ptr() as usize) % 4 == 0
@@ -587,7 +591,7 @@ pub(super) fn matvec_i4(
             for _ in 0..steps / 2 {
                 // SAFETY: the group's `gc / 2` bytes at `w` lie within the `rows * cols / 2`
                 // bytes checked, on word boundaries (rows and groups are whole words, as
-                // `cols` is a multiple of the group, itself of 16), and its `gc / 2` words
+                // `cols` is a multiple of `gc`, itself of 16), and its `gc / 2` words
                 // at `x` within `xl`, which holds `cols / 2` words per row.
                 unsafe {
                     dot16(&mut w, &mut x, &mut sum);

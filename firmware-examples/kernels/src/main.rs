@@ -30,7 +30,7 @@ use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, heprintln, hprintln};
 use tinylens_core::kernels::{self, Input};
 use tinylens_core::quant::{quantize, Tensor};
-use tinylens_core::StorageKind;
+use tinylens_core::{Int4Group, StorageKind};
 
 /// Largest matrix of the tests and benches (in elements) and widest input.
 const MAX_ELEMS: usize = 64 * 64;
@@ -392,14 +392,17 @@ fn self_test_float_and_prep(b: &mut Buffers) -> usize {
             }
         }
 
-        // f16 and int4 matrices, quantized from random floats as the converter does.
+        // f16 and int4 matrices (int4 at every group size), quantized from random floats
+        // as the converter does; a third of the shapes whole groups (the DSP kernel's).
+        let group = Int4Group::ALL[rng.below(4) as usize];
         let kind = if trial % 2 == 0 {
             StorageKind::F16
         } else {
-            StorageKind::Int4
+            StorageKind::Int4 { group }
         };
+        let whole = kind.int4_group().map_or(32, |g| g.cols());
         let cols = match rng.below(3) {
-            0 => 32 * (1 + rng.below(4) as usize),
+            0 => whole * (1 + rng.below((MAX_COLS / whole) as u32) as usize),
             1 => 8 * (1 + rng.below(16) as usize),
             _ => 1 + rng.below(MAX_COLS as u32) as usize,
         };
@@ -523,7 +526,7 @@ fn benches(b: &mut Buffers) {
             StorageKind::F32,
             StorageKind::F16,
             StorageKind::Int8,
-            StorageKind::Int4,
+            StorageKind::INT4,
         ] {
             let len = kind.data_len(rows, cols).unwrap_or(0);
             let data = &mut b.bytes[..len];

@@ -8,6 +8,7 @@ use crate::convert::{core_config, QuantPlan};
 use crate::quantize::{self, budget, calibration, survival};
 use crate::tokenizer::{append_trailer, TextTokenizer};
 use crate::{cli, tl, Error, Result};
+use tinylens_core::StorageKind;
 
 /// Calibration and flash-budget options of `tinylens convert`.
 #[derive(Debug, Args)]
@@ -58,6 +59,12 @@ pub struct ConvertArgs {
     /// Storage of W_E, W_pos and W_U (default: follows --quant).
     #[arg(long)]
     pub embed_quant: Option<String>,
+    /// Columns per int4 scale for --quant int4 (and --embed-quant int4): 16, 32 (the
+    /// default), 64 or 128. Smaller groups cost more flash (one f16 scale per group and
+    /// row) and follow the weights more closely; `int4/g16` etc. say the same per
+    /// option, and --quant auto chooses the group per matrix.
+    #[arg(long, value_name = "N")]
+    pub int4_group: Option<String>,
     /// Token strings, one per line (line i is token i), stored in the blob.
     #[arg(long, conflicts_with = "tokenizer")]
     pub vocab: Option<PathBuf>,
@@ -85,6 +92,34 @@ pub struct ConvertArgs {
     pub calibration: CalibrationArgs,
 }
 
+/// `plan` with every int4 kind at `group` (`--int4-group`), which needs an int4 kind
+/// named without a group.
+fn with_int4_group(
+    plan: QuantPlan,
+    a: &ConvertArgs,
+    group: tinylens_core::Int4Group,
+) -> Result<QuantPlan> {
+    let names = [Some(&a.quant), a.embed_quant.as_ref()];
+    if names.iter().flatten().any(|n| n.starts_with("int4/")) {
+        return Err(Error::Argument(
+            "--int4-group and a kind `int4/gN` both give the group: give it once".into(),
+        ));
+    }
+    let set = |k: StorageKind| match k {
+        StorageKind::Int4 { .. } => StorageKind::Int4 { group },
+        k => k,
+    };
+    if plan.attention.int4_group().is_none() && plan.embeddings.int4_group().is_none() {
+        return Err(Error::Argument(
+            "--int4-group goes with --quant int4 (or --embed-quant int4)".into(),
+        ));
+    }
+    Ok(QuantPlan {
+        attention: set(plan.attention),
+        embeddings: set(plan.embeddings),
+    })
+}
+
 pub fn run(a: ConvertArgs) -> Result<()> {
     let auto = a.quant == "auto";
     let plan = if auto {
@@ -93,11 +128,21 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 "--embed-quant does not go with --quant auto (auto chooses every matrix)".into(),
             ));
         }
+        if a.int4_group.is_some() {
+            return Err(Error::Argument(
+                "--int4-group does not go with --quant auto (auto chooses the group per matrix)"
+                    .into(),
+            ));
+        }
         None
     } else {
         let mut plan = QuantPlan::for_kind(cli::parse_kind(&a.quant)?);
         if let Some(e) = &a.embed_quant {
             plan.embeddings = cli::parse_kind(e)?;
+        }
+        if let Some(g) = &a.int4_group {
+            let group = cli::parse_int4_group(g)?;
+            plan = with_int4_group(plan, &a, group)?;
         }
         Some(plan)
     };
@@ -262,7 +307,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         outln!("{j:#}")?;
     } else {
         outln!(
-            "{:<28} {:>6} {:>12} {:>10} {:>12} {:>10}",
+            "{:<28} {:>9} {:>12} {:>10} {:>12} {:>10}",
             "tensor",
             "kind",
             "shape",
@@ -272,7 +317,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         )?;
         for r in &reports {
             outln!(
-                "{:<28} {:>6} {:>12} {:>10} {:>12.3e} {:>10.3e}",
+                "{:<28} {:>9} {:>12} {:>10} {:>12.3e} {:>10.3e}",
                 r.name,
                 r.kind,
                 format!("{}x{}", r.shape[0], r.shape[1]),
@@ -295,7 +340,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 None => "nearest (GPTQ did not help)".to_string(),
             };
             outln!(
-                "  {:<26} {:>5} {how}; output error {:.3} of nearest's",
+                "  {:<26} {:>9} {how}; output error {:.3} of nearest's",
                 r.name,
                 r.kind,
                 r.relative_loss
@@ -314,7 +359,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                     .iter()
                     .map(|o| format!("{} {}B KL {:.2e}", o.kind, o.bytes, o.kl))
                     .collect();
-                outln!("  {:<26} {:>5}   [{}]", m.name, m.chosen, opts.join(", "))?;
+                outln!("  {:<26} {:>9}   [{}]", m.name, m.chosen, opts.join(", "))?;
             }
         }
         out!("{}", survival::text(&surv))?;

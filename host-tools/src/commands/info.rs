@@ -21,7 +21,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let bytes = cli::read_input(&a.model)?;
     let model = Model::from_bytes(&bytes)?;
     let c = *model.config();
-    // Per tensor: name, storage kind, stored shape, bytes of data (values and scales).
+    // Per tensor: name, storage kind (with the int4 group when it is not 32: `int4/g16`),
+    // stored shape, bytes of data (values and scales).
     let kinds: Vec<(String, &str, [usize; 2], usize)> = (0..model.tensor_count())
         .map(|i| {
             let slot = tinylens_core::blob::slot(&c, i).expect("validated table");
@@ -55,6 +56,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "blob_bytes": bytes.len(),
             "device_bytes": model.as_bytes().len(),
             "crc32": format!("{:08x}", model.checksum()),
+            "format_version": model.version(),
             "config": c,
             "processing": model.processing().to_bits(),
             "vocab": model.has_vocab(),
@@ -64,16 +66,23 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "kv_cache": kv_options.iter().map(|(kv, ws, cache)| serde_json::json!({
                 "storage": kv.name(), "workspace_bytes": ws, "kv_cache_bytes": cache,
             })).collect::<Vec<_>>(),
-            "tensors": kinds.iter().map(|(n, k, shape, b)| serde_json::json!({"name": n, "kind": k, "shape": shape, "bytes": b})).collect::<Vec<_>>(),
+            "tensors": (0..model.tensor_count()).zip(&kinds).map(|(i, (n, k, shape, b))| {
+                let mut t = serde_json::json!({"name": n, "kind": k, "shape": shape, "bytes": b});
+                if let Some(g) = model.tensor_at(i).kind.int4_group() {
+                    t["int4_group"] = u16::from(g).into();
+                }
+                t
+            }).collect::<Vec<_>>(),
             "bytes_per_kind": per_kind.iter().map(|(k, n, b)| serde_json::json!({"kind": k, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
         });
         outln!("{j:#}")?;
         return Ok(());
     }
     outln!(
-        "blob: {} bytes of device flash, crc32 {:08x}{}",
+        "blob: {} bytes of device flash, crc32 {:08x}, format version {}{}",
         model.as_bytes().len(),
         model.checksum(),
+        model.version(),
         match bytes.len() - model.as_bytes().len() {
             0 => String::new(),
             n => format!(" (+ {n} bytes of host-only trailer: the tokenizer, not flashed)"),
@@ -101,7 +110,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     outln!("storage: {}", summary.join("; "))?;
     for (n, k, [rows, cols], b) in kinds {
         outln!(
-            "  {n:<28} {k:<5} {:>12} {b:>8} bytes",
+            "  {n:<28} {k:<9} {:>12} {b:>8} bytes",
             format!("{rows}x{cols}")
         )?;
     }

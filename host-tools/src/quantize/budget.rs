@@ -1,7 +1,8 @@
 //! `--quant auto --flash-budget SIZE`: a storage kind per matrix, chosen to minimise
 //! the measured KL on the calibration data within a flash budget.
 //!
-//! 1. Sensitivity: for every matrix and every kind (f16, int8, int4), the model with
+//! 1. Sensitivity: for every matrix and every kind (f16, int8, int4 at each group
+//!    size the matrix can tell apart, see [`candidates`]), the model with
 //!    only that matrix quantized (int8/int4 by GPTQ against the float model's inputs)
 //!    is run on the calibration data and its mean KL(float ‖ quantized) measured; f32
 //!    costs nothing.
@@ -13,12 +14,13 @@
 //!    real KL is measured and reported beside the predicted sum.
 //!
 //! The budget is the whole blob — header, table, alignment, vectors (always f32) and
-//! vocabulary included: what the flash must hold. int4 uses the format's fixed groups
-//! of 32 columns; the format has no per-tensor group size.
+//! vocabulary included: what the flash must hold. The int4 group is part of the
+//! choice: a group of 16 columns spends twice the scale bytes of 32 and follows the
+//! weights more closely, one of 128 a quarter of them.
 
 use serde::Serialize;
 use tinylens_core::blob::{self, TensorId};
-use tinylens_core::{Model, Processing, StorageKind};
+use tinylens_core::{Int4Group, Model, Processing, StorageKind};
 
 use crate::convert::{core_config, stored_tensors};
 use crate::weights::Weights;
@@ -28,13 +30,31 @@ use crate::convert::round_to_nearest;
 
 use super::{agreement, blob_of, calibrated, calibrates, calibration, gptq, logits};
 
-/// The kinds a matrix may get, most precise first (ties go to the more precise).
-pub const CANDIDATES: [StorageKind; 4] = [
-    StorageKind::F32,
-    StorageKind::F16,
-    StorageKind::Int8,
-    StorageKind::Int4,
-];
+/// The kinds a matrix of `cols` columns may get, most precise first (ties go to the
+/// more precise): f32, f16, int8, then int4 from the smallest group up. Every group as
+/// wide as the row or wider is one scale per row and stores the same bytes, so only
+/// one of them is tried: the default 32 when it is one of them (keeping the blob in
+/// format version 1 where nothing is gained), else the narrowest.
+pub fn candidates(cols: usize) -> Vec<StorageKind> {
+    let mut kinds = vec![StorageKind::F32, StorageKind::F16, StorageKind::Int8];
+    let whole_row = cols.next_power_of_two().max(Int4Group::DEFAULT.cols());
+    for group in Int4Group::ALL {
+        if group.cols() < cols || group.cols() == whole_row {
+            kinds.push(StorageKind::Int4 { group });
+        }
+    }
+    kinds
+}
+
+/// A kind's name in the plan, the int4 group always written out (`int4/g32` too):
+/// there the groups compete. (`cli::parse_kind` reads these names.)
+pub fn label(kind: StorageKind) -> &'static str {
+    if kind == StorageKind::INT4 {
+        "int4/g32"
+    } else {
+        kind.name()
+    }
+}
 
 /// Parses a size: `96KiB`, `40KiB`, `1MiB`, `64KB` (1000 bytes), `50000` (bytes).
 pub fn parse_size(s: &str) -> Result<usize> {
@@ -94,6 +114,9 @@ pub fn vocab_len(vocab: &[String]) -> usize {
 #[derive(Debug, Clone, Serialize)]
 pub struct KindOption {
     pub kind: &'static str,
+    /// Columns per scale, for int4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int4_group: Option<u16>,
     pub bytes: usize,
     /// Mean KL(float ‖ model with only this matrix quantized).
     pub kl: f64,
@@ -104,6 +127,9 @@ pub struct KindOption {
 pub struct Choice {
     pub name: String,
     pub chosen: &'static str,
+    /// Columns per scale of the chosen kind, for int4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int4_group: Option<u16>,
     pub options: Vec<KindOption>,
 }
 
@@ -154,15 +180,17 @@ pub fn plan(
         v[i] = k;
         v
     };
-    // The smallest possible blob: every matrix int4.
+    // The smallest possible blob: every matrix int4 in the widest groups.
     let mut smallest = base.clone();
     for &i in &matrices {
-        smallest[i] = StorageKind::Int4;
+        smallest[i] = StorageKind::Int4 {
+            group: Int4Group::G128,
+        };
     }
     let min_len = blob_len(w, &smallest, vlen)?;
     if min_len > budget {
         return Err(Error::Argument(format!(
-            "flash budget {budget} bytes is below the smallest blob this model makes ({min_len} bytes, every matrix int4)"
+            "flash budget {budget} bytes is below the smallest blob this model makes ({min_len} bytes, every matrix int4/g128)"
         )));
     }
     // Sensitivities: each matrix alone quantized, so its inputs are the float model's,
@@ -181,7 +209,7 @@ pub fn plan(
     for &i in &matrices {
         let (_, slot, values) = &tensors[i];
         let mut opts = Vec::new();
-        for k in CANDIDATES {
+        for k in candidates(slot.cols as usize) {
             let kinds = with(i, k);
             let kl = if k == StorageKind::F32 {
                 0.0
@@ -253,11 +281,13 @@ pub fn plan(
             .enumerate()
             .map(|(m, &i)| Choice {
                 name: tensors[i].1.name.to_string(),
-                chosen: options[m][chosen[m]].0.name(),
+                chosen: label(options[m][chosen[m]].0),
+                int4_group: options[m][chosen[m]].0.int4_group().map(u16::from),
                 options: options[m]
                     .iter()
                     .map(|(k, bytes, kl)| KindOption {
-                        kind: k.name(),
+                        kind: label(*k),
+                        int4_group: k.int4_group().map(u16::from),
                         bytes: *bytes,
                         kl: *kl,
                     })
@@ -284,6 +314,25 @@ fn cost(w: &Weights, kinds: &[StorageKind], i: usize) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_try_each_group_the_row_can_tell_apart() {
+        let names = |cols| -> Vec<&str> { candidates(cols).into_iter().map(label).collect() };
+        let all = ["f32", "f16", "int8", "int4/g16", "int4/g32", "int4/g64", "int4/g128"];
+        assert_eq!(names(200), all);
+        assert_eq!(names(128), all);
+        assert_eq!(names(64), all[..6]);
+        assert_eq!(names(40), all[..6]);
+        assert_eq!(names(32), all[..5]);
+        assert_eq!(names(17), all[..5]);
+        // One group per row at any size: tried once, at the default group.
+        assert_eq!(names(16), ["f32", "f16", "int8", "int4/g32"]);
+        assert_eq!(names(5), ["f32", "f16", "int8", "int4/g32"]);
+        for name in all {
+            let k = crate::cli::parse_kind(name).unwrap();
+            assert_eq!(label(k), name);
+        }
+    }
 
     #[test]
     fn sizes_parse() {

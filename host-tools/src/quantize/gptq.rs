@@ -28,7 +28,7 @@
 use half::f16;
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
-use tinylens_core::quant::{self, StorageKind, INT4_GROUP, INT4_MAX, INT8_MAX};
+use tinylens_core::quant::{self, StorageKind, INT4_MAX, INT8_MAX};
 
 /// Damping as a fraction of the mean diagonal of `H` (GPTQ's `percdamp`, 1%).
 pub const DAMPING: f64 = 0.01;
@@ -103,12 +103,11 @@ fn qmax(kind: StorageKind) -> i8 {
     }
 }
 
-/// Columns sharing one scale.
+/// Columns sharing one scale: a whole row for int8, the tensor's group for int4.
 fn group_len(kind: StorageKind, cols: usize) -> usize {
-    if kind == StorageKind::Int8 {
-        cols.max(1)
-    } else {
-        INT4_GROUP
+    match kind {
+        StorageKind::Int4 { group } => group.cols(),
+        _ => cols.max(1),
     }
 }
 
@@ -234,7 +233,7 @@ fn gptq_row(
     let mut group = Vec::with_capacity(g);
     for i in 0..cols {
         let c = perm[i];
-        if dynamic && kind == StorageKind::Int4 && c % g == 0 {
+        if dynamic && kind != StorageKind::Int8 && c % g == 0 {
             // Natural order: the group is columns i..i+g, all still unrounded.
             group.clear();
             group.extend(wr[i..(i + g).min(cols)].iter().map(|v| *v as f32));
@@ -296,7 +295,7 @@ pub fn quantize(
     h: &Hessian,
     damping: f64,
 ) -> Rounded {
-    assert!(matches!(kind, StorageKind::Int8 | StorageKind::Int4));
+    assert!(matches!(kind, StorageKind::Int8 | StorageKind::Int4 { .. }));
     assert_eq!(w.len(), rows * cols);
     let h = &h.h;
     let (mut levels, mut scales) = nearest(kind, rows, cols, w);
@@ -334,7 +333,7 @@ pub fn quantize(
             }
         };
         if let Some(u) = &u_natural {
-            if kind == StorageKind::Int4 {
+            if kind != StorageKind::Int8 {
                 let s = sc.to_vec();
                 try_one(Method::Gptq, u, &natural, s, true, &mut best, lr, sc);
             }
@@ -371,6 +370,13 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
+    /// int8 and int4 at every group size.
+    fn kinds() -> Vec<StorageKind> {
+        let mut k = vec![StorageKind::Int8];
+        k.extend(tinylens_core::Int4Group::ALL.map(|group| StorageKind::Int4 { group }));
+        k
+    }
+
     fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
@@ -399,7 +405,7 @@ mod tests {
         for x in &xs {
             h.add(x);
         }
-        for kind in [StorageKind::Int8, StorageKind::Int4] {
+        for kind in kinds() {
             let r = quantize(kind, rows, cols, &w, &h, DAMPING);
             assert_ne!(r.method, Method::Nearest, "{kind:?}");
             assert!(
@@ -443,7 +449,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let (rows, cols) = (5, 45);
         let w = random(&mut rng, rows * cols);
-        for kind in [StorageKind::Int8, StorageKind::Int4] {
+        for kind in kinds() {
             let (levels, scales) = nearest(kind, rows, cols, &w);
             let mut ours = vec![0u8; kind.data_len(rows, cols).unwrap()];
             assert!(quant::pack(kind, rows, cols, &levels, &scales, &mut ours));
@@ -458,7 +464,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let w = random(&mut rng, 4 * 8);
         let h = Hessian::new(8);
-        let r = quantize(StorageKind::Int4, 4, 8, &w, &h, DAMPING);
+        let r = quantize(StorageKind::INT4, 4, 8, &w, &h, DAMPING);
         assert_eq!(r.method, Method::Nearest);
         assert_eq!(r.loss, 0.0);
     }

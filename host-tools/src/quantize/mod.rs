@@ -49,7 +49,7 @@ pub struct Quantized {
 
 /// Whether `kind` is rounded to integer levels (and its input quantized to int8).
 fn integer(kind: StorageKind) -> bool {
-    matches!(kind, StorageKind::Int8 | StorageKind::Int4)
+    matches!(kind, StorageKind::Int8 | StorageKind::Int4 { .. })
 }
 
 /// Whether the matrix in `slot` is rounded with calibration when stored as `kind`.

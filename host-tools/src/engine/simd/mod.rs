@@ -20,7 +20,8 @@
 //!   32 bits (`sadalp`). Floats enter as in the core: `isum as f32 * (row scale ×
 //!   token scale)`.
 //! - int4: each row's nibbles are widened to int8 once per row (for every token of
-//!   the block), then each group of 32 columns is one exact integer sum as above, and
+//!   the block), then each group (the tensor's 16, 32, 64 or 128 columns) is one exact
+//!   integer sum as above, and
 //!   the groups are added in the core's order: `acc += isum_g as f32 * scale_g`, then
 //!   `acc * token scale`.
 //!
@@ -31,7 +32,7 @@
 #![allow(unsafe_code)]
 
 use tinylens_core::kernels::Block;
-use tinylens_core::quant::{StorageKind, Tensor, INT4_GROUP};
+use tinylens_core::quant::{StorageKind, Tensor};
 
 /// The instruction sets the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +134,8 @@ pub fn matmul(level: Level, w: &Tensor<'_>, x: &Block<'_>, out: &mut [f32]) -> b
             }
             true
         }
-        StorageKind::Int4 => {
-            let groups = cols.div_ceil(INT4_GROUP);
+        StorageKind::Int4 { group } => {
+            let groups = cols.div_ceil(group.cols());
             if x.q.len() < x.n * cols || x.scales.len() < x.n || w.scales.len() < 2 * rows * groups
             {
                 return false;
@@ -290,7 +291,7 @@ mod tests {
         let mut next = || rng.next_u64();
         for level in levels() {
             for &rows in &[1usize, 3, 4, 5, 9, 13, 70] {
-                for &cols in &[1usize, 7, 8, 9, 31, 32, 33, 64, 70, 100] {
+                for &cols in &[1usize, 7, 8, 9, 16, 31, 32, 33, 48, 64, 70, 100, 128, 200] {
                     for &n in &[1usize, 2, 3, 5, 6, 7, 13] {
                         let x: Vec<f32> = (0..n * cols)
                             .map(|_| (next() % 20_001) as f32 / 5_000.0 - 2.0)
@@ -312,12 +313,12 @@ mod tests {
                             scales: &scales,
                             pairs: &[],
                         };
-                        for kind in [
-                            StorageKind::F32,
-                            StorageKind::F16,
-                            StorageKind::Int8,
-                            StorageKind::Int4,
-                        ] {
+                        let int4 = tinylens_core::Int4Group::ALL
+                            .map(|group| StorageKind::Int4 { group });
+                        for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8]
+                            .into_iter()
+                            .chain(int4)
+                        {
                             let len = kind.data_len(rows, cols).unwrap();
                             let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                             if kind == StorageKind::F32 {
@@ -331,7 +332,7 @@ mod tests {
                                     c.copy_from_slice(&v.to_le_bytes());
                                 }
                             }
-                            if kind == StorageKind::Int8 || kind == StorageKind::Int4 {
+                            if matches!(kind, StorageKind::Int8 | StorageKind::Int4 { .. }) {
                                 data[0] = 0x80;
                                 // Finite f16 scales after the values.
                                 let at = kind.values_len(rows, cols).unwrap().next_multiple_of(4);

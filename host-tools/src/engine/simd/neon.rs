@@ -9,7 +9,7 @@
 //! (`sadalp`), an exact integer sum.
 
 use std::arch::aarch64::*;
-use tinylens_core::quant::{Tensor, INT4_GROUP};
+use tinylens_core::quant::Tensor;
 
 use super::{reduce8, weight, widen_int4};
 
@@ -224,15 +224,16 @@ pub unsafe fn int8(w: &[u8], x: &[i8], n: usize, rows: usize, cols: usize, out: 
 }
 
 /// Int4 weights: each row widened to int8 once, then one exact integer sum per group
-/// of 32 columns and token, the groups added in the core's order.
+/// (the tensor's `g` columns, a multiple of 16: 16 per step) and token, the groups
+/// added in the core's order.
 #[target_feature(enable = "neon")]
 pub unsafe fn int4(w: &Tensor<'_>, x: &[i8], xscale: &[f32], n: usize, out: &mut [f32]) {
-    const G: usize = INT4_GROUP;
+    let g = w.kind.int4_group().map_or(32, |g| g.cols());
     let (rows, cols) = (w.rows, w.cols);
-    let groups = cols.div_ceil(G);
-    let full = cols / G;
+    let groups = cols.div_ceil(g);
+    let full = cols / g;
     let row_bytes = cols.div_ceil(2);
-    let mut wide = vec![0i8; groups * G];
+    let mut wide = vec![0i8; groups * g];
     let mut scales = vec![0.0f32; groups];
     for r in 0..rows {
         widen_int4(
@@ -240,20 +241,21 @@ pub unsafe fn int4(w: &Tensor<'_>, x: &[i8], xscale: &[f32], n: usize, out: &mut
             cols,
             &mut wide,
         );
-        for (g, s) in scales.iter_mut().enumerate() {
-            *s = w.scale(r * groups + g);
+        for (k, s) in scales.iter_mut().enumerate() {
+            *s = w.scale(r * groups + k);
         }
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             let mut acc = 0.0f32;
-            for (g, scale) in scales.iter().enumerate() {
-                let s = if g < full {
-                    let wp = wide.as_ptr().add(g * G);
-                    let xp = xt.as_ptr().add(g * G);
-                    let a = madd16(vdupq_n_s32(0), vld1q_s8(wp), vld1q_s8(xp));
-                    vaddvq_s32(madd16(a, vld1q_s8(wp.add(16)), vld1q_s8(xp.add(16))))
+            for (k, scale) in scales.iter().enumerate() {
+                let s = if k < full {
+                    let mut a = vdupq_n_s32(0);
+                    for c in (k * g..(k + 1) * g).step_by(16) {
+                        a = madd16(a, vld1q_s8(wide.as_ptr().add(c)), vld1q_s8(xt.as_ptr().add(c)));
+                    }
+                    vaddvq_s32(a)
                 } else {
-                    (g * G..cols).fold(0i32, |a, c| a + wide[c] as i32 * xt[c] as i32)
+                    (k * g..cols).fold(0i32, |a, c| a + wide[c] as i32 * xt[c] as i32)
                 };
                 acc += s as f32 * scale;
             }

@@ -8,7 +8,7 @@
 #![allow(clippy::incompatible_msrv)]
 
 use std::arch::x86_64::*;
-use tinylens_core::quant::{Tensor, INT4_GROUP};
+use tinylens_core::quant::Tensor;
 
 use super::{reduce8, weight, widen_int4};
 
@@ -324,8 +324,11 @@ pub unsafe fn int8_vnni(w: &[u8], x: &[i8], n: usize, rows: usize, cols: usize, 
     int8_all::<4, 4, true>(w, x, n, rows, cols, out)
 }
 
-/// Int4 rows widened to int8 one row at a time, then one exact integer sum per
-/// group of 32 columns and token, the groups in the core's order.
+/// Int4 rows widened to int8 one row at a time, then one exact integer sum per group
+/// (the tensor's `g` columns, a multiple of 16) and token, the groups in the core's
+/// order. A group is 32 columns per 256-bit step; a group of 16 is one step with the
+/// upper half zero (zero weights and zero activations add nothing, with or without
+/// VNNI's +128, which multiplies a zero activation).
 #[inline(always)]
 unsafe fn int4_all<const VNNI: bool>(
     w: &Tensor<'_>,
@@ -334,51 +337,65 @@ unsafe fn int4_all<const VNNI: bool>(
     n: usize,
     out: &mut [f32],
 ) {
-    const G: usize = INT4_GROUP;
+    let g = w.kind.int4_group().map_or(32, |g| g.cols());
     let (rows, cols) = (w.rows, w.cols);
-    let groups = cols.div_ceil(G);
-    let full = cols / G; // groups of all 32 columns
+    let groups = cols.div_ceil(g);
+    let full = cols / g; // groups of all `g` columns
     let row_bytes = cols.div_ceil(2);
     // Σx over each token's full groups (for the +128 of VNNI).
     let xsum: Vec<i32> = (0..n * full)
         .map(|i| {
-            let (t, g) = (i / full.max(1), i % full.max(1));
-            x[t * cols + g * G..t * cols + (g + 1) * G]
+            let (t, k) = (i / full.max(1), i % full.max(1));
+            x[t * cols + k * g..t * cols + (k + 1) * g]
                 .iter()
                 .map(|v| *v as i32)
                 .sum()
         })
         .collect();
-    let mut wide = vec![0i8; groups * G];
+    let mut wide = vec![0i8; groups * g];
     let bias = _mm256_set1_epi8(-128);
     for r in 0..rows {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         widen_int4(row, cols, &mut wide);
-        let scales: Vec<f32> = (0..groups).map(|g| w.scale(r * groups + g)).collect();
+        let scales: Vec<f32> = (0..groups).map(|k| w.scale(r * groups + k)).collect();
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             let mut acc = 0.0f32;
-            for (g, scale) in scales.iter().enumerate() {
-                let s = if g < full {
-                    let wv = _mm256_loadu_si256(wide.as_ptr().add(g * G) as *const __m256i);
-                    let xv = _mm256_loadu_si256(xt.as_ptr().add(g * G) as *const __m256i);
+            for (k, scale) in scales.iter().enumerate() {
+                let s = if k < full {
+                    let mut v = _mm256_setzero_si256();
+                    for c in (k * g..(k + 1) * g).step_by(32) {
+                        let wv = load_step(wide.as_ptr().add(c), g);
+                        let xv = load_step(xt.as_ptr().add(c), g);
+                        v = if VNNI {
+                            _mm256_dpbusd_epi32(v, _mm256_xor_si256(wv, bias), xv)
+                        } else {
+                            madd_avx2(v, wv, xv)
+                        };
+                    }
                     if VNNI {
-                        let v = _mm256_dpbusd_epi32(
-                            _mm256_setzero_si256(),
-                            _mm256_xor_si256(wv, bias),
-                            xv,
-                        );
-                        hsum(v).wrapping_sub(xsum[t * full + g].wrapping_mul(128))
+                        hsum(v).wrapping_sub(xsum[t * full + k].wrapping_mul(128))
                     } else {
-                        hsum(madd_avx2(_mm256_setzero_si256(), wv, xv))
+                        hsum(v)
                     }
                 } else {
-                    (g * G..cols).fold(0i32, |a, c| a + wide[c] as i32 * xt[c] as i32)
+                    (k * g..cols).fold(0i32, |a, c| a + wide[c] as i32 * xt[c] as i32)
                 };
                 acc += s as f32 * scale;
             }
             out[t * rows + r] = acc * xscale[t];
         }
+    }
+}
+
+/// The 32 int8 columns at `p` of a group of `g`, or, for a group of 16, its 16
+/// columns with the upper half zero.
+#[inline(always)]
+unsafe fn load_step(p: *const i8, g: usize) -> __m256i {
+    if g >= 32 {
+        _mm256_loadu_si256(p as *const __m256i)
+    } else {
+        _mm256_zextsi128_si256(_mm_loadu_si128(p as *const __m128i))
     }
 }
 
