@@ -146,7 +146,13 @@ pub fn random_blob(cfg: &tinylens_core::Config, kind: StorageKind, seed: u64) ->
         ));
         data.resize(data.len().next_multiple_of(blob::ALIGN), 0);
         let offset = (data_start + data.len()) as u32;
-        out.extend(write::entry(&slot, kind, offset, bytes.len() as u32, version));
+        out.extend(write::entry(
+            &slot,
+            kind,
+            offset,
+            bytes.len() as u32,
+            version,
+        ));
         data.extend(bytes);
     }
     out.resize(data_start, 0);

@@ -94,7 +94,11 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
 /// `int4/gN` for groups of N = 16, 32, 64, 128 columns (the names
 /// [`StorageKind::name`] gives).
 pub fn parse_kind(s: &str) -> Result<StorageKind> {
-    let group = |n: &str| n.parse::<u16>().ok().and_then(tinylens_core::Int4Group::new);
+    let group = |n: &str| {
+        n.parse::<u16>()
+            .ok()
+            .and_then(tinylens_core::Int4Group::new)
+    };
     match s {
         "f32" => Ok(StorageKind::F32),
         "f16" => Ok(StorageKind::F16),

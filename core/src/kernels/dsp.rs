@@ -30,6 +30,8 @@
 
 use core::arch::asm;
 
+use crate::quant::Int4Group;
+
 /// `out[r] = Σ_c W[r, c]·x[c] as f32 * (scale_r * in_scale)` for `out.len()` rows of
 /// `cols` int8 weights in `values` (row-major), f16 row scales in `scales`, and the
 /// activations as [`super::arrange_pairs`] lays them out in `pairs`.
@@ -535,8 +537,8 @@ const I4_MAX_COLS: usize = 512;
 /// exactly (|16 · S| <= 16 · 128 · 8 · 128 < 2^31 for groups of up to 128), and `>> 4`
 /// gives `S`.
 ///
-/// `false` (nothing written) unless `cols` is a non-zero multiple of the group, or a
-/// multiple of 16 no wider than it (one group per row), at most [`I4_MAX_COLS`];
+/// `false` (nothing written) unless `cols` is a non-zero multiple of the group, or 16,
+/// 32 or 64 columns no wider than it (one group per row), at most [`I4_MAX_COLS`];
 /// `values` is word-aligned and holds the rows, and `scales` and `q` are long enough.
 pub(super) fn matvec_i4(
     values: &[u8],
@@ -547,17 +549,15 @@ pub(super) fn matvec_i4(
     in_scale: f32,
     out: &mut [f32],
 ) -> bool {
-    #[cfg(not(tinylens_dsp_vfp))]
-    use crate::quant::f16_le_to_f32;
     let rows = out.len();
     // A row no wider than its group is one group, summed whole (as the portable kernel
-    // does): taken too when it is whole steps of 16, e.g. a head's W_O row of 16
-    // columns with the default groups of 32.
+    // does): taken too when it is itself 16, 32 or 64 columns, e.g. a head's W_O row of
+    // 16 columns with the default groups of 32.
     let gc = group.cols().min(cols.max(1));
     let groups = cols / gc;
     let ok = rows > 0
         && cols > 0
-        && gc % 16 == 0
+        && Int4Group::new(gc as u16).is_some()
         && cols % gc == 0
         && cols <= I4_MAX_COLS
         && (values.as_ptr() as usize) % 4 == 0
@@ -575,9 +575,30 @@ pub(super) fn matvec_i4(
         o[2] = lane(g[1]) | lane(g[5]) << 16;
         o[3] = lane(g[3]) | lane(g[7]) << 16;
     }
-    // Groups are 16, 32, 64 or 128 columns: one to eight steps of 16, taken in pairs
-    // (two inlined steps per iteration, as the one-size kernel of 32 columns did).
-    let steps = gc / 16;
+    // One copy of the row loop per group size, each group's steps of 16 columns
+    // straight-line code (the loop of the one-size kernel of 32 columns, unchanged).
+    match gc {
+        16 => rows_i4::<1>(values, scales, groups, &xl, in_scale, out),
+        32 => rows_i4::<2>(values, scales, groups, &xl, in_scale, out),
+        64 => rows_i4::<4>(values, scales, groups, &xl, in_scale, out),
+        _ => rows_i4::<8>(values, scales, groups, &xl, in_scale, out),
+    }
+    true
+}
+
+/// The rows of [`matvec_i4`] with groups of `16 * STEPS` columns (`STEPS` 1, 2, 4 or
+/// 8), `groups` per row, activations laid out in `xl`; the lengths were checked there.
+#[inline(always)]
+fn rows_i4<const STEPS: usize>(
+    values: &[u8],
+    scales: &[u8],
+    groups: usize,
+    xl: &[u32],
+    in_scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(not(tinylens_dsp_vfp))]
+    use crate::quant::f16_le_to_f32;
     let mut w = values.as_ptr();
     #[cfg(not(tinylens_dsp_vfp))]
     let mut s = scales.chunks_exact(2);
@@ -588,19 +609,25 @@ pub(super) fn matvec_i4(
         let mut x = xl.as_ptr();
         for _ in 0..groups {
             let mut sum: i32 = 0;
-            for _ in 0..steps / 2 {
-                // SAFETY: the group's `gc / 2` bytes at `w` lie within the `rows * cols / 2`
-                // bytes checked, on word boundaries (rows and groups are whole words, as
-                // `cols` is a multiple of `gc`, itself of 16), and its `gc / 2` words
-                // at `x` within `xl`, which holds `cols / 2` words per row.
-                unsafe {
+            // SAFETY: the group's `8 * STEPS` bytes at `w` lie within the
+            // `rows * cols / 2` bytes checked, on word boundaries (rows and groups are
+            // whole words, as `cols` is a multiple of the group, itself of 16), and its
+            // `8 * STEPS` words at `x` within `xl`, which holds `cols / 2` words per row.
+            unsafe {
+                dot16(&mut w, &mut x, &mut sum);
+                if STEPS >= 2 {
+                    dot16(&mut w, &mut x, &mut sum);
+                }
+                if STEPS >= 4 {
                     dot16(&mut w, &mut x, &mut sum);
                     dot16(&mut w, &mut x, &mut sum);
                 }
-            }
-            if steps % 2 == 1 {
-                // SAFETY: as above (the group's last 16 columns).
-                unsafe { dot16(&mut w, &mut x, &mut sum) };
+                if STEPS >= 8 {
+                    dot16(&mut w, &mut x, &mut sum);
+                    dot16(&mut w, &mut x, &mut sum);
+                    dot16(&mut w, &mut x, &mut sum);
+                    dot16(&mut w, &mut x, &mut sum);
+                }
             }
             #[cfg(not(tinylens_dsp_vfp))]
             {
@@ -644,7 +671,6 @@ pub(super) fn matvec_i4(
         }
         *o = acc * in_scale;
     }
-    true
 }
 
 /// `sum += 16 · Σ w[c]·x[c]` over the next 16 int4 columns: two weight words at `*w` and

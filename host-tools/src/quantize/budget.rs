@@ -318,7 +318,15 @@ mod tests {
     #[test]
     fn candidates_try_each_group_the_row_can_tell_apart() {
         let names = |cols| -> Vec<&str> { candidates(cols).into_iter().map(label).collect() };
-        let all = ["f32", "f16", "int8", "int4/g16", "int4/g32", "int4/g64", "int4/g128"];
+        let all = [
+            "f32",
+            "f16",
+            "int8",
+            "int4/g16",
+            "int4/g32",
+            "int4/g64",
+            "int4/g128",
+        ];
         assert_eq!(names(200), all);
         assert_eq!(names(128), all);
         assert_eq!(names(64), all[..6]);

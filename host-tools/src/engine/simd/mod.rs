@@ -313,8 +313,8 @@ mod tests {
                             scales: &scales,
                             pairs: &[],
                         };
-                        let int4 = tinylens_core::Int4Group::ALL
-                            .map(|group| StorageKind::Int4 { group });
+                        let int4 =
+                            tinylens_core::Int4Group::ALL.map(|group| StorageKind::Int4 { group });
                         for kind in [StorageKind::F32, StorageKind::F16, StorageKind::Int8]
                             .into_iter()
                             .chain(int4)

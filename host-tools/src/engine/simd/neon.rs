@@ -251,7 +251,11 @@ pub unsafe fn int4(w: &Tensor<'_>, x: &[i8], xscale: &[f32], n: usize, out: &mut
                 let s = if k < full {
                     let mut a = vdupq_n_s32(0);
                     for c in (k * g..(k + 1) * g).step_by(16) {
-                        a = madd16(a, vld1q_s8(wide.as_ptr().add(c)), vld1q_s8(xt.as_ptr().add(c)));
+                        a = madd16(
+                            a,
+                            vld1q_s8(wide.as_ptr().add(c)),
+                            vld1q_s8(xt.as_ptr().add(c)),
+                        );
                     }
                     vaddvq_s32(a)
                 } else {
