@@ -614,19 +614,11 @@ fn rows_i4<const STEPS: usize>(
             // whole words, as `cols` is a multiple of the group, itself of 16), and its
             // `8 * STEPS` words at `x` within `xl`, which holds `cols / 2` words per row.
             unsafe {
-                dot16(&mut w, &mut x, &mut sum);
-                if STEPS >= 2 {
+                if STEPS == 1 {
                     dot16(&mut w, &mut x, &mut sum);
                 }
-                if STEPS >= 4 {
-                    dot16(&mut w, &mut x, &mut sum);
-                    dot16(&mut w, &mut x, &mut sum);
-                }
-                if STEPS >= 8 {
-                    dot16(&mut w, &mut x, &mut sum);
-                    dot16(&mut w, &mut x, &mut sum);
-                    dot16(&mut w, &mut x, &mut sum);
-                    dot16(&mut w, &mut x, &mut sum);
+                for _ in 0..STEPS / 2 {
+                    dot32(&mut w, &mut x, &mut sum);
                 }
             }
             #[cfg(not(tinylens_dsp_vfp))]
@@ -685,6 +677,74 @@ unsafe fn dot16(w: &mut *const u8, x: &mut *const u32, sum: &mut i32) {
     // declared registers change; no flags.
     unsafe {
         asm!(
+            "ldm {w}!, {{r0, r1}}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r0, lsl #4",
+            "and r0, r0, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r0",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r0, r0, ror #8",
+            "smlad {acc}, r0, r11, {acc}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r1, lsl #4",
+            "and r1, r1, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r1",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r1, r1, ror #8",
+            "smlad {acc}, r1, r11, {acc}",
+            w = inout(reg) *w,
+            x = inout(reg) *x,
+            m = in(reg) 0xF0F0_F0F0u32,
+            acc = inout(reg) *sum,
+            out("r0") _, out("r1") _, out("r4") _, out("r5") _,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+}
+
+/// [`dot16`] twice, in one `asm!` block: the mask is loaded once per 32 columns (two
+/// blocks load it twice, which costs 7% of a group of 32).
+///
+/// # Safety
+/// `*w` must be word-aligned with 16 readable bytes, `*x` have 16 readable words.
+#[inline(always)]
+unsafe fn dot32(w: &mut *const u8, x: &mut *const u32, sum: &mut i32) {
+    // SAFETY: reads only the 16 bytes at `w` and 16 words at `x` the caller vouches
+    // for; declared registers change; no flags.
+    unsafe {
+        asm!(
+            "ldm {w}!, {{r0, r1}}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r0, lsl #4",
+            "and r0, r0, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r0",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r0, r0, ror #8",
+            "smlad {acc}, r0, r11, {acc}",
+            "ldm {x}!, {{r8, r9, r10, r11}}",
+            "and r4, {m}, r1, lsl #4",
+            "and r1, r1, {m}",
+            "sxtb16 r5, r4",
+            "smlad {acc}, r5, r8, {acc}",
+            "sxtb16 r4, r4, ror #8",
+            "smlad {acc}, r4, r9, {acc}",
+            "sxtb16 r5, r1",
+            "smlad {acc}, r5, r10, {acc}",
+            "sxtb16 r1, r1, ror #8",
+            "smlad {acc}, r1, r11, {acc}",
             "ldm {w}!, {{r0, r1}}",
             "ldm {x}!, {{r8, r9, r10, r11}}",
             "and r4, {m}, r0, lsl #4",
