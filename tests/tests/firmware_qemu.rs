@@ -529,22 +529,7 @@ fn semihosting_mps2_an505_all_hooks_int8() {
 /// stored values; the kernels did not change).
 #[test]
 fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
-    let dir = examples().join("target/calibrated");
-    let (blob_path, elf) = (
-        dir.join("attn1_ln-int4-calibrated.tlm"),
-        dir.join("thumbv6m-none-eabi/release/qemu"),
-    );
-    if !(blob_path.is_file() && elf.is_file()) {
-        let how = "firmware-examples/build-calibrated.sh (scripts/test.sh runs it)";
-        assert!(!ci(), "{} is missing: {how}", elf.display());
-        let mut cmd = Command::new(examples().join("build-calibrated.sh"));
-        cmd.arg(tinylens_cli())
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("RUSTFLAGS");
-        let out = run_with_watchdog(cmd, Duration::from_secs(900));
-        assert_eq!(out.status, Some(0), "{how} failed: {}", out.stderr);
-    }
+    let (blob_path, elf) = calibrated_build("attn1_ln-int4-calibrated.tlm", M0);
     let blob = std::fs::read(&blob_path).unwrap();
     let model = Model::from_bytes(&blob).unwrap();
     let kinds: Vec<_> = (0..model.tensor_count())
@@ -598,6 +583,73 @@ fn semihosting_microbit_calibrated_int4_blob_bit_exact() {
     assert_same_bytes(&out.stdout, &host.trace, "calibrated int4 attn1_ln blob");
     eprintln!(
         "calibrated int4 attn1_ln blob ({} bytes): {} trace bytes, bit-exact, generated {:?}",
+        blob.len(),
+        out.stdout.len(),
+        host.generated
+    );
+}
+
+/// The blob and ELF `firmware-examples/build-calibrated.sh` makes for `triple` (run
+/// here when missing, except under CI).
+fn calibrated_build(blob: &str, triple: &str) -> (PathBuf, PathBuf) {
+    let dir = examples().join("target/calibrated");
+    let (blob_path, elf) = (dir.join(blob), dir.join(triple).join("release/qemu"));
+    if !(blob_path.is_file() && elf.is_file()) {
+        let how = "firmware-examples/build-calibrated.sh (scripts/test.sh runs it)";
+        assert!(!ci(), "{} is missing: {how}", elf.display());
+        let mut cmd = Command::new(examples().join("build-calibrated.sh"));
+        cmd.arg(tinylens_cli())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS");
+        let out = run_with_watchdog(cmd, Duration::from_secs(900));
+        assert_eq!(out.status, Some(0), "{how} failed: {}", out.stderr);
+    }
+    (blob_path, elf)
+}
+
+/// The M4F firmware (DSP kernels) with a calibrated int4 blob of attn1_ln in groups of
+/// 16 columns (`convert --quant int4 --int4-group 16`: blob format version 2; W_Q/W_K/
+/// W_V rows of 32 columns are two groups, each one step of the DSP int4 kernel): its
+/// trace of every hook is the host's on that blob, bit for bit.
+#[test]
+fn semihosting_mps2_an386_int4_groups_of_16_blob_bit_exact() {
+    let (blob_path, elf) = calibrated_build("attn1_ln-int4-g16-calibrated.tlm", M4);
+    let blob = std::fs::read(&blob_path).unwrap();
+    let model = Model::from_bytes(&blob).unwrap();
+    assert_eq!(model.version(), 2, "groups of 16 are format version 2");
+    let g16 = tinylens_core::StorageKind::Int4 {
+        group: tinylens_core::Int4Group::G16,
+    };
+    assert_eq!(model.layer(0).w_q.kind, g16);
+    let args = ["probe=*", "generate=4"];
+    let out = qemu_elf(&elf, None, &args, false);
+    assert_eq!(out.status, Some(0), "firmware failed: {}", out.stderr);
+    let device = lossless_run(&out.stdout);
+    assert_eq!(
+        device.model_crc,
+        model.checksum(),
+        "the ELF embeds another blob"
+    );
+    let host = run(
+        &model,
+        &RunOptions {
+            tokens: DEFAULT_PROMPT.to_vec(),
+            probes: vec!["*".into()],
+            trace: true,
+            generate: 4,
+            run_id: DEFAULT_RUN_ID,
+            ..Default::default()
+        },
+    )
+    .expect("host run");
+    assert_same_bytes(
+        &out.stdout,
+        &host.trace,
+        "int4/g16 attn1_ln blob on the M4F",
+    );
+    eprintln!(
+        "int4/g16 attn1_ln blob ({} bytes, version 2): {} trace bytes on the M4F, bit-exact, generated {:?}",
         blob.len(),
         out.stdout.len(),
         host.generated

@@ -51,7 +51,11 @@ fn spec_int4(bytes: &[u8], index: usize, r: usize, c: usize) -> f32 {
     let data = &bytes[offset..];
     let row_bytes = cols.div_ceil(2);
     let byte = data[r * row_bytes + c / 2];
-    let nibble = if c.is_multiple_of(2) { byte & 0xf } else { byte >> 4 };
+    let nibble = if c.is_multiple_of(2) {
+        byte & 0xf
+    } else {
+        byte >> 4
+    };
     let level = ((nibble << 4) as i8 >> 4) as f32;
     let scales = (rows * row_bytes).next_multiple_of(4);
     let s = scales + 2 * (r * cols.div_ceil(g) + c / g);
