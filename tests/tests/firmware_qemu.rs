@@ -1028,7 +1028,7 @@ impl LinkMap {
 }
 
 /// The prompt of the English firmware case: a name, then its first word again.
-const ENGLISH_PROMPT: &str = "Mr Hendricks wrote the parser. The tests were written by Mr";
+const ENGLISH_PROMPT: &str = "Mr Rossum wrote the parser. The tests were written by Mr";
 const ENGLISH_GENERATE: usize = 6;
 
 #[test]

@@ -33,9 +33,12 @@ pub const HELDOUT: &str = include_str!(concat!(
     "/../models/english/heldout.txt"
 ));
 
-/// The English demo's sentence with a repeated name.
-pub const NAME_PROMPT: &str = "Mr Hendricks wrote the parser and the tokenizer for the module. \
-                               The tests of the module were written by Mr Hendricks";
+/// The English demo's sentence with a repeated name. The name's tokens (" R" "o" "ss" "um")
+/// each occur once before, so a two-layer induction head, which matches one token, has one
+/// place to copy from; a name such as "Hendricks" (" H" "end" "r" "ic" "k" "s") is harder:
+/// after "r" it also finds the "r" of "Mr" (models/english/TRAINING.md).
+pub const NAME_PROMPT: &str = "Mr Rossum wrote the parser and the tokenizer for the module. \
+                               The tests of the module were written by Mr Rossum";
 
 /// The English demo's prompt for sampling.
 pub const SAMPLE_PROMPT: &str = "The function returns";

@@ -1,16 +1,15 @@
 //! `tinylens demo`: the whole tool on a bundled model, shipped as an int8 blob inside the
-//! binary. By default the syllable model (`models/demo/`, `scripts/train_demo.py`:
-//! repeated random syllables, small enough for a Cortex-M0), whose induction circuit is
-//! complete. `--model english` is the English model (`models/english/`,
-//! `scripts/train_english.py`: two layers trained in TransformerLens on Python's
-//! documentation, with its byte-level BPE tokenizer): a sampled text, a sentence with a
-//! repeated name and how its second copy is completed, the attention of the strongest
-//! copying heads labelled with the words, and the same with them ablated; it becomes the
-//! default once its induction heads have formed (models/english/TRAINING.md). Either way it runs the model with probes, writes and decodes the traces,
-//! and finds the induction circuit the way the paper does: head-detector scores name the
-//! previous-token and induction heads, K-composition links them, copying scores show
-//! the induction heads copy, and ablating the induction heads destroys the loss drop on
-//! the repeated half. Then it writes the HTML report.
+//! binary. By default the English model (`models/english/`, `scripts/train_english.py`:
+//! two layers trained in TransformerLens on Python's documentation, with its byte-level
+//! BPE tokenizer): a sampled text, a sentence with a repeated name and how its second copy
+//! is completed, the attention of the copying heads labelled with the words, and the same
+//! with them ablated. `--model syllables` is the syllable model (`models/demo/`,
+//! `scripts/train_demo.py`: repeated random syllables, small enough for a Cortex-M0).
+//! Either way it runs the model with probes, writes and decodes the traces, and finds the
+//! induction circuit the way the paper does: head-detector scores name the previous-token
+//! and induction heads, K-composition links them, copying scores show the induction heads
+//! copy, and ablating the induction heads destroys the loss drop on the repeated half.
+//! Then it writes the HTML report.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,11 +66,10 @@ pub const NAMING: DetectOptions = DetectOptions {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Which bundled model: `syllables` (trained on repeated random syllables; its
-    /// induction circuit is complete; fits a Cortex-M0) or `english` (trained on Python's
-    /// documentation, with its tokenizer; its induction heads are still forming:
-    /// models/english/TRAINING.md).
-    #[arg(long, default_value = "syllables")]
+    /// Which bundled model: `english` (trained on Python's documentation, with its
+    /// tokenizer: models/english/TRAINING.md) or `syllables` (trained on repeated random
+    /// syllables; fits a Cortex-M0: models/demo/TRAINING.md).
+    #[arg(long, default_value = "english")]
     pub model: String,
     /// Where to write the HTML report.
     #[arg(short, long, default_value = "report.html")]
