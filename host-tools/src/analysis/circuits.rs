@@ -22,6 +22,7 @@
 use indicatif::ProgressBar;
 use nalgebra::{Complex, DMatrix};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::{ChiSquared, StandardNormal};
 
 use super::factored::{to_f64, Entry, LowRank};
 use super::scan::ScanSpec;
@@ -396,36 +397,53 @@ pub fn composition_scores(w: &Weights) -> Result<CompositionScores> {
     })
 }
 
-/// A [rows, cols] matrix of independent standard normal entries (Box-Muller on `rng`,
-/// both values of each pair, column by column).
+/// A [rows, cols] matrix of independent standard normal entries (ziggurat draws on `rng`,
+/// column by column).
 fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
-    let mut spare: Option<f64> = None;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        if let Some(z) = spare.take() {
-            return z;
-        }
-        let u1: f64 = 1.0 - rng.gen::<f64>(); // (0, 1]
-        let u2: f64 = rng.gen::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-        spare = Some(r * sin);
-        r * cos
-    })
+    DMatrix::from_fn(rows, cols, |_, _| rng.sample(StandardNormal))
 }
 
-/// `||A1 B1 A2 B2||_F / (||A1 B1||_F ||A2 B2||_F)` from `k x k` Gram matrices
-/// (`||A B||_F^2 = tr((A^T A)(B B^T))`), without a `d_model x d_model` product.
+/// A `k x k` matrix with the law of `A^T A` for an `n x k` matrix `A` of independent
+/// standard normals (the Wishart law `W_k(n, I)`), drawn by the Bartlett decomposition
+/// `W = L L^T`: `L` lower triangular with `L_ii^2 ~ chi^2(n - i)` (`i = 0..k`) and
+/// standard normal entries below the diagonal, row by row. That is `k(k+1)/2` draws
+/// instead of `n k`, and no `k x n x k` product. Needs `n >= k`.
+fn wishart(rng: &mut StdRng, k: usize, n: usize) -> DMatrix<f64> {
+    let mut l = DMatrix::<f64>::zeros(k, k);
+    for i in 0..k {
+        for j in 0..i {
+            l[(i, j)] = rng.sample(StandardNormal);
+        }
+        let chi2 = ChiSquared::new((n - i) as f64).expect("n > i: a positive degree of freedom");
+        l[(i, i)] = rng.sample(chi2).sqrt();
+    }
+    &l * l.transpose()
+}
+
+/// `||A1 B1 A2 B2||_F / (||A1 B1||_F ||A2 B2||_F)` from the `k x k` Gram matrices
+/// `ga1 = A1^T A1`, `gb2 = B2 B2^T` and the factors `B1`, `A2` (`||A B||_F^2 =
+/// tr((A^T A)(B B^T))`), without a `d_model x d_model` product.
+fn score_from_grams(
+    ga1: &DMatrix<f64>,
+    b1: &DMatrix<f64>,
+    a2: &DMatrix<f64>,
+    gb2: &DMatrix<f64>,
+) -> f64 {
+    let (gb1, ga2) = (b1 * b1.transpose(), a2.tr_mul(a2));
+    let m = b1 * a2;
+    let mgm = &m * gb2 * m.transpose();
+    norm_from_grams(ga1, &mgm) / (norm_from_grams(ga1, &gb1) * norm_from_grams(&ga2, gb2))
+}
+
+/// [`score_from_grams`] of four explicit factors.
+#[cfg(test)]
 fn factored_score(
     a1: &DMatrix<f64>,
     b1: &DMatrix<f64>,
     a2: &DMatrix<f64>,
     b2: &DMatrix<f64>,
 ) -> f64 {
-    let (ga1, gb1) = (a1.tr_mul(a1), b1 * b1.transpose());
-    let (ga2, gb2) = (a2.tr_mul(a2), b2 * b2.transpose());
-    let m = b1 * a2;
-    let mgm = &m * gb2.clone() * m.transpose();
-    norm_from_grams(&ga1, &mgm) / (norm_from_grams(&ga1, &gb1) * norm_from_grams(&ga2, &gb2))
+    score_from_grams(&a1.tr_mul(a1), b1, a2, &(b2 * b2.transpose()))
 }
 
 /// The composition score that random matrices of the model's shapes get, which the
@@ -439,10 +457,14 @@ fn factored_score(
 /// variance of the entries is irrelevant, and as the transpose of a Gaussian product
 /// `A B` has the law of a Gaussian product of the same shapes, the one estimate serves
 /// all of Q-, K- and V-composition. Each sample's norms come from `d_head x d_head`
-/// Gram matrices of the factors. The normal draws come from Box-Muller on
-/// `StdRng::seed_from_u64(seed)` (rand 0.8, ChaCha12), in the order A1, B1, A2, B2 per
-/// sample (column by column within a matrix), so the result is deterministic for given
-/// (d_model, d_head, samples, seed). Defaults: [`BASELINE_SAMPLES`], [`BASELINE_SEED`].
+/// Gram matrices of the factors; `A1` and `B2` enter only through theirs, so those two
+/// are drawn directly from their Wishart law ([`wishart`], when `d_model >= d_head`),
+/// which has the same distribution and costs a fraction of the draws. The draws come
+/// from `StdRng::seed_from_u64(seed)` (rand 0.8, ChaCha12; rand_distr 0.4's ziggurat
+/// normals and chi-squared), in the order A1, B1, A2, B2 per sample (column by column
+/// within a factor, row by row within a Bartlett factor), so the result is deterministic
+/// for given (d_model, d_head, samples, seed). Defaults: [`BASELINE_SAMPLES`],
+/// [`BASELINE_SEED`].
 pub fn composition_baseline(
     d_model: usize,
     d_head: usize,
@@ -452,11 +474,20 @@ pub fn composition_baseline(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(samples.min(1 << 20));
     for _ in 0..samples {
-        let a1 = gaussian(&mut rng, d_model, d_head);
+        // `B B^T` of a `k x n` standard normal `B` has the law of `A^T A` of an `n x k` one.
+        let gram = |rng: &mut StdRng| {
+            if d_model >= d_head {
+                wishart(rng, d_head, d_model)
+            } else {
+                let a = gaussian(rng, d_model, d_head);
+                a.tr_mul(&a)
+            }
+        };
+        let ga1 = gram(&mut rng);
         let b1 = gaussian(&mut rng, d_head, d_model);
         let a2 = gaussian(&mut rng, d_model, d_head);
-        let b2 = gaussian(&mut rng, d_head, d_model);
-        values.push(factored_score(&a1, &b1, &a2, &b2));
+        let gb2 = gram(&mut rng);
+        values.push(score_from_grams(&ga1, &b1, &a2, &gb2));
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -826,6 +857,71 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn wishart_draws_have_the_law_of_a_gram_matrix() {
+        // E[A^T A] = n I; Var of a diagonal entry 2n, of an off-diagonal one n.
+        let (k, n, draws) = (4, 16, 4000);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut mean = DMatrix::<f64>::zeros(k, k);
+        let mut sq = DMatrix::<f64>::zeros(k, k);
+        for _ in 0..draws {
+            let w = wishart(&mut rng, k, n);
+            assert_eq!(w, w.transpose());
+            mean += &w;
+            sq += w.component_mul(&w);
+        }
+        mean /= draws as f64;
+        sq /= draws as f64;
+        for i in 0..k {
+            for j in 0..k {
+                let (m, var) = (mean[(i, j)], sq[(i, j)] - mean[(i, j)].powi(2));
+                let (want_m, want_var) = if i == j {
+                    (n as f64, 2.0 * n as f64)
+                } else {
+                    (0.0, n as f64)
+                };
+                // 6 standard errors of the mean; the variance within 15%.
+                let se = (want_var / draws as f64).sqrt();
+                assert!((m - want_m).abs() < 6.0 * se, "E[W_{i}{j}] = {m}");
+                assert!((var / want_var - 1.0).abs() < 0.15, "Var[W_{i}{j}] = {var}");
+            }
+        }
+    }
+
+    #[test]
+    fn baseline_agrees_with_the_dense_gaussian_estimator() {
+        // The same expectation estimated from four explicit Gaussian factors per sample
+        // (no Wishart shortcut): the two means agree within their standard errors.
+        let (d_model, d_head, samples) = (24, 4, 3000);
+        let fast = composition_baseline(d_model, d_head, samples, 7);
+        let mut rng = StdRng::seed_from_u64(8);
+        let dense: Vec<f64> = (0..samples)
+            .map(|_| {
+                let a1 = gaussian(&mut rng, d_model, d_head);
+                let b1 = gaussian(&mut rng, d_head, d_model);
+                let a2 = gaussian(&mut rng, d_model, d_head);
+                let b2 = gaussian(&mut rng, d_head, d_model);
+                let (l, r) = (&a1 * &b1, &a2 * &b2);
+                (&l * &r).norm() / (l.norm() * r.norm())
+            })
+            .collect();
+        let n = samples as f64;
+        let mean = dense.iter().sum::<f64>() / n;
+        let var = dense.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let se = (fast.std_error.powi(2) + var / n).sqrt();
+        assert!(
+            (fast.mean - mean).abs() < 4.0 * se,
+            "{} vs {mean} (se {se})",
+            fast.mean
+        );
+        assert!(
+            (fast.std / var.sqrt() - 1.0).abs() < 0.1,
+            "{} vs {}",
+            fast.std,
+            var.sqrt()
+        );
     }
 
     #[test]
